@@ -1,0 +1,2 @@
+//! Attribute macros for redrive. See the `redrive` crate for documentation.
+#![forbid(unsafe_code)]

@@ -1,0 +1,95 @@
+//! Error types.
+
+use rdkafka::error::KafkaError;
+
+/// A type-erased error, as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors from building or running a [`Worker`](crate::Worker).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is missing or invalid. `setting` names it as the user wrote it.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Config {
+        /// The setting's name (a builder method, config key or librdkafka property).
+        setting: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// The brokers could not be reached at start-up.
+    #[error("cannot reach Kafka at `{bootstrap}` within {timeout:?}: {source}")]
+    BrokerUnreachable {
+        /// The configured `bootstrap.servers`.
+        bootstrap: String,
+        /// How long the worker waited.
+        timeout: std::time::Duration,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+
+    /// A subscribed topic does not exist and the worker was not allowed to create it.
+    #[error("topic `{topic}` does not exist (create it, or enable topic creation for its route)")]
+    TopicNotFound {
+        /// The missing topic.
+        topic: String,
+    },
+
+    /// A topic exists with fewer partitions than the route requires.
+    #[error("topic `{topic}` has {actual} partitions but {required} are required")]
+    TooFewPartitions {
+        /// The topic.
+        topic: String,
+        /// Its partition count.
+        actual: usize,
+        /// What the route requires.
+        required: usize,
+    },
+
+    /// A synchronous commit failed.
+    #[error("offset commit failed: {0}")]
+    Commit(#[source] KafkaError),
+
+    /// Any other client error.
+    #[error("kafka client error: {0}")]
+    Kafka(#[from] KafkaError),
+
+    /// The worker must be run inside a Tokio runtime.
+    #[error("Worker::run must be called from within a Tokio runtime")]
+    NoRuntime,
+
+    /// The worker stopped because of a fatal error.
+    #[error("worker stopped: {0}")]
+    Fatal(String),
+}
+
+impl Error {
+    pub(crate) fn config(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Maps a librdkafka configuration error to a [`Error::Config`] naming the property.
+    pub(crate) fn from_client_config(err: KafkaError) -> Self {
+        match err {
+            KafkaError::ClientConfig(_, desc, key, _) => Error::config(key, desc),
+            other => Error::Kafka(other),
+        }
+    }
+}
+
+/// Renders an error and its `source()` chain as `outer: cause: root`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write;
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let _ = write!(out, ": {e}");
+        cur = e.source();
+    }
+    out
+}

@@ -1,0 +1,30 @@
+//! # redrive
+//!
+//! Durable retries and dead-letter topics for Kafka consumers, as a tower-layered consumer
+//! runtime.
+//!
+//! A handler is a [`tower::Service`]`<`[`Record`]`>`. A [`Worker`] (one consumer group member)
+//! reads its routes' topics on a poll thread, hands each record to a task per partition
+//! (in order, one at a time by default), and commits offsets by an explicit
+//! [`CommitPolicy`]. The commit rule: an offset is committed only when its record's outcome is
+//! final, so a crash means a record may be handled twice, never zero times.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod commit;
+pub mod error;
+pub mod metrics;
+pub mod record;
+mod runtime;
+mod worker;
+
+pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger};
+pub use error::{BoxError, Error};
+pub use record::{Header, Headers, Record, Timestamp, TimestampType};
+pub use runtime::CommitErrorCallback;
+pub use worker::route::{IntoRoute, Route};
+pub use worker::{shutdown_signal, Worker, WorkerBuilder, WorkerHandle};
+
+/// Re-exported so users name the same versions redrive uses.
+pub use rdkafka;
+pub use tower;

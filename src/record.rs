@@ -1,0 +1,301 @@
+//! The record a handler receives: an owned copy of one Kafka message.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::commit::Acknowledgment;
+
+/// One record header. Kafka header values are arbitrary bytes and may be null.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The header name.
+    pub key: String,
+    /// The header value; `None` is a null value, distinct from an empty one.
+    pub value: Option<Bytes>,
+}
+
+/// The headers of a record, in wire order. Kafka allows repeated keys, so this is a list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers(Vec<Header>);
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    /// Appends a header, keeping any existing header of the same name.
+    pub fn push(&mut self, key: impl Into<String>, value: Option<impl Into<Bytes>>) {
+        self.0.push(Header {
+            key: key.into(),
+            value: value.map(Into::into),
+        });
+    }
+
+    /// Replaces every header named `key` with a single one (appended at the end).
+    pub fn set(&mut self, key: &str, value: impl Into<Bytes>) {
+        self.remove(key);
+        self.0.push(Header {
+            key: key.to_owned(),
+            value: Some(value.into()),
+        });
+    }
+
+    /// Removes every header named `key`.
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|h| h.key != key);
+    }
+
+    /// The last header named `key` (Kafka clients treat the last one as current).
+    pub fn last(&self, key: &str) -> Option<&Header> {
+        self.0.iter().rev().find(|h| h.key == key)
+    }
+
+    /// The value of the last header named `key`, if it has a non-null value.
+    pub fn last_value(&self, key: &str) -> Option<&[u8]> {
+        self.last(key).and_then(|h| h.value.as_deref())
+    }
+
+    /// All headers named `key`, in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Header> + 'a {
+        self.0.iter().filter(move |h| h.key == key)
+    }
+
+    /// Iterates over all headers in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Header> {
+        self.0.iter()
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bytes taken by names and values, used for in-flight accounting.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+            .sum()
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = &'a Header;
+    type IntoIter = std::slice::Iter<'a, Header>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<Header> for Headers {
+    fn from_iter<T: IntoIterator<Item = Header>>(iter: T) -> Self {
+        Headers(iter.into_iter().collect())
+    }
+}
+
+/// How the broker stamped a record's timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TimestampType {
+    /// Set by the producer.
+    CreateTime,
+    /// Set by the broker on append.
+    LogAppendTime,
+}
+
+impl TimestampType {
+    /// The name Kafka's Java client uses (`CREATE_TIME`, `LOG_APPEND_TIME`).
+    pub fn as_java_str(self) -> &'static str {
+        match self {
+            TimestampType::CreateTime => "CREATE_TIME",
+            TimestampType::LogAppendTime => "LOG_APPEND_TIME",
+        }
+    }
+}
+
+/// A record timestamp in milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timestamp {
+    /// Milliseconds since the Unix epoch.
+    pub millis: i64,
+    /// Who set it.
+    pub kind: TimestampType,
+}
+
+/// An owned Kafka record, as handed to a handler.
+///
+/// Key, value and headers are [`Bytes`], so cloning a record is cheap and a tombstone
+/// (`value() == None`) stays distinct from an empty value.
+#[derive(Clone)]
+pub struct Record {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) timestamp: Option<Timestamp>,
+    pub(crate) key: Option<Bytes>,
+    pub(crate) value: Option<Bytes>,
+    pub(crate) headers: Headers,
+    pub(crate) ack: Option<Acknowledgment>,
+}
+
+impl Record {
+    /// A record with the given coordinates and no key, value or headers.
+    /// Useful to test a handler without a broker.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32, offset: i64) -> Self {
+        Record {
+            topic: topic.into(),
+            partition,
+            offset,
+            timestamp: None,
+            key: None,
+            value: None,
+            headers: Headers::new(),
+            ack: None,
+        }
+    }
+
+    /// Sets the key (builder style).
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the value (builder style).
+    pub fn with_value(mut self, value: impl Into<Bytes>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// Sets the headers (builder style).
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets the timestamp (builder style).
+    pub fn with_timestamp(mut self, timestamp: Timestamp) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// The topic the record was read from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The topic name as a shared string (no allocation to keep it).
+    pub fn topic_arc(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    /// The partition the record was read from.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// The record's timestamp, if the broker reported one.
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        self.timestamp
+    }
+
+    /// The key, `None` for a null key.
+    pub fn key(&self) -> Option<&Bytes> {
+        self.key.as_ref()
+    }
+
+    /// The value, `None` for a tombstone.
+    pub fn value(&self) -> Option<&Bytes> {
+        self.value.as_ref()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// Mutable headers (layers use this to add or strip headers).
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+
+    /// The handle to acknowledge this record when the worker runs with manual acknowledgement
+    /// ([`WorkerBuilder::manual_ack`](crate::WorkerBuilder::manual_ack)); `None` otherwise.
+    pub fn acknowledgment(&self) -> Option<&Acknowledgment> {
+        self.ack.as_ref()
+    }
+
+    /// Size of key, value and headers in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self.headers.byte_len()
+    }
+
+    /// `topic/partition@offset`, the form used in logs.
+    pub fn coordinates(&self) -> Coordinates<'_> {
+        Coordinates(self)
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .field("timestamp", &self.timestamp)
+            .field("key", &self.key)
+            .field("value_len", &self.value.as_ref().map(Bytes::len))
+            .field("headers", &self.headers.len())
+            .finish()
+    }
+}
+
+/// Displays a record's coordinates as `topic/partition@offset`.
+pub struct Coordinates<'a>(&'a Record);
+
+impl fmt::Display for Coordinates<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.0.topic, self.0.partition, self.0.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_keep_order_nulls_and_repeats() {
+        let mut h = Headers::new();
+        h.push("a", Some(&b"1"[..]));
+        h.push("a", Some(&b"2"[..]));
+        h.push("n", None::<Bytes>);
+        assert_eq!(h.last_value("a"), Some(&b"2"[..]));
+        assert_eq!(h.get_all("a").count(), 2);
+        assert!(h.last("n").unwrap().value.is_none());
+        h.set("a", &b"3"[..]);
+        assert_eq!(h.get_all("a").count(), 1);
+        assert_eq!(h.iter().last().unwrap().key, "a");
+    }
+
+    #[test]
+    fn tombstone_differs_from_empty() {
+        let t = Record::new("t", 0, 1);
+        let e = Record::new("t", 0, 1).with_value(Bytes::new());
+        assert!(t.value().is_none());
+        assert_eq!(e.value().map(|v| v.len()), Some(0));
+        assert_eq!(t.coordinates().to_string(), "t/0@1");
+    }
+}

@@ -1,0 +1,148 @@
+//! The consumer runtime: one poll thread per worker, one task per assigned partition.
+//!
+//! Data flows one way: the poll thread reads a record and hands it to its partition's task
+//! through a bounded queue; the task runs the route's tower service and marks the outcome in
+//! the partition's offset tracker; the poll thread commits what the trackers allow.
+//!
+//! Back-pressure never blocks the poll thread: when a partition's queue is full, the partition
+//! waits (e.g. for a retry's due time) or the worker is over its in-flight bounds, the poll
+//! thread pauses that partition and seeks back to the first record it did not hand over, then
+//! resumes it once there is room again. Other partitions keep flowing.
+
+mod context;
+mod partition;
+mod poll;
+pub(crate) mod tracker;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+
+use crate::commit::CommitPolicy;
+
+pub(crate) use context::RuntimeContext;
+pub(crate) use partition::{run_partition, PartitionStart};
+pub(crate) use poll::poll_loop;
+
+/// A record with its size, as queued for a partition task.
+pub(crate) type Queued = (crate::Record, usize);
+
+/// Called with the error and the offsets of a failed asynchronous commit.
+pub type CommitErrorCallback = Arc<dyn Fn(&KafkaError, &[(String, i32, i64)]) + Send + Sync>;
+
+/// Settings of the runtime, fixed when the worker is built.
+#[derive(Clone)]
+pub(crate) struct RuntimeConfig {
+    pub commit: CommitPolicy,
+    pub manual_ack: bool,
+    pub max_in_flight_records: u64,
+    pub max_in_flight_bytes: u64,
+    pub partition_queue: usize,
+    pub max_poll_records: usize,
+    pub drain_timeout: Duration,
+    pub poll_timeout: Duration,
+    pub on_commit_error: Option<CommitErrorCallback>,
+}
+
+/// State shared by the poll thread, the partition tasks and worker handles.
+pub(crate) struct RuntimeShared {
+    pub group: Arc<str>,
+    pub config: RuntimeConfig,
+    /// Records (and their bytes) whose outcome became final, over the worker's life.
+    pub finished_records: AtomicU64,
+    pub finished_bytes: AtomicU64,
+    /// Set by a failed async commit: the next commit resends every position.
+    pub commit_resend: AtomicBool,
+    pub shutdown: AtomicBool,
+    pub shutdown_notify: tokio::sync::Notify,
+}
+
+impl RuntimeShared {
+    pub(crate) fn new(group: Arc<str>, config: RuntimeConfig) -> Self {
+        RuntimeShared {
+            group,
+            config,
+            finished_records: AtomicU64::new(0),
+            finished_bytes: AtomicU64::new(0),
+            commit_resend: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            shutdown_notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub(crate) fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.shutdown_notify.notify_waiters();
+    }
+}
+
+/// State of one assigned partition shared between the poll thread and its task.
+pub(crate) struct PartitionShared {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub route: Arc<str>,
+    /// The commit position, or -1 before the first record.
+    committable: AtomicI64,
+    /// Set on revoke or shutdown: start no further record.
+    stop: AtomicBool,
+    /// Set by the task while it waits for a record's due time: fetch nothing more for now.
+    hold: AtomicBool,
+    finished_records: AtomicU64,
+    finished_bytes: AtomicU64,
+}
+
+impl PartitionShared {
+    pub(crate) fn new(topic: Arc<str>, partition: i32, route: Arc<str>) -> Self {
+        PartitionShared {
+            topic,
+            partition,
+            route,
+            committable: AtomicI64::new(-1),
+            stop: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
+            finished_records: AtomicU64::new(0),
+            finished_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn committable(&self) -> Option<i64> {
+        match self.committable.load(Ordering::Acquire) {
+            -1 => None,
+            o => Some(o),
+        }
+    }
+
+    pub(crate) fn publish(&self, position: Option<i64>) {
+        if let Some(p) = position {
+            self.committable.store(p, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn holding(&self) -> bool {
+        self.hold.load(Ordering::Acquire)
+    }
+
+    /// Used by the retry-topic delay: while set, the poll thread pauses this partition.
+    #[allow(dead_code)]
+    pub(crate) fn set_hold(&self, hold: bool) {
+        self.hold.store(hold, Ordering::Release);
+    }
+
+    pub(crate) fn finished(&self, rt: &RuntimeShared, bytes: usize) {
+        self.finished_records.fetch_add(1, Ordering::Relaxed);
+        self.finished_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        rt.finished_records.fetch_add(1, Ordering::Relaxed);
+        rt.finished_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,215 @@
+//! The task that handles one partition's records.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tower::{Service, ServiceExt};
+
+use super::tracker::OffsetTracker;
+use super::{PartitionShared, Queued, RuntimeShared};
+use crate::error::{error_chain, BoxError};
+use crate::Record;
+
+/// Everything a partition task needs besides its service.
+pub(crate) struct PartitionStart {
+    pub shared: Arc<PartitionShared>,
+    pub rx: mpsc::Receiver<Queued>,
+    pub acks: Option<mpsc::UnboundedReceiver<i64>>,
+    pub rt: Arc<RuntimeShared>,
+    pub concurrency: usize,
+}
+
+/// Why a record's handling failed.
+enum Failure {
+    Error(BoxError),
+    Panic(String),
+}
+
+/// Per-partition metric handles, registered once so the hot path only bumps atomics.
+struct Meters {
+    consumed: ::metrics::Counter,
+    ok: ::metrics::Counter,
+    error: ::metrics::Counter,
+    duration: ::metrics::Histogram,
+}
+
+impl Meters {
+    fn new(rt: &RuntimeShared, p: &PartitionShared) -> Self {
+        use crate::metrics::names::*;
+        let g = rt.group.to_string();
+        let t = p.topic.to_string();
+        let r = p.route.to_string();
+        let handled = |outcome: &'static str| ::metrics::counter!(RECORDS_HANDLED, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone(), "outcome" => outcome, "attempt" => "1");
+        Meters {
+            consumed: ::metrics::counter!(RECORDS_CONSUMED, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone(), "stage" => "main"),
+            ok: handled("ok"),
+            error: handled("retryable_error"),
+            duration: ::metrics::histogram!(HANDLER_DURATION, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone()),
+        }
+    }
+}
+
+/// Calls the service, turning a panic (in `call` or in the future) into a failure.
+fn guarded_call<S>(svc: &mut S, record: Record) -> impl Future<Output = Result<(), Failure>>
+where
+    S: Service<Record>,
+    S::Error: Into<BoxError>,
+{
+    let fut = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(record)));
+    async move {
+        let fut = fut.map_err(|p| Failure::Panic(panic_message(&*p)))?;
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Failure::Error(e.into())),
+            Err(p) => Err(Failure::Panic(panic_message(&*p))),
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Records a finished call. Errors that reach the runtime were not routed anywhere by a
+/// layer, so the runtime logs them with the record's coordinates; the record is then final.
+fn report(
+    p: &PartitionShared,
+    m: &Meters,
+    offset: i64,
+    started: Instant,
+    res: Result<(), Failure>,
+) {
+    m.duration.record(started.elapsed().as_secs_f64());
+    match res {
+        Ok(()) => m.ok.increment(1),
+        Err(Failure::Error(e)) => {
+            m.error.increment(1);
+            tracing::error!(
+                topic = %p.topic, partition = p.partition, offset,
+                error = %error_chain(&*e),
+                "handler failed and no retry route is configured; the record is logged and skipped"
+            );
+        }
+        Err(Failure::Panic(msg)) => {
+            m.error.increment(1);
+            tracing::error!(
+                topic = %p.topic, partition = p.partition, offset,
+                panic = %msg,
+                "handler panicked; the record counts as failed and the worker keeps running"
+            );
+        }
+    }
+}
+
+/// Handles one partition's records until its queue closes or it is told to stop.
+pub(crate) async fn run_partition<S>(mut svc: S, start: PartitionStart)
+where
+    S: Service<Record> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let PartitionStart {
+        shared,
+        mut rx,
+        acks,
+        rt,
+        concurrency,
+    } = start;
+    let meters = Meters::new(&rt, &shared);
+    let mut tracker = OffsetTracker::new();
+
+    if concurrency == 1 && acks.is_none() {
+        // The common case: one record at a time, final when the service returns.
+        while let Some((record, bytes)) = rx.recv().await {
+            if shared.stopping() {
+                break;
+            }
+            let offset = record.offset;
+            meters.consumed.increment(1);
+            tracker.dispatched(offset);
+            let started = Instant::now();
+            // Convert at once: the service's own error type need not be Send.
+            let ready = svc.ready().await.map_err(Into::into);
+            let res = match ready {
+                Ok(svc) => guarded_call(svc, record).await,
+                Err(e) => Err(Failure::Error(e)),
+            };
+            report(&shared, &meters, offset, started, res);
+            tracker.complete(offset);
+            shared.publish(tracker.committable());
+            shared.finished(&rt, bytes);
+        }
+        return;
+    }
+
+    let manual = acks.is_some();
+    let mut acks = acks;
+    let mut in_flight = FuturesUnordered::new();
+    let mut ready = false;
+    let mut open = true;
+    loop {
+        let can_take = open && !shared.stopping() && in_flight.len() < concurrency;
+        tokio::select! {
+            biased;
+            Some(offset) = recv_ack(&mut acks) => {
+                if tracker.complete(offset) {
+                    shared.publish(tracker.committable());
+                }
+            }
+            Some((offset, bytes, started, res)) = in_flight.next(), if !in_flight.is_empty() => {
+                let res: Result<(), Failure> = res;
+                let failed = res.is_err();
+                report(&shared, &meters, offset, started, res);
+                // In manual mode an Ok outcome is final only once acknowledged.
+                if (!manual || failed) && tracker.complete(offset) {
+                    shared.publish(tracker.committable());
+                }
+                shared.finished(&rt, bytes);
+            }
+            res = futures_util::future::poll_fn(|cx| svc.poll_ready(cx)), if can_take && !ready => {
+                match res {
+                    Ok(()) => ready = true,
+                    Err(e) => {
+                        tracing::error!(topic = %shared.topic, partition = shared.partition, error = %error_chain(&*e.into()), "service failed; partition stops");
+                        open = false;
+                    }
+                }
+            }
+            msg = rx.recv(), if can_take && ready => match msg {
+                Some((record, bytes)) => {
+                    ready = false;
+                    let offset = record.offset;
+                    meters.consumed.increment(1);
+                    tracker.dispatched(offset);
+                    let started = Instant::now();
+                    let call = guarded_call(&mut svc, record);
+                    in_flight.push(async move { (offset, bytes, started, call.await) });
+                }
+                None => open = false,
+            },
+            else => {}
+        }
+        let draining = !open || shared.stopping();
+        if draining && in_flight.is_empty() && (!manual || tracker.unfinished() == 0) {
+            break;
+        }
+    }
+}
+
+async fn recv_ack(acks: &mut Option<mpsc::UnboundedReceiver<i64>>) -> Option<i64> {
+    match acks {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

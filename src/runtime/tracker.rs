@@ -1,0 +1,122 @@
+//! Per-partition offset tracking: which offset may be committed.
+
+use std::collections::VecDeque;
+
+/// Tracks the records of one partition from dispatch to a final outcome.
+///
+/// Records are dispatched in offset order and may finish in any order. The commit position is
+/// the lowest offset not yet final, or one past the last dispatched offset when all are final.
+/// Offsets may have gaps (compaction, transaction markers).
+#[derive(Debug, Default)]
+pub(crate) struct OffsetTracker {
+    /// Dispatched, not yet released records: (offset, final?). Sorted by offset.
+    pending: VecDeque<(i64, bool)>,
+    /// One past the last dispatched offset.
+    next: Option<i64>,
+}
+
+impl OffsetTracker {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a record about to be handled. Offsets must increase.
+    pub(crate) fn dispatched(&mut self, offset: i64) {
+        debug_assert!(
+            self.next.is_none_or(|n| offset >= n),
+            "offsets must increase"
+        );
+        self.pending.push_back((offset, false));
+        self.next = Some(offset + 1);
+    }
+
+    /// Marks a record final. Unknown or already released offsets are ignored, so a duplicate
+    /// acknowledgement is harmless. Returns true when the commit position moved.
+    pub(crate) fn complete(&mut self, offset: i64) -> bool {
+        let idx = match self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+            Ok(i) => i,
+            Err(_) => return false,
+        };
+        self.pending[idx].1 = true;
+        if idx != 0 {
+            return false;
+        }
+        while let Some(&(_, true)) = self.pending.front() {
+            self.pending.pop_front();
+        }
+        true
+    }
+
+    /// The offset to commit (Kafka's "next offset to read"), if any record was dispatched.
+    pub(crate) fn committable(&self) -> Option<i64> {
+        match self.pending.front() {
+            Some(&(o, _)) => Some(o),
+            None => self.next,
+        }
+    }
+
+    /// Number of records dispatched and not yet released.
+    pub(crate) fn unfinished(&self) -> usize {
+        self.pending.iter().filter(|(_, done)| !done).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn in_order_completion_moves_position() {
+        let mut t = OffsetTracker::new();
+        assert_eq!(t.committable(), None);
+        t.dispatched(10);
+        assert_eq!(t.committable(), Some(10));
+        assert!(t.complete(10));
+        assert_eq!(t.committable(), Some(11));
+    }
+
+    #[test]
+    fn out_of_order_never_passes_an_unfinished_record() {
+        let mut t = OffsetTracker::new();
+        for o in [5, 6, 9, 12] {
+            t.dispatched(o);
+        }
+        assert!(!t.complete(9));
+        assert!(!t.complete(12));
+        assert_eq!(t.committable(), Some(5));
+        assert!(t.complete(5));
+        assert_eq!(t.committable(), Some(6));
+        assert!(t.complete(6));
+        assert_eq!(t.committable(), Some(13));
+        assert!(!t.complete(6), "duplicate ack is ignored");
+        assert_eq!(t.unfinished(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn position_is_lowest_unfinished(
+            gaps in proptest::collection::vec(1i64..4, 1..60),
+            order in proptest::collection::vec(any::<prop::sample::Index>(), 1..60),
+        ) {
+            let mut t = OffsetTracker::new();
+            let mut offsets = Vec::new();
+            let mut o = 100;
+            for g in &gaps {
+                t.dispatched(o);
+                offsets.push(o);
+                o += g;
+            }
+            let next = offsets.last().unwrap() + 1;
+            let mut unfinished: Vec<i64> = offsets.clone();
+            for idx in order {
+                if unfinished.is_empty() { break; }
+                let i = idx.index(unfinished.len());
+                let off = unfinished.remove(i);
+                t.complete(off);
+                let expect = unfinished.iter().copied().min().unwrap_or(next);
+                prop_assert_eq!(t.committable(), Some(expect));
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The worker: a consumer group member driving routes.
+
+mod builder;
+pub(crate) mod route;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+
+pub use builder::WorkerBuilder;
+
+use crate::runtime::{poll_loop, RuntimeContext, RuntimeShared};
+use crate::Error;
+
+/// A consumer group member that drives every record of its routes through their services.
+///
+/// Build it with [`Worker::builder`], run it with [`Worker::run`], stop it with a
+/// [`WorkerHandle`]: in-flight records drain and the final commit is synchronous.
+pub struct Worker {
+    consumer: BaseConsumer<RuntimeContext>,
+    rt: Arc<RuntimeShared>,
+    topics: Vec<String>,
+    bootstrap: String,
+    startup_timeout: Duration,
+}
+
+/// Stops a running worker from elsewhere. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    rt: Arc<RuntimeShared>,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to stop: no new record starts, in-flight records finish (up to the
+    /// drain timeout), final offsets are committed synchronously, then [`Worker::run`] returns.
+    pub fn shutdown(&self) {
+        self.rt.request_shutdown();
+    }
+
+    /// True once shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        self.rt.shutdown.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Worker {
+    /// Starts configuring a worker.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::new()
+    }
+
+    /// A handle to stop the worker.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            rt: self.rt.clone(),
+        }
+    }
+
+    /// The consumer group.
+    pub fn group_id(&self) -> &str {
+        &self.rt.group
+    }
+
+    /// The topics the worker subscribes to.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Connects, checks the topics exist, subscribes and handles records until shut down.
+    ///
+    /// Must be called within a Tokio runtime; the partition tasks run on it, the Kafka poll
+    /// loop runs on a thread of its own.
+    pub async fn run(self) -> Result<(), Error> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let _ = self.consumer.context().handle.set(handle);
+        ::metrics::gauge!(crate::metrics::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
+            .set(1.0);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let Worker {
+            consumer,
+            rt: _,
+            topics,
+            bootstrap,
+            startup_timeout,
+        } = self;
+        std::thread::Builder::new()
+            .name("redrive-poll".into())
+            .spawn(move || {
+                let res = start(&consumer, &topics, &bootstrap, startup_timeout)
+                    .and_then(|()| poll_loop(consumer));
+                let _ = tx.send(res);
+            })
+            .map_err(|e| Error::Fatal(format!("cannot start the poll thread: {e}")))?;
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Fatal("the poll thread panicked".into())))
+    }
+
+    /// Runs until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let handle = self.handle();
+        let watcher = tokio::spawn(async move {
+            signal.await;
+            handle.shutdown();
+        });
+        let res = self.run().await;
+        watcher.abort();
+        res
+    }
+}
+
+/// Checks the cluster is reachable and every topic exists, then subscribes.
+fn start(
+    consumer: &BaseConsumer<RuntimeContext>,
+    topics: &[String],
+    bootstrap: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|source| Error::BrokerUnreachable {
+            bootstrap: bootstrap.to_owned(),
+            timeout,
+            source,
+        })?;
+    for topic in topics {
+        let found = md.topics().iter().find(|t| t.name() == topic);
+        let exists = found.is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            return Err(Error::TopicNotFound {
+                topic: topic.clone(),
+            });
+        }
+    }
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).map_err(|e| match e {
+        KafkaError::Subscription(s) => Error::config("topics", s),
+        other => Error::Kafka(other),
+    })?;
+    tracing::info!(group = %consumer.context().rt.group, topics = ?topics, "subscribed");
+    Ok(())
+}
+
+/// Completes on ctrl-c or SIGTERM: pass it to [`Worker::run_until`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
