@@ -233,6 +233,16 @@ impl RuntimeContext {
         }
         let record = to_record(msg, &slot.shared.topic, slot.acks.as_ref());
         let bytes = record.byte_len();
+        if bytes as u64 > self.rt.config.max_in_flight_bytes {
+            tracing::warn!(
+                topic,
+                partition = p,
+                offset,
+                bytes,
+                max_in_flight_bytes = self.rt.config.max_in_flight_bytes,
+                "record is larger than max_in_flight_bytes; it is handled, alone"
+            );
+        }
         let tx = slot.tx.as_ref().expect("an assigned slot has a queue");
         match tx.try_send((record, bytes)) {
             Ok(()) => {
@@ -422,7 +432,16 @@ impl DispatchState {
     }
 
     fn update_assigned_gauge(&self, rt: &RuntimeShared) {
-        let n = self.slots.values().flatten().flatten().count();
+        let mut list: Vec<(String, i32)> = self
+            .slots
+            .values()
+            .flatten()
+            .flatten()
+            .map(|s| (s.shared.topic.to_string(), s.shared.partition))
+            .collect();
+        list.sort();
+        let n = list.len();
+        *rt.assignment.lock().unwrap_or_else(|e| e.into_inner()) = list;
         ::metrics::gauge!(crate::metrics::names::PARTITIONS_ASSIGNED, "group" => rt.group.to_string())
             .set(n as f64);
     }

@@ -57,6 +57,8 @@ pub(crate) struct RuntimeShared {
     pub commit_resend: AtomicBool,
     pub shutdown: AtomicBool,
     pub shutdown_notify: tokio::sync::Notify,
+    /// The partitions currently assigned, for handles and readiness checks.
+    pub assignment: std::sync::Mutex<Vec<(String, i32)>>,
 }
 
 impl RuntimeShared {
@@ -69,6 +71,7 @@ impl RuntimeShared {
             commit_resend: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             shutdown_notify: tokio::sync::Notify::new(),
+            assignment: std::sync::Mutex::new(Vec::new()),
         }
     }
 

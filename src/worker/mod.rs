@@ -40,6 +40,22 @@ impl WorkerHandle {
         self.rt.request_shutdown();
     }
 
+    /// The partitions currently assigned to the worker, as (topic, partition), sorted.
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        self.rt
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records whose outcome became final since the worker started.
+    pub fn records_finished(&self) -> u64 {
+        self.rt
+            .finished_records
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// True once shutdown was requested.
     pub fn is_shutting_down(&self) -> bool {
         self.rt.shutdown.load(std::sync::atomic::Ordering::Acquire)

@@ -1,0 +1,226 @@
+//! Bad input gives clear errors or log lines, and no record is skipped silently.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redrive::{BoxError, CommitPolicy, Error, Record, Route, Worker};
+use support::*;
+use tower::service_fn;
+
+fn noop(
+) -> impl tower::Service<Record, Response = (), Error = BoxError, Future = impl Send + 'static>
+       + Clone
+       + Send
+       + 'static {
+    service_fn(|_r: Record| async { Ok::<_, BoxError>(()) })
+}
+
+fn setting_of(e: Error) -> String {
+    match e {
+        Error::Config { setting, .. } => setting,
+        other => panic!("expected a config error, got {other}"),
+    }
+}
+
+#[test]
+fn config_mistakes_name_the_setting() {
+    let base = || {
+        Worker::builder()
+            .bootstrap_servers("127.0.0.1:1")
+            .group_id("g")
+    };
+    let e = Worker::builder()
+        .bootstrap_servers("127.0.0.1:1")
+        .route(Route::new("t", noop()))
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(setting_of(e), "group.id");
+    let e = Worker::builder()
+        .group_id("g")
+        .route(Route::new("t", noop()))
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(setting_of(e), "bootstrap.servers");
+    let e = base().build().err().unwrap();
+    assert_eq!(setting_of(e), "route");
+    let e = base()
+        .route(Route::new("t", noop()).concurrency(0))
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(setting_of(e), "concurrency");
+    let e = base()
+        .route(Route::new("t", noop()))
+        .route(Route::new("t", noop()).name("other"))
+        .build()
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("read by two routes"), "{e}");
+    let e = base()
+        .property("enable.auto.commit", "true")
+        .route(Route::new("t", noop()))
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(setting_of(e), "enable.auto.commit");
+    let e = base()
+        .property("no.such.property", "1")
+        .route(Route::new("t", noop()))
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(setting_of(e), "no.such.property");
+    let e = base()
+        .max_in_flight_records(0)
+        .route(Route::new("t", noop()))
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(setting_of(e), "max_in_flight_records");
+    let e = base()
+        .commit_policy(CommitPolicy::async_every(0))
+        .route(Route::new("t", noop()))
+        .build()
+        .err()
+        .unwrap();
+    assert_eq!(setting_of(e), "commit_policy");
+    let e = "sometimes".parse::<CommitPolicy>().unwrap_err();
+    assert!(
+        e.to_string().contains("unknown commit policy `sometimes`"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_bootstrap_fails_start_up_clearly() {
+    let w = Worker::builder()
+        .bootstrap_servers("no-such-host.invalid:9")
+        .group_id("g")
+        .startup_timeout(Duration::from_secs(2))
+        .route(Route::new("t", noop()))
+        .build()
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(30), w.run())
+        .await
+        .expect("start-up must give up")
+        .unwrap_err();
+    assert!(matches!(e, Error::BrokerUnreachable { .. }), "{e}");
+    assert!(e.to_string().contains("no-such-host.invalid:9"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topic_is_named() {
+    let bootstrap = bootstrap();
+    let topic = unique("missing");
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(unique("g"))
+        .route(Route::new(&topic, noop()))
+        .build()
+        .unwrap();
+    let e = w.run().await.unwrap_err();
+    match e {
+        Error::TopicNotFound { topic: t } => assert_eq!(t, topic),
+        other => panic!("expected TopicNotFound, got {other}"),
+    }
+}
+
+/// A panicking handler fails its record; the worker keeps running and handles the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_panic_does_not_stop_the_worker() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("panic");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 10).await;
+    let ok = Arc::new(AtomicU64::new(0));
+    let svc = {
+        let ok = ok.clone();
+        service_fn(move |r: Record| {
+            let ok = ok.clone();
+            async move {
+                if r.offset() == 3 {
+                    panic!("boom at offset 3");
+                }
+                ok.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .commit_policy(CommitPolicy::sync_per_record())
+        .route(Route::new(&topic, svc))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "9 records ok", || {
+        ok.load(Ordering::Relaxed) >= 9
+    })
+    .await;
+    eventually(Duration::from_secs(10), "all 10 final", || {
+        h.records_finished() >= 10
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0], Some(10));
+}
+
+/// Records bigger than the in-flight byte bound are still handled (alone), never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_larger_than_the_byte_bound_is_handled() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("big");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    let p = producer(&bootstrap);
+    let big = vec![7u8; 200_000];
+    for _ in 0..3 {
+        p.send(
+            rdkafka::producer::FutureRecord::<(), _>::to(&topic).payload(&big),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let svc = {
+        let sizes = sizes.clone();
+        service_fn(move |r: Record| {
+            let sizes = sizes.clone();
+            async move {
+                sizes.lock().unwrap().push(r.value().map_or(0, |v| v.len()));
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .max_in_flight_bytes(1000)
+        .route(Route::new(&topic, svc))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "3 big records handled", || {
+        sizes.lock().unwrap().len() >= 3
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(*sizes.lock().unwrap(), vec![200_000; 3]);
+}

@@ -1,0 +1,334 @@
+//! Commit policies against the real broker: every policy commits what is final while the
+//! worker runs; a restart resumes right after the last commit; out-of-order completion never
+//! commits past an unfinished record.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redrive::{BoxError, CommitPolicy, Record, Route, Worker};
+use support::*;
+use tower::service_fn;
+
+type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
+
+fn recording(
+    seen: Seen,
+) -> impl tower::Service<Record, Response = (), Error = BoxError, Future = impl Send> + Clone {
+    service_fn(move |r: Record| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push((r.partition(), r.offset()));
+            Ok::<_, BoxError>(())
+        }
+    })
+}
+
+fn worker(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    policy: CommitPolicy,
+    svc: impl tower::Service<Record, Response = (), Error = BoxError, Future = impl Send + 'static>
+        + Clone
+        + Send
+        + 'static,
+) -> Worker {
+    Worker::builder()
+        .bootstrap_servers(bootstrap)
+        .group_id(group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .commit_policy(policy)
+        .route(Route::new(topic, svc))
+        .build()
+        .unwrap()
+}
+
+/// Runs a worker with `policy` over 40 records on 2 partitions and checks that, while it is
+/// still running, the committed offsets reach the end of each partition (for a count policy
+/// `every N`, at most N-1 records may still wait for the next count), and that shutdown
+/// commits everything.
+async fn policy_commits_while_running(policy: &str) {
+    let slack = match policy.parse::<CommitPolicy>().unwrap().trigger {
+        redrive::CommitTrigger::EveryRecords(n) => n as i64 - 1,
+        _ => 0,
+    };
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("commit-policy");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 2).await;
+    produce_n(&bootstrap, &topic, 2, 0, 40).await;
+    let seen: Seen = Default::default();
+    let w = worker(
+        &bootstrap,
+        &group,
+        &topic,
+        policy.parse().unwrap(),
+        recording(seen.clone()),
+    );
+    let handle = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "all 40 records handled", || {
+        seen.lock().unwrap().len() >= 40
+    })
+    .await;
+    let ends = high_watermarks(&bootstrap, &topic, 2);
+    let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
+    eventually(
+        Duration::from_secs(20),
+        &format!("{policy}: commits reach the end while running"),
+        || {
+            let c = committed(&b, &g, &t, 2);
+            let behind: i64 = c.iter().map(|(p, o)| ends[p] - o.unwrap_or(0)).sum();
+            behind <= slack
+        },
+    )
+    .await;
+    assert!(!run.is_finished(), "the worker must still be running");
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    let c = committed(&bootstrap, &group, &topic, 2);
+    assert!(
+        c.iter().all(|(p, o)| *o == Some(ends[p])),
+        "{policy}: shutdown commits everything: {c:?}"
+    );
+    let handled: BTreeSet<_> = seen.lock().unwrap().iter().copied().collect();
+    assert_eq!(handled.len(), 40, "each record handled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_per_record() {
+    policy_commits_while_running("sync:record").await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_per_record() {
+    policy_commits_while_running("async:record").await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_every_ten() {
+    policy_commits_while_running("sync:10").await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_every_ten() {
+    policy_commits_while_running("async:10").await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_interval() {
+    policy_commits_while_running("sync:200ms").await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_interval() {
+    policy_commits_while_running("async:200ms").await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_per_batch() {
+    policy_commits_while_running("sync:batch").await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_per_batch() {
+    policy_commits_while_running("async:batch").await;
+}
+
+/// A count policy does not commit before the count is reached, commits everything final once it
+/// is, and shutdown commits the remainder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_policy_waits_for_the_count_and_shutdown_commits_the_rest() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("commit-count");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 5).await;
+    let seen: Seen = Default::default();
+    let w = worker(
+        &bootstrap,
+        &group,
+        &topic,
+        CommitPolicy::sync_every(10),
+        recording(seen.clone()),
+    );
+    let handle = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "5 handled", || {
+        seen.lock().unwrap().len() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, 1)[&0],
+        None,
+        "5 < 10 records: nothing committed yet"
+    );
+    produce_n(&bootstrap, &topic, 1, 5, 20).await;
+    eventually(Duration::from_secs(60), "25 handled", || {
+        seen.lock().unwrap().len() >= 25
+    })
+    .await;
+    let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
+    eventually(
+        Duration::from_secs(20),
+        "the count triggers a commit",
+        || committed(&b, &g, &t, 1)[&0].is_some_and(|o| o >= 10),
+    )
+    .await;
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, 1)[&0],
+        Some(25),
+        "shutdown commits the rest"
+    );
+}
+
+/// A restarted worker resumes exactly after the last committed record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_after_last_commit() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("commit-restart");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 2).await;
+    produce_n(&bootstrap, &topic, 2, 0, 20).await;
+
+    let first: Seen = Default::default();
+    let w = worker(
+        &bootstrap,
+        &group,
+        &topic,
+        CommitPolicy::sync_per_record(),
+        recording(first.clone()),
+    );
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "first 20 handled", || {
+        first.lock().unwrap().len() >= 20
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, 2)
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![Some(10), Some(10)]
+    );
+
+    produce_n(&bootstrap, &topic, 2, 20, 10).await;
+    let second: Seen = Default::default();
+    let w = worker(
+        &bootstrap,
+        &group,
+        &topic,
+        CommitPolicy::sync_per_record(),
+        recording(second.clone()),
+    );
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "10 new handled", || {
+        second.lock().unwrap().len() >= 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    let got: BTreeSet<_> = second.lock().unwrap().iter().copied().collect();
+    let want: BTreeSet<_> = (0..2).flat_map(|p| (10..15).map(move |o| (p, o))).collect();
+    assert_eq!(
+        got, want,
+        "the restarted worker sees exactly the records after the last commit"
+    );
+    assert_eq!(second.lock().unwrap().len(), 10, "no record twice");
+}
+
+/// With concurrency 4 on one partition, a slow record holds the commit back while later
+/// records finish; abandoning it (drain timeout, as a crash would) leaves it uncommitted, so
+/// the next worker handles it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_completion_never_commits_past_an_unfinished_record() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("commit-ooo");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 20).await;
+
+    let done: Seen = Default::default();
+    let slow = {
+        let done = done.clone();
+        service_fn(move |r: Record| {
+            let done = done.clone();
+            async move {
+                if r.offset() == 5 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                done.lock().unwrap().push((r.partition(), r.offset()));
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .commit_policy(CommitPolicy::async_per_record())
+        .drain_timeout(Duration::from_millis(300))
+        .route(Route::new(&topic, slow).concurrency(4))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(
+        Duration::from_secs(60),
+        "the 19 fast records finish",
+        || done.lock().unwrap().len() >= 19,
+    )
+    .await;
+    let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
+    eventually(
+        Duration::from_secs(10),
+        "commit reaches the slow record",
+        || committed(&b, &g, &t, 1)[&0] == Some(5),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, 1)[&0],
+        Some(5),
+        "never past offset 5"
+    );
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, 1)[&0],
+        Some(5),
+        "abandoned record stays uncommitted"
+    );
+
+    let again: Seen = Default::default();
+    let w = worker(
+        &bootstrap,
+        &group,
+        &topic,
+        CommitPolicy::sync_per_record(),
+        recording(again.clone()),
+    );
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(
+        Duration::from_secs(60),
+        "the slow record is handled again",
+        || again.lock().unwrap().contains(&(0, 5)),
+    )
+    .await;
+    eventually(Duration::from_secs(20), "and the rest after it", || {
+        again.lock().unwrap().len() >= 15
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0], Some(20));
+}

@@ -1,0 +1,128 @@
+//! Two workers in one group split a 6-partition topic; when one stops, the other takes over
+//! and every record is handled at least once.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redrive::{BoxError, CommitPolicy, Record, Route, Worker};
+use support::*;
+use tower::service_fn;
+
+type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
+
+fn start(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    seen: Seen,
+) -> (
+    redrive::WorkerHandle,
+    tokio::task::JoinHandle<Result<(), redrive::Error>>,
+) {
+    let svc = service_fn(move |r: Record| {
+        let seen = seen.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            seen.lock().unwrap().push((r.partition(), r.offset()));
+            Ok::<_, BoxError>(())
+        }
+    });
+    let w = Worker::builder()
+        .bootstrap_servers(bootstrap)
+        .group_id(group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .property("heartbeat.interval.ms", "500")
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(200)))
+        .route(Route::new(topic, svc))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    (h, tokio::spawn(w.run()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_split_then_one_takes_over() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("rebalance");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 6).await;
+
+    let a_seen: Seen = Default::default();
+    let b_seen: Seen = Default::default();
+    let (a, a_run) = start(&bootstrap, &group, &topic, a_seen.clone());
+    eventually(Duration::from_secs(60), "A owns all 6 partitions", || {
+        a.assignment().len() == 6
+    })
+    .await;
+    let (b, b_run) = start(&bootstrap, &group, &topic, b_seen.clone());
+    eventually(
+        Duration::from_secs(90),
+        "A and B split the partitions",
+        || {
+            let (x, y) = (a.assignment(), b.assignment());
+            !x.is_empty() && !y.is_empty() && x.len() + y.len() == 6
+        },
+    )
+    .await;
+    let a_parts: BTreeSet<i32> = a.assignment().into_iter().map(|(_, p)| p).collect();
+    let b_parts: BTreeSet<i32> = b.assignment().into_iter().map(|(_, p)| p).collect();
+    assert!(a_parts.is_disjoint(&b_parts), "{a_parts:?} / {b_parts:?}");
+
+    produce_n(&bootstrap, &topic, 6, 0, 300).await;
+    let total = |s: &Seen| s.lock().unwrap().iter().copied().collect::<BTreeSet<_>>();
+    eventually(
+        Duration::from_secs(60),
+        "300 records handled by A and B",
+        || total(&a_seen).union(&total(&b_seen)).count() >= 300,
+    )
+    .await;
+    for (p, _) in a_seen.lock().unwrap().iter() {
+        assert!(
+            a_parts.contains(p),
+            "A handled partition {p} it does not own"
+        );
+    }
+    for (p, _) in b_seen.lock().unwrap().iter() {
+        assert!(
+            b_parts.contains(p),
+            "B handled partition {p} it does not own"
+        );
+    }
+
+    // B leaves; A takes everything over, and records produced meanwhile are not lost.
+    b.shutdown();
+    produce_n(&bootstrap, &topic, 6, 300, 300).await;
+    b_run.await.unwrap().unwrap();
+    eventually(
+        Duration::from_secs(90),
+        "A owns all 6 partitions again",
+        || a.assignment().len() == 6,
+    )
+    .await;
+    eventually(Duration::from_secs(60), "all 600 records handled", || {
+        total(&a_seen).union(&total(&b_seen)).count() >= 600
+    })
+    .await;
+    a.shutdown();
+    a_run.await.unwrap().unwrap();
+
+    let all: BTreeSet<(i32, i64)> = total(&a_seen).union(&total(&b_seen)).copied().collect();
+    let mut per_partition: BTreeMap<i32, usize> = BTreeMap::new();
+    for (p, _) in &all {
+        *per_partition.entry(*p).or_default() += 1;
+    }
+    assert_eq!(
+        per_partition.values().sum::<usize>(),
+        600,
+        "none lost: {per_partition:?}"
+    );
+    let ends = high_watermarks(&bootstrap, &topic, 6);
+    let c = committed(&bootstrap, &group, &topic, 6);
+    for p in 0..6 {
+        assert_eq!(c[&p], Some(ends[&p]), "partition {p} fully committed");
+    }
+}
