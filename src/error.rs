@@ -93,3 +93,50 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// A record's payload could not be decoded. Fatal by default: a poison pill goes straight to
+/// the dead-letter topic, once, instead of failing on every retry.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode the record value as {target}: {source}")]
+pub struct DecodeError {
+    target: &'static str,
+    #[source]
+    source: BoxError,
+}
+
+impl DecodeError {
+    /// A decode failure into `target` (a type name, e.g. `"Order"`), caused by `source`.
+    pub fn new(target: &'static str, source: impl Into<BoxError>) -> Self {
+        DecodeError {
+            target,
+            source: source.into(),
+        }
+    }
+
+    /// The type the payload was meant to become.
+    pub fn target(&self) -> &'static str {
+        self.target
+    }
+}
+
+/// Wraps an error so that it is never retried: the record goes to the dead-letter topic at
+/// once (`redrive_dead_lettered_total{reason="fatal"}`).
+///
+/// ```
+/// # use redrive::error::Fatal;
+/// # fn check(amount: i64) -> Result<(), redrive::BoxError> {
+/// if amount < 0 {
+///     return Err(Fatal::new(format!("negative amount {amount}")).into());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(#[source] pub BoxError);
+
+impl Fatal {
+    /// Marks `err` as fatal.
+    pub fn new(err: impl Into<BoxError>) -> Self {
+        Fatal(err.into())
+    }
+}

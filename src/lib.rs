@@ -13,13 +13,18 @@
 
 pub mod commit;
 pub mod error;
+pub mod headers;
+pub mod layer;
 pub mod metrics;
+pub mod policy;
+pub mod publish;
 pub mod record;
 mod runtime;
 mod worker;
 
 pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger};
-pub use error::{BoxError, Error};
+pub use error::{BoxError, DecodeError, Error, Fatal};
+pub use policy::RetryPolicy;
 pub use record::{Header, Headers, Record, Timestamp, TimestampType};
 pub use runtime::CommitErrorCallback;
 pub use worker::route::{IntoRoute, Route};

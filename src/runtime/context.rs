@@ -19,10 +19,9 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{PartitionShared, PartitionStart, Queued, RuntimeShared};
+use super::{PartitionShared, PartitionStart, Queued, RuntimeShared, TopicBinding};
 use crate::commit::{Acknowledgment, CommitMode, CommitTrigger};
 use crate::record::{Header, Headers, Timestamp, TimestampType};
-use crate::worker::route::RouteFactory;
 use crate::Record;
 
 /// One assigned partition, as the poll thread sees it.
@@ -60,16 +59,13 @@ pub(crate) struct DispatchState {
 pub(crate) struct RuntimeContext {
     pub(crate) rt: Arc<RuntimeShared>,
     pub(crate) handle: OnceLock<Handle>,
-    /// Topic name -> (interned name, route).
-    pub(crate) routes: HashMap<String, (Arc<str>, Arc<dyn RouteFactory>)>,
+    /// Topic name -> how it is handled.
+    pub(crate) routes: HashMap<String, TopicBinding>,
     state: Mutex<DispatchState>,
 }
 
 impl RuntimeContext {
-    pub(crate) fn new(
-        rt: Arc<RuntimeShared>,
-        routes: HashMap<String, (Arc<str>, Arc<dyn RouteFactory>)>,
-    ) -> Self {
+    pub(crate) fn new(rt: Arc<RuntimeShared>, routes: HashMap<String, TopicBinding>) -> Self {
         RuntimeContext {
             rt,
             handle: OnceLock::new(),
@@ -94,13 +90,14 @@ impl RuntimeContext {
         let cfg = &self.rt.config;
         let mut st = self.state();
         for e in tpl.elements() {
-            let Some((topic, route)) = self.routes.get(e.topic()) else {
+            let Some(binding) = self.routes.get(e.topic()) else {
                 tracing::warn!(
                     topic = e.topic(),
                     "assigned a partition of a topic no route handles"
                 );
                 continue;
             };
+            let (topic, route) = (&binding.name, &binding.route);
             let p = e.partition();
             let parts = st.slots.entry(topic.clone()).or_default();
             let idx = p as usize;
@@ -126,6 +123,9 @@ impl RuntimeContext {
                     acks: acks_rx,
                     rt: self.rt.clone(),
                     concurrency: route.concurrency(),
+                    stage: binding.stage,
+                    max_wait: binding.max_wait,
+                    count_outcomes: binding.count_outcomes,
                 },
             );
             tracing::info!(topic = %topic, partition = p, route = %route.name(), "partition assigned");

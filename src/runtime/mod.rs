@@ -14,7 +14,7 @@ mod partition;
 mod poll;
 pub(crate) mod tracker;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,18 @@ use crate::commit::CommitPolicy;
 pub(crate) use context::RuntimeContext;
 pub(crate) use partition::{run_partition, PartitionStart};
 pub(crate) use poll::poll_loop;
+
+/// How the worker handles one topic.
+#[derive(Clone)]
+pub(crate) struct TopicBinding {
+    pub name: Arc<str>,
+    pub route: Arc<dyn crate::worker::route::RouteFactory>,
+    pub stage: crate::layer::Stage,
+    /// Retry topics: a due time further ahead than this is treated as garbage.
+    pub max_wait: Duration,
+    /// False when a layer (retry topic, DLT) records outcomes itself.
+    pub count_outcomes: bool,
+}
 
 /// A record with its size, as queued for a partition task.
 pub(crate) type Queued = (crate::Record, usize);
@@ -90,8 +102,10 @@ pub(crate) struct PartitionShared {
     committable: AtomicI64,
     /// Set on revoke or shutdown: start no further record.
     stop: AtomicBool,
-    /// Set by the task while it waits for a record's due time: fetch nothing more for now.
-    hold: AtomicBool,
+    /// Records of this partition waiting for their due time: while > 0, fetch nothing more.
+    hold: AtomicU32,
+    /// Wakes a task waiting for a due time when the partition is stopped.
+    stop_notify: tokio::sync::Notify,
     finished_records: AtomicU64,
     finished_bytes: AtomicU64,
 }
@@ -104,7 +118,8 @@ impl PartitionShared {
             route,
             committable: AtomicI64::new(-1),
             stop: AtomicBool::new(false),
-            hold: AtomicBool::new(false),
+            hold: AtomicU32::new(0),
+            stop_notify: tokio::sync::Notify::new(),
             finished_records: AtomicU64::new(0),
             finished_bytes: AtomicU64::new(0),
         }
@@ -129,16 +144,35 @@ impl PartitionShared {
 
     pub(crate) fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
+        self.stop_notify.notify_waiters();
     }
 
     pub(crate) fn holding(&self) -> bool {
-        self.hold.load(Ordering::Acquire)
+        self.hold.load(Ordering::Acquire) > 0
     }
 
-    /// Used by the retry-topic delay: while set, the poll thread pauses this partition.
-    #[allow(dead_code)]
-    pub(crate) fn set_hold(&self, hold: bool) {
-        self.hold.store(hold, Ordering::Release);
+    /// Waits until `due_ms` (epoch ms) with the partition held (the poll thread pauses it).
+    /// False when the partition was stopped first.
+    pub(crate) async fn hold_until(&self, due_ms: i64) -> bool {
+        let notified = self.stop_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.stopping() {
+            return false;
+        }
+        self.hold.fetch_add(1, Ordering::AcqRel);
+        let stopped = loop {
+            let wait = due_ms - crate::layer::now_ms();
+            if wait <= 0 {
+                break false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                _ = notified.as_mut() => break true,
+            }
+        };
+        self.hold.fetch_sub(1, Ordering::AcqRel);
+        !stopped
     }
 
     pub(crate) fn finished(&self, rt: &RuntimeShared, bytes: usize) {

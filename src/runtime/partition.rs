@@ -3,8 +3,9 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
@@ -13,6 +14,7 @@ use tower::{Service, ServiceExt};
 use super::tracker::OffsetTracker;
 use super::{PartitionShared, Queued, RuntimeShared};
 use crate::error::{error_chain, BoxError};
+use crate::layer::{now_ms, Halt, Stage};
 use crate::Record;
 
 /// Everything a partition task needs besides its service.
@@ -22,6 +24,9 @@ pub(crate) struct PartitionStart {
     pub acks: Option<mpsc::UnboundedReceiver<i64>>,
     pub rt: Arc<RuntimeShared>,
     pub concurrency: usize,
+    pub stage: Stage,
+    pub max_wait: Duration,
+    pub count_outcomes: bool,
 }
 
 /// Why a record's handling failed.
@@ -33,25 +38,54 @@ enum Failure {
 /// Per-partition metric handles, registered once so the hot path only bumps atomics.
 struct Meters {
     consumed: ::metrics::Counter,
-    ok: ::metrics::Counter,
-    error: ::metrics::Counter,
+    /// None when a layer counts outcomes itself.
+    ok: Option<::metrics::Counter>,
+    error: Option<::metrics::Counter>,
     duration: ::metrics::Histogram,
+    delay_error: ::metrics::Histogram,
 }
 
 impl Meters {
-    fn new(rt: &RuntimeShared, p: &PartitionShared) -> Self {
+    fn new(rt: &RuntimeShared, p: &PartitionShared, stage: Stage, count_outcomes: bool) -> Self {
         use crate::metrics::names::*;
         let g = rt.group.to_string();
         let t = p.topic.to_string();
         let r = p.route.to_string();
-        let handled = |outcome: &'static str| ::metrics::counter!(RECORDS_HANDLED, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone(), "outcome" => outcome, "attempt" => "1");
+        let handled = |outcome: &'static str| {
+            count_outcomes.then(|| ::metrics::counter!(RECORDS_HANDLED, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone(), "outcome" => outcome, "attempt" => "1"))
+        };
         Meters {
-            consumed: ::metrics::counter!(RECORDS_CONSUMED, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone(), "stage" => "main"),
+            consumed: ::metrics::counter!(RECORDS_CONSUMED, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone(), "stage" => stage.as_str()),
             ok: handled("ok"),
             error: handled("retryable_error"),
             duration: ::metrics::histogram!(HANDLER_DURATION, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone()),
+            delay_error: ::metrics::histogram!(RETRY_DELAY_ERROR, "group" => g.clone(), "topic" => t.clone(), "route" => r.clone()),
         }
     }
+}
+
+/// Holds a retry-topic record until its due time (DESIGN §4). False when the partition was
+/// stopped first: the record stays unhandled and uncommitted.
+async fn due_gate(
+    shared: &PartitionShared,
+    record: &Record,
+    max_wait: Duration,
+    delay_error: &::metrics::Histogram,
+) -> bool {
+    let Some(due) = crate::headers::due_at_ms(record.headers()) else {
+        tracing::warn!(record = %record.coordinates(), "retry-topic record without a valid `retry_topic-backoff-timestamp`; handling it now");
+        return true;
+    };
+    let ahead = due - now_ms();
+    if ahead > max_wait.as_millis() as i64 {
+        tracing::warn!(record = %record.coordinates(), due_ms = due, ahead_ms = ahead, "back-off timestamp is further ahead than any delay of the policy; handling the record now instead of waiting");
+        return true;
+    }
+    if ahead > 0 && !shared.hold_until(due).await {
+        return false;
+    }
+    delay_error.record((now_ms() - due).max(0) as f64 / 1000.0);
+    true
 }
 
 /// Calls the service, turning a panic (in `call` or in the future) into a failure.
@@ -81,20 +115,35 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Records a finished call. Errors that reach the runtime were not routed anywhere by a
-/// layer, so the runtime logs them with the record's coordinates; the record is then final.
+/// Records a finished call; false when a layer halted the partition at this record.
+/// Errors that reach the runtime were not routed anywhere by a layer, so the runtime logs
+/// them with the record's coordinates; the record is then final.
 fn report(
     p: &PartitionShared,
     m: &Meters,
     offset: i64,
     started: Instant,
     res: Result<(), Failure>,
-) {
+) -> bool {
     m.duration.record(started.elapsed().as_secs_f64());
     match res {
-        Ok(()) => m.ok.increment(1),
+        Ok(()) => {
+            if let Some(c) = &m.ok {
+                c.increment(1);
+            }
+        }
+        Err(Failure::Error(e)) if e.is::<Halt>() => {
+            tracing::error!(
+                topic = %p.topic, partition = p.partition, offset,
+                error = %error_chain(&*e),
+                "partition halted; the record stays uncommitted"
+            );
+            return false;
+        }
         Err(Failure::Error(e)) => {
-            m.error.increment(1);
+            if let Some(c) = &m.error {
+                c.increment(1);
+            }
             tracing::error!(
                 topic = %p.topic, partition = p.partition, offset,
                 error = %error_chain(&*e),
@@ -102,7 +151,9 @@ fn report(
             );
         }
         Err(Failure::Panic(msg)) => {
-            m.error.increment(1);
+            if let Some(c) = &m.error {
+                c.increment(1);
+            }
             tracing::error!(
                 topic = %p.topic, partition = p.partition, offset,
                 panic = %msg,
@@ -110,12 +161,13 @@ fn report(
             );
         }
     }
+    true
 }
 
 /// Handles one partition's records until its queue closes or it is told to stop.
 pub(crate) async fn run_partition<S>(mut svc: S, start: PartitionStart)
 where
-    S: Service<Record> + Send + 'static,
+    S: Service<Record> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -125,8 +177,12 @@ where
         acks,
         rt,
         concurrency,
+        stage,
+        max_wait,
+        count_outcomes,
     } = start;
-    let meters = Meters::new(&rt, &shared);
+    let meters = Meters::new(&rt, &shared, stage, count_outcomes);
+    let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();
 
     if concurrency == 1 && acks.is_none() {
@@ -137,6 +193,9 @@ where
             }
             let offset = record.offset;
             meters.consumed.increment(1);
+            if gated && !due_gate(&shared, &record, max_wait, &meters.delay_error).await {
+                break;
+            }
             tracker.dispatched(offset);
             let started = Instant::now();
             // Convert at once: the service's own error type need not be Send.
@@ -145,7 +204,9 @@ where
                 Ok(svc) => guarded_call(svc, record).await,
                 Err(e) => Err(Failure::Error(e)),
             };
-            report(&shared, &meters, offset, started, res);
+            if !report(&shared, &meters, offset, started, res) {
+                break;
+            }
             tracker.complete(offset);
             shared.publish(tracker.committable());
             shared.finished(&rt, bytes);
@@ -167,10 +228,18 @@ where
                     shared.publish(tracker.committable());
                 }
             }
-            Some((offset, bytes, started, res)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((offset, bytes, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Some((started, res)) = done else {
+                    // Stopped while waiting for its due time: neither handled nor final.
+                    open = false;
+                    continue;
+                };
                 let res: Result<(), Failure> = res;
                 let failed = res.is_err();
-                report(&shared, &meters, offset, started, res);
+                if !report(&shared, &meters, offset, started, res) {
+                    open = false;
+                    continue;
+                }
                 // In manual mode an Ok outcome is final only once acknowledged.
                 if (!manual || failed) && tracker.complete(offset) {
                     shared.publish(tracker.committable());
@@ -192,9 +261,26 @@ where
                     let offset = record.offset;
                     meters.consumed.increment(1);
                     tracker.dispatched(offset);
-                    let started = Instant::now();
-                    let call = guarded_call(&mut svc, record);
-                    in_flight.push(async move { (offset, bytes, started, call.await) });
+                    if gated {
+                        // The call starts only once due: the ready service moves into the
+                        // future (tower's clone-and-swap) and is called after the gate.
+                        let clone = svc.clone();
+                        let mut ready_svc = std::mem::replace(&mut svc, clone);
+                        let gate_shared = shared.clone();
+                        let delay_error = meters.delay_error.clone();
+                        in_flight.push(Either::Left(async move {
+                            if !due_gate(&gate_shared, &record, max_wait, &delay_error).await {
+                                return (offset, bytes, None);
+                            }
+                            let started = Instant::now();
+                            let res = guarded_call(&mut ready_svc, record).await;
+                            (offset, bytes, Some((started, res)))
+                        }));
+                    } else {
+                        let started = Instant::now();
+                        let call = guarded_call(&mut svc, record);
+                        in_flight.push(Either::Right(async move { (offset, bytes, Some((started, call.await))) }));
+                    }
                 }
                 None => open = false,
             },

@@ -11,17 +11,56 @@ use super::route::{IntoRoute, RouteFactory, ServiceRoute};
 use super::Worker;
 use crate::commit::CommitPolicy;
 use crate::error::BoxError;
-use crate::runtime::{CommitErrorCallback, RuntimeConfig, RuntimeContext, RuntimeShared};
+use crate::layer::{RetryTopicLayer, Stage};
+use crate::policy::{DltStrategy, RetryPolicy};
+use crate::publish::{KafkaPublisher, Publish};
+use crate::runtime::{
+    CommitErrorCallback, RuntimeConfig, RuntimeContext, RuntimeShared, TopicBinding,
+};
 use crate::{Error, Record};
 
 /// Properties redrive owns: the commit rule cannot hold if librdkafka commits by itself.
 const OWNED_PROPERTIES: [&str; 2] = ["enable.auto.commit", "enable.auto.offset.store"];
 
+/// Properties the internal producer and admin client inherit from the worker's: connection
+/// and security settings. Anything else goes through `producer.`-prefixed keys.
+const SHARED_PREFIXES: [&str; 14] = [
+    "bootstrap.servers",
+    "security.protocol",
+    "sasl.",
+    "ssl.",
+    "client.id",
+    "broker.",
+    "socket.",
+    "api.version",
+    "metadata.",
+    "topic.metadata.",
+    "reconnect.",
+    "client.dns.lookup",
+    "debug",
+    "log_level",
+];
+
+type MakeBindings =
+    Box<dyn FnOnce(Option<RetryTopicLayer>) -> Vec<(String, Arc<dyn RouteFactory>, Stage)>>;
+
 struct PendingRoute {
     name: String,
     topics: Vec<String>,
     concurrency: usize,
-    factory: Arc<dyn RouteFactory>,
+    retry: Option<RetryPolicy>,
+    has_dlt: bool,
+    make: MakeBindings,
+}
+
+/// Retry and dead-letter topics a worker checks or creates at start-up.
+#[derive(Clone, Debug)]
+pub(crate) struct TopicPlan {
+    pub main: String,
+    pub derived: Vec<String>,
+    pub partitions: Option<u32>,
+    pub replication: Option<i16>,
+    pub auto_create: bool,
 }
 
 /// Configures a [`Worker`]. Every mistake is reported by [`build`](Self::build) with the
@@ -58,6 +97,7 @@ pub struct WorkerBuilder {
     poll_timeout: Duration,
     on_commit_error: Option<CommitErrorCallback>,
     routes: Vec<PendingRoute>,
+    publisher: Option<Arc<dyn Publish>>,
 }
 
 impl Default for WorkerBuilder {
@@ -83,6 +123,7 @@ impl WorkerBuilder {
             poll_timeout: Duration::from_millis(100),
             on_commit_error: None,
             routes: Vec::new(),
+            publisher: None,
         }
     }
 
@@ -173,6 +214,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// Publishes retry and dead-letter copies with `publisher` instead of the worker's own
+    /// idempotent `acks=all` producer (e.g. to share one producer between workers).
+    pub fn publisher(mut self, publisher: Arc<dyn Publish>) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
     /// Adds a route.
     pub fn route<R>(mut self, route: R) -> Self
     where
@@ -182,16 +230,59 @@ impl WorkerBuilder {
         <R::Service as Service<Record>>::Future: Send + 'static,
     {
         let route = route.into_route();
-        let factory = Arc::new(ServiceRoute::new(
-            Arc::from(route.name.as_str()),
-            route.concurrency,
-            route.service,
-        ));
+        let (name, topics, concurrency) =
+            (route.name.clone(), route.topics.clone(), route.concurrency);
+        let retry = route.retry.clone();
+        let has_dlt = route.dlt.is_some();
+        let make: MakeBindings = Box::new(move |layer: Option<RetryTopicLayer>| {
+            let rname: Arc<str> = Arc::from(route.name.as_str());
+            let mut out: Vec<(String, Arc<dyn RouteFactory>, Stage)> = Vec::new();
+            match layer {
+                None => {
+                    let f: Arc<dyn RouteFactory> =
+                        Arc::new(ServiceRoute::new(rname, route.concurrency, route.service));
+                    out.extend(
+                        route
+                            .topics
+                            .into_iter()
+                            .map(|t| (t, f.clone(), Stage::Main)),
+                    );
+                }
+                Some(layer) => {
+                    let policy = layer.policy().clone();
+                    let dlt_factory: Option<Arc<dyn RouteFactory>> = route.dlt.map(|d| {
+                        Arc::new(ServiceRoute::new(
+                            rname.clone(),
+                            1,
+                            tower::Layer::layer(&layer.dlt_layer(), d),
+                        )) as Arc<dyn RouteFactory>
+                    });
+                    let f: Arc<dyn RouteFactory> = Arc::new(ServiceRoute::new(
+                        rname,
+                        route.concurrency,
+                        tower::Layer::layer(&layer, route.service),
+                    ));
+                    for main in route.topics {
+                        let topology = policy.topology(&main);
+                        for t in topology.retry_topics() {
+                            out.push((t.clone(), f.clone(), Stage::Retry));
+                        }
+                        if let (Some(dlt), Some(df)) = (topology.dlt(), &dlt_factory) {
+                            out.push((dlt.to_owned(), df.clone(), Stage::Dlt));
+                        }
+                        out.push((main, f.clone(), Stage::Main));
+                    }
+                }
+            }
+            out
+        });
         self.routes.push(PendingRoute {
-            name: route.name,
-            topics: route.topics,
-            concurrency: route.concurrency,
-            factory,
+            name,
+            topics,
+            concurrency,
+            retry,
+            has_dlt,
+            make,
         });
         self
     }
@@ -245,9 +336,6 @@ impl WorkerBuilder {
                 "a worker needs at least one route (WorkerBuilder::route)",
             ));
         }
-        let mut by_topic: HashMap<String, (Arc<str>, Arc<dyn RouteFactory>)> = HashMap::new();
-        let mut owner: HashMap<&str, &str> = HashMap::new();
-        let mut topics = Vec::new();
         for r in &self.routes {
             if r.concurrency == 0 {
                 return Err(Error::config(
@@ -261,14 +349,91 @@ impl WorkerBuilder {
                     format!("route `{}` reads no topic", r.name),
                 ));
             }
-            for t in &r.topics {
-                if t.trim().is_empty() {
+            if let Some(t) = r.topics.iter().find(|t| t.trim().is_empty()) {
+                return Err(Error::config(
+                    "topic",
+                    format!("route `{}`: empty topic name `{t}`", r.name),
+                ));
+            }
+            match &r.retry {
+                Some(p) => p.validate().map_err(|e| match e {
+                    Error::Config { setting, reason } => {
+                        Error::config(setting, format!("route `{}`: {reason}", r.name))
+                    }
+                    other => other,
+                })?,
+                None if r.has_dlt => {
                     return Err(Error::config(
-                        "topic",
-                        format!("route `{}`: empty topic name", r.name),
-                    ));
+                        "dlt_handler",
+                        format!(
+                            "route `{}` has a DLT handler but no retry policy (Route::retry)",
+                            r.name
+                        ),
+                    ))
                 }
-                if let Some(other) = owner.insert(t, &r.name) {
+                None => {}
+            }
+            if r.has_dlt
+                && r.retry
+                    .as_ref()
+                    .is_some_and(|p| p.dlt_strategy == DltStrategy::NoDlt)
+            {
+                return Err(Error::config(
+                    "dlt_handler",
+                    format!(
+                        "route `{}` has a DLT handler but its dlt_strategy is no_dlt",
+                        r.name
+                    ),
+                ));
+            }
+        }
+
+        let producer_config = self.shared_config(true);
+        let admin_config = self.shared_config(false);
+        let publisher: Option<Arc<dyn Publish>> = if self.routes.iter().any(|r| r.retry.is_some()) {
+            match self.publisher {
+                Some(p) => Some(p),
+                None => Some(Arc::new(KafkaPublisher::new(&producer_config)?)),
+            }
+        } else {
+            None
+        };
+
+        let mut by_topic: HashMap<String, TopicBinding> = HashMap::new();
+        let mut owner: HashMap<String, String> = HashMap::new();
+        let mut topics = Vec::new();
+        let mut plans = Vec::new();
+        for r in self.routes {
+            let layer = match (&r.retry, &publisher) {
+                (Some(policy), Some(publisher)) => {
+                    let mains: Vec<&str> = r.topics.iter().map(String::as_str).collect();
+                    for main in &r.topics {
+                        let t = policy.topology(main);
+                        plans.push(TopicPlan {
+                            main: main.clone(),
+                            derived: t.derived_topics().map(str::to_owned).collect(),
+                            partitions: policy.partitions,
+                            replication: policy.replication_factor,
+                            auto_create: policy.auto_create_topics,
+                        });
+                    }
+                    Some(RetryTopicLayer::new(
+                        policy.clone(),
+                        &mains,
+                        publisher.clone(),
+                        &group,
+                        &r.name,
+                    ))
+                }
+                _ => None,
+            };
+            let max_wait = r
+                .retry
+                .as_ref()
+                .map_or(Duration::ZERO, |p| p.max_delay() + Duration::from_secs(60));
+            let managed = r.retry.is_some();
+            for (t, factory, stage) in (r.make)(layer) {
+                if let Some(other) = owner.insert(t.clone(), r.name.clone()) {
                     return Err(Error::config(
                         "topic",
                         format!(
@@ -277,8 +442,17 @@ impl WorkerBuilder {
                         ),
                     ));
                 }
-                by_topic.insert(t.clone(), (Arc::from(t.as_str()), r.factory.clone()));
-                topics.push(t.clone());
+                by_topic.insert(
+                    t.clone(),
+                    TopicBinding {
+                        name: Arc::from(t.as_str()),
+                        route: factory,
+                        stage,
+                        max_wait,
+                        count_outcomes: !managed,
+                    },
+                );
+                topics.push(t);
             }
         }
 
@@ -311,8 +485,26 @@ impl WorkerBuilder {
             consumer,
             rt,
             topics,
+            plans,
+            admin_config,
             bootstrap,
             startup_timeout: self.startup_timeout,
         })
+    }
+
+    /// The connection and security settings of the worker, for its producer (with
+    /// `producer.`-prefixed keys) or admin client.
+    fn shared_config(&self, producer: bool) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        for (k, v) in &self.props {
+            if SHARED_PREFIXES.iter().any(|p| k.starts_with(p)) {
+                cfg.set(k, v);
+            } else if let Some(k) = k.strip_prefix("producer.") {
+                if producer {
+                    cfg.set(k, v);
+                }
+            }
+        }
+        cfg
     }
 }

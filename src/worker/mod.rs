@@ -10,6 +10,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 
+pub(crate) use builder::TopicPlan;
 pub use builder::WorkerBuilder;
 
 use crate::runtime::{poll_loop, RuntimeContext, RuntimeShared};
@@ -23,6 +24,8 @@ pub struct Worker {
     consumer: BaseConsumer<RuntimeContext>,
     rt: Arc<RuntimeShared>,
     topics: Vec<String>,
+    plans: Vec<TopicPlan>,
+    admin_config: rdkafka::config::ClientConfig,
     bootstrap: String,
     startup_timeout: Duration,
 }
@@ -99,14 +102,23 @@ impl Worker {
             consumer,
             rt: _,
             topics,
+            plans,
+            admin_config,
             bootstrap,
             startup_timeout,
         } = self;
         std::thread::Builder::new()
             .name("redrive-poll".into())
             .spawn(move || {
-                let res = start(&consumer, &topics, &bootstrap, startup_timeout)
-                    .and_then(|()| poll_loop(consumer));
+                let res = start(
+                    &consumer,
+                    &topics,
+                    &plans,
+                    &admin_config,
+                    &bootstrap,
+                    startup_timeout,
+                )
+                .and_then(|()| poll_loop(consumer));
                 let _ = tx.send(res);
             })
             .map_err(|e| Error::Fatal(format!("cannot start the poll thread: {e}")))?;
@@ -130,28 +142,66 @@ impl Worker {
     }
 }
 
-/// Checks the cluster is reachable and every topic exists, then subscribes.
+/// Checks the cluster is reachable and the main topics exist, creates or checks the retry
+/// and dead-letter topics, then subscribes.
 fn start(
     consumer: &BaseConsumer<RuntimeContext>,
     topics: &[String],
+    plans: &[TopicPlan],
+    admin_config: &rdkafka::config::ClientConfig,
     bootstrap: &str,
     timeout: Duration,
 ) -> Result<(), Error> {
+    let unreachable = |source| Error::BrokerUnreachable {
+        bootstrap: bootstrap.to_owned(),
+        timeout,
+        source,
+    };
     let md = consumer
         .fetch_metadata(None, timeout)
-        .map_err(|source| Error::BrokerUnreachable {
-            bootstrap: bootstrap.to_owned(),
-            timeout,
-            source,
-        })?;
-    for topic in topics {
-        let found = md.topics().iter().find(|t| t.name() == topic);
-        let exists = found.is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
-        if !exists {
+        .map_err(unreachable)?;
+    let partitions = |md: &rdkafka::metadata::Metadata, topic: &str| {
+        md.topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len())
+    };
+    let derived: std::collections::HashSet<&str> = plans
+        .iter()
+        .flat_map(|p| p.derived.iter().map(String::as_str))
+        .collect();
+    for topic in topics.iter().filter(|t| !derived.contains(t.as_str())) {
+        if partitions(&md, topic).is_none() {
             return Err(Error::TopicNotFound {
                 topic: topic.clone(),
             });
         }
+    }
+    let mut missing: Vec<(String, usize, Option<i16>)> = Vec::new();
+    for plan in plans {
+        let main = partitions(&md, &plan.main).ok_or_else(|| Error::TopicNotFound {
+            topic: plan.main.clone(),
+        })?;
+        // Copies keep their partition, so each derived topic needs at least the main's count.
+        let required = plan.partitions.map_or(main, |p| p as usize);
+        for t in &plan.derived {
+            match partitions(&md, t) {
+                Some(actual) if actual < required => {
+                    return Err(Error::TooFewPartitions {
+                        topic: t.clone(),
+                        actual,
+                        required,
+                    })
+                }
+                Some(_) => {}
+                None if plan.auto_create => missing.push((t.clone(), required, plan.replication)),
+                None => return Err(Error::TopicNotFound { topic: t.clone() }),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        create_topics(consumer, admin_config, &missing, timeout)?;
     }
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&refs).map_err(|e| match e {
@@ -160,6 +210,69 @@ fn start(
     })?;
     tracing::info!(group = %consumer.context().rt.group, topics = ?topics, "subscribed");
     Ok(())
+}
+
+/// Creates retry and dead-letter topics and waits until the metadata shows them.
+fn create_topics(
+    consumer: &BaseConsumer<RuntimeContext>,
+    admin_config: &rdkafka::config::ClientConfig,
+    missing: &[(String, usize, Option<i16>)],
+    timeout: Duration,
+) -> Result<(), Error> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> =
+        admin_config.create().map_err(Error::from_client_config)?;
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|(t, n, r)| {
+            NewTopic::new(
+                t,
+                *n as i32,
+                TopicReplication::Fixed(r.map_or(-1, i32::from)),
+            )
+        })
+        .collect();
+    let handle = consumer
+        .context()
+        .handle
+        .get()
+        .expect("the runtime handle is set before start");
+    let results = handle
+        .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(timeout))))
+        .map_err(Error::Kafka)?;
+    for r in results {
+        match r {
+            Ok(t) => tracing::info!(topic = %t, "created topic"),
+            // Another worker of the group may have created it first.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(Error::Fatal(format!(
+                    "cannot create topic `{t}`: {code} (create it up front, or check the broker allows topic creation)"
+                )))
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let md = consumer.fetch_metadata(None, timeout)?;
+        let ready = missing.iter().all(|(t, n, _)| {
+            md.topics()
+                .iter()
+                .any(|m| m.name() == t && m.error().is_none() && m.partitions().len() >= *n)
+        });
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Fatal(
+                "created retry/DLT topics did not appear in the metadata in time".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Completes on ctrl-c or SIGTERM: pass it to [`Worker::run_until`].

@@ -4,11 +4,16 @@ use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
-use tower::Service;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
 
 use crate::error::BoxError;
+use crate::policy::RetryPolicy;
 use crate::runtime::{run_partition, PartitionStart};
 use crate::Record;
+
+/// A dead-letter handler with its type erased (the DLT path is not the hot path).
+pub type DltService = BoxCloneService<Record, (), BoxError>;
 
 /// A tower service bound to the topics it handles.
 ///
@@ -22,12 +27,44 @@ use crate::Record;
 /// }))
 /// .concurrency(1);
 /// ```
-#[derive(Clone, Debug)]
+///
+/// With a [`RetryPolicy`], failures go through retry topics to the dead-letter topic, and a
+/// dead-letter handler may consume the latter:
+///
+/// ```
+/// use std::time::Duration;
+/// use redrive::{policy::RetryPolicy, BoxError, Record, Route};
+/// use tower::service_fn;
+///
+/// let route = Route::new("orders", service_fn(|r: Record| async move {
+///     Err::<(), BoxError>("payment gateway down".into())
+/// }))
+/// .retry(RetryPolicy::new().attempts(4).exponential(Duration::from_secs(1), 2.0, Duration::from_secs(10)))
+/// .dlt_handler(service_fn(|r: Record| async move {
+///     eprintln!("dead letter {}", r.coordinates());
+///     Ok::<_, BoxError>(())
+/// }));
+/// ```
+#[derive(Clone)]
 pub struct Route<S> {
     pub(crate) name: String,
     pub(crate) topics: Vec<String>,
     pub(crate) service: S,
     pub(crate) concurrency: usize,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) dlt: Option<DltService>,
+}
+
+impl<S> std::fmt::Debug for Route<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("topics", &self.topics)
+            .field("concurrency", &self.concurrency)
+            .field("retry", &self.retry)
+            .field("dlt_handler", &self.dlt.is_some())
+            .finish()
+    }
 }
 
 impl<S> Route<S> {
@@ -39,7 +76,35 @@ impl<S> Route<S> {
             topics: vec![topic],
             service,
             concurrency: 1,
+            retry: None,
+            dlt: None,
         }
+    }
+
+    /// Routes failures through retry topics and the dead-letter topic under `policy`
+    /// (the topics are created at start-up unless `auto_create_topics` is off).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Consumes the route's dead-letter topic with `handler`, under the policy's DLT strategy.
+    /// Requires [`retry`](Self::retry).
+    pub fn dlt_handler<D>(mut self, handler: D) -> Self
+    where
+        D: Service<Record> + Clone + Send + 'static,
+        D::Error: Into<BoxError>,
+        D::Future: Send + 'static,
+    {
+        self.dlt = Some(BoxCloneService::new(
+            handler.map_response(|_| ()).map_err(Into::into),
+        ));
+        self
+    }
+
+    /// The retry policy, if any.
+    pub fn retry_policy(&self) -> Option<&RetryPolicy> {
+        self.retry.as_ref()
     }
 
     /// Adds another topic to the route.
@@ -74,6 +139,8 @@ impl<S> Route<S> {
             topics: self.topics,
             service: layer.layer(self.service),
             concurrency: self.concurrency,
+            retry: self.retry,
+            dlt: self.dlt,
         }
     }
 }

@@ -1,0 +1,119 @@
+//! The dead-letter handler of a route, run under the policy's [`DltStrategy`].
+//!
+//! - `always_retry_on_error` (Spring's default): a failing DLT record is published to the DLT
+//!   again, with the new error in its headers, and handled again later;
+//! - `fail_on_error`: the DLT partition stops at the failing record, uncommitted, and the
+//!   error is logged; a restart handles it again;
+//! - `no_dlt`: there is no DLT, so there is no DLT handler either.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use tower::{Layer, Service};
+
+use super::retry_topic::{failure_copy, publish_until_acked, Panicked, RetryShared};
+use super::{now_ms, Halt, Stage};
+use crate::error::{error_chain, BoxError};
+use crate::policy::DltStrategy;
+use crate::Record;
+
+/// Applies [`DltHandler`]; made by [`RetryTopicLayer::dlt_layer`](super::RetryTopicLayer::dlt_layer).
+#[derive(Clone)]
+pub struct DltHandlerLayer {
+    pub(crate) shared: Arc<RetryShared>,
+}
+
+impl<S> Layer<S> for DltHandlerLayer {
+    type Service = DltHandler<S>;
+    fn layer(&self, inner: S) -> DltHandler<S> {
+        DltHandler {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Runs a dead-letter handler; see the [module docs](self).
+#[derive(Clone)]
+pub struct DltHandler<S> {
+    inner: S,
+    shared: Arc<RetryShared>,
+}
+
+impl<S> Service<Record> for DltHandler<S>
+where
+    S: Service<Record> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, record: Record) -> Self::Future {
+        let shared = self.shared.clone();
+        let copy = record.clone();
+        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(record)));
+        Box::pin(async move {
+            let res: Result<(), BoxError> = match fut {
+                Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(r) => r.map(|_| ()).map_err(Into::into),
+                    Err(p) => Err(Box::new(Panicked::from_payload(&*p))),
+                },
+                Err(p) => Err(Box::new(Panicked::from_payload(&*p))),
+            };
+            let Some(entry) = shared.by_topic.get(copy.topic()).cloned() else {
+                return res;
+            };
+            debug_assert_eq!(entry.stage, Stage::Dlt);
+            let attempt = crate::headers::attempt_of(copy.headers());
+            let err = match res {
+                Ok(()) => {
+                    entry.count_ok(attempt);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            entry
+                .counter(
+                    crate::metrics::names::RECORDS_HANDLED,
+                    &[
+                        ("outcome", "fatal_error".into()),
+                        ("attempt", attempt.to_string()),
+                    ],
+                )
+                .increment(1);
+            match shared.policy.dlt_strategy {
+                DltStrategy::FailOnError | DltStrategy::NoDlt => {
+                    tracing::error!(record = %copy.coordinates(), error = %error_chain(&*err), "the dead-letter handler failed (fail_on_error): this DLT partition stops here, uncommitted, until the worker restarts");
+                    Err(Box::new(Halt(format!(
+                        "DLT handler failed on {}: {}",
+                        copy.coordinates(),
+                        error_chain(&*err)
+                    ))))
+                }
+                DltStrategy::AlwaysRetryOnError => {
+                    tracing::warn!(record = %copy.coordinates(), error = %error_chain(&*err), "the dead-letter handler failed (always_retry_on_error): the record goes back to the DLT");
+                    let out = failure_copy(
+                        &shared,
+                        &copy,
+                        &*err,
+                        attempt.saturating_sub(1),
+                        copy.topic(),
+                        now_ms(),
+                    );
+                    publish_until_acked(&*shared.publisher, out, &entry, "dlt", &copy).await;
+                    Ok(())
+                }
+            }
+        })
+    }
+}

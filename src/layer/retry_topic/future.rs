@@ -1,0 +1,105 @@
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use super::{on_failure, FailureCtx, Panicked};
+use crate::error::BoxError;
+use crate::Record;
+
+type Failing = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] fut: F },
+        // Boxed: only failed records pay for the failure path's size.
+        Failing { fut: Failing },
+        Passthrough { #[pin] fut: F },
+    }
+}
+
+pin_project! {
+    /// The future of [`RetryTopic`](super::RetryTopic): the handler's, then on failure the
+    /// publication of the copy.
+    pub struct ResponseFuture<F, S> {
+        #[pin]
+        state: State<F>,
+        ctx: Option<FailureCtx<S>>,
+    }
+}
+
+impl<F, S> ResponseFuture<F, S> {
+    pub(crate) fn new(fut: F, ctx: FailureCtx<S>) -> Self {
+        ResponseFuture {
+            state: State::Calling { fut },
+            ctx: Some(ctx),
+        }
+    }
+
+    pub(crate) fn passthrough(fut: F) -> Self {
+        ResponseFuture {
+            state: State::Passthrough { fut },
+            ctx: None,
+        }
+    }
+}
+
+impl<F, S> ResponseFuture<F, S>
+where
+    S: Service<Record> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    pub(crate) fn failed(ctx: FailureCtx<S>, err: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Failing {
+                fut: Box::pin(on_failure(ctx, err)),
+            },
+            ctx: None,
+        }
+    }
+}
+
+impl<F, T, E, S> Future for ResponseFuture<F, S>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    S: Service<Record> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { fut } => {
+                    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
+                    let err: BoxError = match polled {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(Ok(_))) => {
+                            let ctx = this.ctx.take().expect("polled after completion");
+                            ctx.entry.count_ok(ctx.attempt);
+                            return Poll::Ready(Ok(()));
+                        }
+                        Ok(Poll::Ready(Err(e))) => e.into(),
+                        Err(p) => Box::new(Panicked::from_payload(&*p)),
+                    };
+                    let ctx = this.ctx.take().expect("polled after completion");
+                    this.state.set(State::Failing {
+                        fut: Box::pin(on_failure(ctx, err)),
+                    });
+                }
+                StateProj::Failing { fut } => return Poll::Ready(ready!(fut.as_mut().poll(cx))),
+                StateProj::Passthrough { fut } => {
+                    return Poll::Ready(ready!(fut.poll(cx)).map(|_| ()).map_err(Into::into))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The retry-topic router: a handler failure becomes a copy in the next retry topic, or in
+//! the dead-letter topic, and the record counts as handled only once the broker acknowledged
+//! that copy (DESIGN §5).
+//!
+//! ```text
+//! orders --fail--> orders-retry-1000 --fail--> orders-retry-2000 --fail--> orders-dlt
+//! ```
+//!
+//! Each copy keeps key, value (a tombstone stays one), and user headers byte for byte, and
+//! carries Spring Kafka's retry headers (see [`crate::headers`]). Publishing is retried with
+//! back-off until it succeeds; meanwhile the record is not final, so its offset is never
+//! committed past.
+
+mod future;
+mod layer;
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::Service;
+
+pub use future::ResponseFuture;
+pub use layer::RetryTopicLayer;
+
+use super::{now_ms, Stage};
+use crate::error::{error_chain, BoxError};
+use crate::headers::{self, AttemptsHeader};
+use crate::policy::{Classification, FatalReason, RetryPolicy, Topology};
+use crate::publish::{Outgoing, Publish};
+use crate::Record;
+
+pub(crate) struct RetryShared {
+    pub(crate) policy: RetryPolicy,
+    pub(crate) by_topic: HashMap<String, Arc<TopicEntry>>,
+    pub(crate) publisher: Arc<dyn Publish>,
+    group: Arc<str>,
+}
+
+/// What the layer knows about one topic it reads.
+pub(crate) struct TopicEntry {
+    topology: Arc<Topology>,
+    pub(crate) stage: Stage,
+    /// `records_handled_total{outcome="ok"}` by attempt, registered once.
+    ok: Vec<::metrics::Counter>,
+    labels: [(&'static str, String); 3],
+}
+
+impl TopicEntry {
+    fn new(
+        topology: Arc<Topology>,
+        stage: Stage,
+        policy: &RetryPolicy,
+        group: &str,
+        route: &str,
+        topic: &str,
+    ) -> Self {
+        let labels = [
+            ("group", group.to_owned()),
+            ("topic", topic.to_owned()),
+            ("route", route.to_owned()),
+        ];
+        let ok = (1..=policy.attempts.clamp(1, 64))
+            .map(|a| {
+                let mut l: Vec<(&'static str, String)> = labels.to_vec();
+                l.push(("outcome", "ok".into()));
+                l.push(("attempt", a.to_string()));
+                ::metrics::counter!(crate::metrics::names::RECORDS_HANDLED, &l)
+            })
+            .collect();
+        TopicEntry {
+            topology,
+            stage,
+            ok,
+            labels,
+        }
+    }
+
+    pub(crate) fn count_ok(&self, attempt: u32) {
+        let i = (attempt.max(1) as usize - 1).min(self.ok.len() - 1);
+        self.ok[i].increment(1);
+    }
+
+    pub(crate) fn counter(
+        &self,
+        name: &'static str,
+        extra: &[(&'static str, String)],
+    ) -> ::metrics::Counter {
+        let mut l: Vec<(&'static str, String)> = self.labels.to_vec();
+        l.extend_from_slice(extra);
+        ::metrics::counter!(name, &l)
+    }
+}
+
+/// The service [`RetryTopicLayer`] produces. See the [module docs](self).
+pub struct RetryTopic<S> {
+    inner: S,
+    shared: Arc<RetryShared>,
+    // Records of one partition share one interned topic name: a pointer check skips the map.
+    last: Option<(Arc<str>, Arc<TopicEntry>)>,
+}
+
+impl<S: Clone> Clone for RetryTopic<S> {
+    fn clone(&self) -> Self {
+        RetryTopic {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            last: self.last.clone(),
+        }
+    }
+}
+
+impl<S> RetryTopic<S> {
+    pub(crate) fn new(inner: S, shared: Arc<RetryShared>) -> Self {
+        RetryTopic {
+            inner,
+            shared,
+            last: None,
+        }
+    }
+
+    fn entry(&mut self, topic: &Arc<str>) -> Option<Arc<TopicEntry>> {
+        if let Some((t, e)) = &self.last {
+            if Arc::ptr_eq(t, topic) {
+                return Some(e.clone());
+            }
+        }
+        let e = self.shared.by_topic.get(&**topic)?.clone();
+        self.last = Some((topic.clone(), e.clone()));
+        Some(e)
+    }
+}
+
+/// Everything the failure path needs; built per record, used only when it fails.
+pub(crate) struct FailureCtx<S> {
+    shared: Arc<RetryShared>,
+    entry: Arc<TopicEntry>,
+    record: Record,
+    attempt: u32,
+    inner: Option<S>,
+}
+
+impl<S> Service<Record> for RetryTopic<S>
+where
+    S: Service<Record> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, record: Record) -> Self::Future {
+        let Some(entry) = self.entry(record.topic_arc()) else {
+            // Not one of the layer's topics: no retry route, errors pass through.
+            return ResponseFuture::passthrough(self.inner.call(record));
+        };
+        let attempt = match entry.stage {
+            Stage::Main => 1,
+            _ => match headers::read_attempts(record.headers()) {
+                AttemptsHeader::Valid(n) => n,
+                AttemptsHeader::Absent => {
+                    tracing::warn!(record = %record.coordinates(), "retry-topic record without a `retry_topic-attempts` header; treating it as attempt 1");
+                    1
+                }
+                AttemptsHeader::Malformed => {
+                    tracing::warn!(record = %record.coordinates(), "malformed `retry_topic-attempts` header; treating it as attempt 1");
+                    1
+                }
+            },
+        };
+        let inner =
+            (attempt == 1 && self.shared.policy.in_memory.attempts > 0).then(|| self.inner.clone());
+        let ctx = FailureCtx {
+            shared: self.shared.clone(),
+            entry,
+            record: record.clone(),
+            attempt,
+            inner,
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(record))) {
+            Ok(fut) => ResponseFuture::new(fut, ctx),
+            Err(p) => ResponseFuture::failed(ctx, Box::new(Panicked::from_payload(&*p))),
+        }
+    }
+}
+
+/// A handler panicked; retried like any other error.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {0}")]
+pub struct Panicked(pub String);
+
+impl Panicked {
+    pub(crate) fn from_payload(p: &(dyn std::any::Any + Send)) -> Self {
+        let msg = if let Some(s) = p.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = p.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "non-string panic payload".to_owned()
+        };
+        Panicked(msg)
+    }
+}
+
+/// Where a failed record goes.
+enum Destination<'a> {
+    Retry { topic: &'a str, due_ms: i64 },
+    Dlt { reason: &'static str },
+}
+
+fn random_unit() -> f64 {
+    // Jitter needs spread, not cryptographic quality: a randomly keyed hash of the clock.
+    let h = RandomState::new().hash_one(std::time::Instant::now());
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs the failure path: in-memory retries, classification, publication of the copy.
+pub(crate) async fn on_failure<S>(ctx: FailureCtx<S>, mut err: BoxError) -> Result<(), BoxError>
+where
+    S: Service<Record> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let FailureCtx {
+        shared,
+        entry,
+        record,
+        attempt,
+        inner,
+    } = ctx;
+    let policy = &shared.policy;
+    let attempt_label = || ("attempt", attempt.to_string());
+
+    if let Some(mut inner) = inner {
+        for _ in 0..policy.in_memory.attempts {
+            if policy.classify(&*err) != Classification::Retryable {
+                break;
+            }
+            tracing::debug!(record = %record.coordinates(), error = %error_chain(&*err), "in-memory retry");
+            tokio::time::sleep(policy.in_memory.delay).await;
+            let ready: Result<(), BoxError> =
+                futures_util::future::poll_fn(|cx| inner.poll_ready(cx).map_err(Into::into)).await;
+            let res = match ready {
+                Ok(()) => {
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(record.clone())))
+                    {
+                        Ok(fut) => {
+                            match futures_util::FutureExt::catch_unwind(AssertUnwindSafe(fut)).await
+                            {
+                                Ok(r) => r.map(|_| ()).map_err(Into::into),
+                                Err(p) => Err(Box::new(Panicked::from_payload(&*p)) as BoxError),
+                            }
+                        }
+                        Err(p) => Err(Box::new(Panicked::from_payload(&*p)) as BoxError),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => {
+                    entry.count_ok(attempt);
+                    return Ok(());
+                }
+                Err(e) => err = e,
+            }
+        }
+    }
+
+    let class = policy.classify(&*err);
+    let outcome = match class {
+        Classification::Retryable => "retryable_error",
+        Classification::Fatal(_) => "fatal_error",
+    };
+    entry
+        .counter(
+            crate::metrics::names::RECORDS_HANDLED,
+            &[("outcome", outcome.into()), attempt_label()],
+        )
+        .increment(1);
+
+    let now = now_ms();
+    let topology = &entry.topology;
+    let dest = match class {
+        Classification::Fatal(FatalReason::Decode) => Destination::Dlt { reason: "decode" },
+        Classification::Fatal(FatalReason::Fatal) => Destination::Dlt { reason: "fatal" },
+        Classification::Retryable => match topology.hop(attempt) {
+            Some(hop) if attempt < policy.attempts => {
+                let delay = policy.jittered_delay(attempt, random_unit());
+                let due_ms = now + delay.as_millis() as i64;
+                let first = headers::original_timestamp(record.headers())
+                    .or(record.timestamp().map(|t| t.millis))
+                    .unwrap_or(now);
+                match policy.timeout {
+                    Some(t) if due_ms > first.saturating_add(t.as_millis() as i64) => {
+                        Destination::Dlt { reason: "timeout" }
+                    }
+                    _ => Destination::Retry {
+                        topic: &hop.topic,
+                        due_ms,
+                    },
+                }
+            }
+            _ => Destination::Dlt {
+                reason: "exhausted",
+            },
+        },
+    };
+
+    let (topic, due_ms, target) = match dest {
+        Destination::Retry { topic, due_ms } => (topic, due_ms, "retry"),
+        Destination::Dlt { reason } => match topology.dlt() {
+            Some(dlt) => {
+                entry
+                    .counter(
+                        crate::metrics::names::DEAD_LETTERED,
+                        &[("reason", reason.into())],
+                    )
+                    .increment(1);
+                tracing::warn!(record = %record.coordinates(), attempt, reason, dlt, error = %error_chain(&*err), "sending the record to the dead-letter topic");
+                (dlt, now, "dlt")
+            }
+            None => {
+                tracing::error!(record = %record.coordinates(), attempt, reason, error = %error_chain(&*err), "record failed for good and the policy has no DLT (no_dlt): dropped");
+                return Ok(());
+            }
+        },
+    };
+    if target == "retry" {
+        entry
+            .counter(
+                crate::metrics::names::RETRIES_SCHEDULED,
+                &[("attempt", (attempt + 1).to_string())],
+            )
+            .increment(1);
+        tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
+    }
+    let out = failure_copy(&shared, &record, &*err, attempt, topic, due_ms);
+    publish_until_acked(&*shared.publisher, out, &entry, target, &record).await;
+    Ok(())
+}
+
+/// The copy of `record` for `topic`, with the headers of a failure hop.
+pub(crate) fn failure_copy(
+    shared: &RetryShared,
+    record: &Record,
+    err: &(dyn std::error::Error + 'static),
+    attempt: u32,
+    topic: &str,
+    due_ms: i64,
+) -> Outgoing {
+    let mut h = record.headers().clone();
+    let original = headers::Original::read(&h);
+    headers::apply_failure(
+        &mut h,
+        &headers::Failure {
+            topic: record.topic(),
+            partition: record.partition(),
+            offset: record.offset(),
+            timestamp: record.timestamp().map(|t| (t.millis, t.kind)),
+            group: &shared.group,
+            attempt,
+            due_ms,
+            error: err,
+            max_text: shared.policy.max_header_text,
+        },
+    );
+    // The original coordinates are written on the first hop only.
+    debug_assert!(original.topic.is_none() || headers::Original::read(&h).topic == original.topic);
+    Outgoing {
+        topic: topic.to_owned(),
+        partition: shared
+            .policy
+            .partitions
+            .is_none()
+            .then_some(record.partition()),
+        key: record.key().cloned(),
+        value: record.value().cloned(),
+        headers: h,
+    }
+}
+
+/// Publishes until the broker acknowledges, backing off between failures. Never gives up: the
+/// record is not final until its copy is durable; a revoke or shutdown that cannot wait
+/// abandons it uncommitted, to be read again.
+pub(crate) async fn publish_until_acked(
+    publisher: &dyn Publish,
+    out: Outgoing,
+    entry: &TopicEntry,
+    target: &'static str,
+    record: &Record,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match publisher.publish(out.clone()).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(record = %record.coordinates(), topic = %out.topic, failures, "published after failures");
+                }
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                entry
+                    .counter(
+                        crate::metrics::names::PUBLISH_FAILURES,
+                        &[("target", target.into())],
+                    )
+                    .increment(1);
+                tracing::warn!(record = %record.coordinates(), topic = %out.topic, failures, error = %error_chain(&*e), retry_in = ?backoff, "publishing the failure copy failed; the offset is held back and the publish retried");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Publishing retry and dead-letter copies.
+//!
+//! [`Publish`] is the extension point (tests use an in-memory one); [`KafkaPublisher`] is the
+//! real one: an idempotent producer with `acks=all`, and a publish completes only when the
+//! broker acknowledged the copy, because the source offset may advance only then.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header as RdHeader, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::error::BoxError;
+use crate::record::Headers;
+
+/// A record to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Destination topic.
+    pub topic: String,
+    /// Destination partition; `None` lets the producer's partitioner choose by key.
+    pub partition: Option<i32>,
+    /// The key, byte for byte.
+    pub key: Option<Bytes>,
+    /// The value; `None` keeps a tombstone a tombstone.
+    pub value: Option<Bytes>,
+    /// The headers.
+    pub headers: Headers,
+}
+
+/// A boxed future, as publish returns.
+pub type PublishFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+
+/// Sends a record and resolves once the destination acknowledged it.
+pub trait Publish: Send + Sync + 'static {
+    /// Publishes `record`.
+    fn publish(&self, record: Outgoing) -> PublishFuture;
+}
+
+/// Publishes through an rdkafka producer configured for durability.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+/// Producer settings the commit rule depends on; a user value for them is an error.
+pub(crate) const DURABILITY: [(&str, &str); 2] = [("acks", "all"), ("enable.idempotence", "true")];
+
+impl KafkaPublisher {
+    /// An idempotent `acks=all` producer from `config` (any other property passes through).
+    pub fn new(config: &ClientConfig) -> Result<Self, crate::Error> {
+        let mut cfg = config.clone();
+        for (k, v) in DURABILITY {
+            cfg.set(k, v);
+        }
+        let producer: FutureProducer = cfg.create().map_err(crate::Error::from_client_config)?;
+        Ok(KafkaPublisher {
+            producer,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// The underlying producer.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Waits up to `timeout` for queued records to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+impl Publish for KafkaPublisher {
+    fn publish(&self, r: Outgoing) -> PublishFuture {
+        let producer = self.producer.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for h in r.headers.iter() {
+                headers = headers.insert(RdHeader {
+                    key: &h.key,
+                    value: h.value.as_deref(),
+                });
+            }
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(headers);
+            if let Some(p) = r.partition {
+                rec = rec.partition(p);
+            }
+            if let Some(k) = r.key.as_deref() {
+                rec = rec.key(k);
+            }
+            if let Some(v) = r.value.as_deref() {
+                rec = rec.payload(v);
+            }
+            producer
+                .send(rec, timeout)
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| Box::new(e) as BoxError)
+        })
+    }
+}
