@@ -111,11 +111,12 @@ pub enum TimestampType {
 }
 
 impl TimestampType {
-    /// The name Kafka's Java client uses (`CREATE_TIME`, `LOG_APPEND_TIME`).
+    /// The name Kafka's Java `TimestampType.toString()` gives (`CreateTime`,
+    /// `LogAppendTime`), as spring-kafka writes it into `kafka_original-timestamp-type`.
     pub fn as_java_str(self) -> &'static str {
         match self {
-            TimestampType::CreateTime => "CREATE_TIME",
-            TimestampType::LogAppendTime => "LOG_APPEND_TIME",
+            TimestampType::CreateTime => "CreateTime",
+            TimestampType::LogAppendTime => "LogAppendTime",
         }
     }
 }

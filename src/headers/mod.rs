@@ -27,7 +27,7 @@ pub const ORIGINAL_PARTITION: &str = "kafka_original-partition";
 pub const ORIGINAL_OFFSET: &str = "kafka_original-offset";
 /// Original timestamp (8-byte long).
 pub const ORIGINAL_TIMESTAMP: &str = "kafka_original-timestamp";
-/// Original timestamp type (`CREATE_TIME` / `LOG_APPEND_TIME`).
+/// Original timestamp type (`CreateTime` / `LogAppendTime`, Kafka's Java names).
 pub const ORIGINAL_TIMESTAMP_TYPE: &str = "kafka_original-timestamp-type";
 /// The consumer group that failed (Spring uses the `dlt-` name in both forms).
 pub const ORIGINAL_CONSUMER_GROUP: &str = "kafka_dlt-original-consumer-group";
@@ -216,16 +216,25 @@ impl Original {
     }
 }
 
-/// What a failure hop writes.
-pub(crate) struct Failure<'a> {
+/// What a failure hop (to a retry topic or the DLT) writes.
+pub struct Failure<'a> {
+    /// The topic the failed record was read from.
     pub topic: &'a str,
+    /// Its partition.
     pub partition: i32,
+    /// Its offset.
     pub offset: i64,
+    /// Its timestamp and type.
     pub timestamp: Option<(i64, TimestampType)>,
+    /// The consumer group that failed it.
     pub group: &'a str,
+    /// The attempt that failed (1 = first delivery); the copy carries `attempt + 1`.
     pub attempt: u32,
+    /// Epoch ms when the copy becomes due (the failure time for the DLT).
     pub due_ms: i64,
+    /// The error.
     pub error: &'a (dyn std::error::Error + 'static),
+    /// Error texts are cut to this many bytes.
     pub max_text: usize,
 }
 
@@ -258,7 +267,7 @@ pub(crate) fn type_name_of(e: &(dyn std::error::Error + 'static)) -> String {
 /// Applies the headers of a retry or dead-letter hop, as Spring's retry flow does: retry
 /// headers and exception headers are replaced (one value each), original coordinates are
 /// written only on the first hop. User headers are left untouched.
-pub(crate) fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
+pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
     let original_ts = headers
         .last_value(ORIGINAL_TIMESTAMP_RETRY)
         .filter(|v| !v.is_empty() && v.len() <= 8)
@@ -300,7 +309,7 @@ pub(crate) fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
     while let Some(s) = root.source() {
         root = s;
     }
-    let message = if std::ptr::addr_eq(root, f.error) {
+    let message = if std::ptr::addr_eq(root, f.error) || root.to_string() == f.error.to_string() {
         f.error.to_string()
     } else {
         format!("{}; {}", f.error, root)

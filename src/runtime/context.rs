@@ -393,6 +393,7 @@ impl DispatchState {
                 slot.paused_at = Some(at);
                 return true;
             }
+            tracing::debug!(topic = %topic, partition = p, offset = at, "partition resumed");
             if let Err(e) = consumer.resume(&tpl) {
                 tracing::warn!(topic = %topic, partition = p, error = %e, "resume failed; retrying later");
                 slot.paused_at = Some(at);
@@ -456,6 +457,7 @@ fn pause(consumer: &BaseConsumer<RuntimeContext>, slot: &mut Slot, offset: i64) 
         tracing::warn!(topic = %topic, partition = p, error = %e, "pause failed");
     }
     slot.paused_at = Some(offset);
+    tracing::debug!(topic = %topic, partition = p, offset, "partition paused");
     (topic.clone(), p)
 }
 
@@ -567,10 +569,15 @@ impl ConsumerContext for RuntimeContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             ::metrics::counter!(crate::metrics::names::REBALANCES, "group" => self.rt.group.to_string())
                 .increment(1);
+            // librdkafka keeps a partition's pause flag across a revoke and a new assignment;
+            // a partition paused for a due time before the rebalance would never fetch again.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(error = %e, "resuming newly assigned partitions failed");
+            }
             self.assign(tpl);
         }
     }

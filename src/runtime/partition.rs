@@ -81,6 +81,9 @@ async fn due_gate(
         tracing::warn!(record = %record.coordinates(), due_ms = due, ahead_ms = ahead, "back-off timestamp is further ahead than any delay of the policy; handling the record now instead of waiting");
         return true;
     }
+    if ahead > 0 {
+        tracing::debug!(record = %record.coordinates(), wait_ms = ahead, "holding the partition until the record is due");
+    }
     if ahead > 0 && !shared.hold_until(due).await {
         return false;
     }

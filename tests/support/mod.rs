@@ -260,6 +260,13 @@ pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMa
         .collect()
 }
 
+/// The high watermark of one partition, or -1 while the topic does not exist yet.
+pub fn watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    let c: BaseConsumer = client_config(bootstrap).create().unwrap();
+    c.fetch_watermarks(topic, partition, Duration::from_secs(5))
+        .map_or(-1, |w| w.1)
+}
+
 /// Polls `cond` every 50 ms until it holds, panicking with `what` after `timeout`.
 pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -279,4 +286,64 @@ pub fn init_tracing() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Every record of `topic` (all partitions, from the beginning up to the current high
+/// watermarks), read without a consumer group.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::Message;
+    let c: BaseConsumer = client_config(bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts = md.topics()[0].partitions().len() as i32;
+    let ends = high_watermarks(bootstrap, topic, parts);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut pos: BTreeMap<i32, i64> = (0..parts).map(|p| (p, 0)).collect();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pos.iter().any(|(p, o)| *o < ends[p]) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out at {pos:?} of {ends:?}");
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.expect("read");
+            pos.insert(m.partition(), m.offset() + 1);
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// Records with the given key in `msgs`.
+pub fn with_key<'a>(
+    msgs: &'a [rdkafka::message::OwnedMessage],
+    key: &'a str,
+) -> impl Iterator<Item = &'a rdkafka::message::OwnedMessage> + 'a {
+    use rdkafka::Message;
+    msgs.iter().filter(move |m| m.key() == Some(key.as_bytes()))
+}
+
+/// The value of the last header `name` of a message.
+pub fn header<'a>(m: &'a rdkafka::message::OwnedMessage, name: &str) -> Option<&'a [u8]> {
+    use rdkafka::message::{Headers, Message};
+    m.headers()?
+        .iter()
+        .filter(|h| h.key == name)
+        .last()
+        .and_then(|h| h.value)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
