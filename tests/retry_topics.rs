@@ -77,7 +77,16 @@ fn scripted(
     })
 }
 
-fn worker_with(bootstrap: &str, group: &str, route: Route<impl tower::Service<Record, Response = (), Error = BoxError, Future = impl Send + 'static> + Clone + Send + 'static>) -> Worker {
+fn worker_with(
+    bootstrap: &str,
+    group: &str,
+    route: Route<
+        impl tower::Service<Record, Response = (), Error = BoxError, Future = impl Send + 'static>
+            + Clone
+            + Send
+            + 'static,
+    >,
+) -> Worker {
     Worker::builder()
         .bootstrap_servers(bootstrap)
         .group_id(group)
@@ -92,7 +101,13 @@ fn no_early_starts(ledger: &Ledger) {
     for (key, calls) in ledger.all() {
         for c in calls {
             if let Some(due) = c.due_ms {
-                assert!(c.at_ms >= due, "{key}: attempt {} on {} started {} ms before its due time", c.attempt, c.topic, due - c.at_ms);
+                assert!(
+                    c.at_ms >= due,
+                    "{key}: attempt {} on {} started {} ms before its due time",
+                    c.attempt,
+                    c.topic,
+                    due - c.at_ms
+                );
             }
         }
     }
@@ -121,9 +136,11 @@ async fn thousand_records_retry_and_dead_letter_with_nothing_lost() {
     create_topic(&bootstrap, &topic, 4).await;
     produce_n(&bootstrap, &topic, 4, 0, 500).await;
 
-    let policy = RetryPolicy::new()
-        .attempts(4)
-        .exponential(Duration::from_secs(1), 2.0, Duration::from_secs(4));
+    let policy = RetryPolicy::new().attempts(4).exponential(
+        Duration::from_secs(1),
+        2.0,
+        Duration::from_secs(4),
+    );
     let topology = policy.topology(&topic);
     println!("{topology}");
     let ledger = Ledger::default();
@@ -140,7 +157,10 @@ async fn thousand_records_retry_and_dead_letter_with_nothing_lost() {
 
     // Once the first half is through and its retries wait in the retry topics, the second
     // half must flow through the main topic at full speed.
-    eventually(Duration::from_secs(90), "first 500 seen", || ledger.all().len() >= 500).await;
+    eventually(Duration::from_secs(90), "first 500 seen", || {
+        ledger.all().len() >= 500
+    })
+    .await;
     let pending_since = Instant::now();
     let main_done = |l: &Ledger, n: usize| {
         l.all()
@@ -150,7 +170,10 @@ async fn thousand_records_retry_and_dead_letter_with_nothing_lost() {
             >= n
     };
     produce_n(&bootstrap, &topic, 4, 500, 500).await;
-    eventually(Duration::from_secs(60), "second 500 seen", || main_done(&ledger, 1000)).await;
+    eventually(Duration::from_secs(60), "second 500 seen", || {
+        main_done(&ledger, 1000)
+    })
+    .await;
     let second_half = pending_since.elapsed();
     // Records whose retries were still pending when the second half was through.
     let waiting = ledger
@@ -163,9 +186,11 @@ async fn thousand_records_retry_and_dead_letter_with_nothing_lost() {
         .count();
     println!("second half of the main topic handled in {second_half:?} while retries waited");
 
-    eventually(Duration::from_secs(90), "every record ok or dead-lettered", || {
-        ledger.ok_count() + dead.all().len() >= 1000
-    })
+    eventually(
+        Duration::from_secs(90),
+        "every record ok or dead-lettered",
+        || ledger.ok_count() + dead.all().len() >= 1000,
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     handle.shutdown();
@@ -177,10 +202,15 @@ async fn thousand_records_retry_and_dead_letter_with_nothing_lost() {
     let mut ok = 0;
     for i in 0..1000u64 {
         let key = format!("key-{i}");
-        let c = calls.get(&key).unwrap_or_else(|| panic!("{key} never handled: lost"));
+        let c = calls
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key} never handled: lost"));
         let oks = c.iter().filter(|c| c.ok).count();
         let in_dlt = with_key(&dlt, &key).count();
-        assert!(oks + in_dlt == 1, "{key}: handled ok {oks} times and in the DLT {in_dlt} times; calls {c:?}");
+        assert!(
+            oks + in_dlt == 1,
+            "{key}: handled ok {oks} times and in the DLT {in_dlt} times; calls {c:?}"
+        );
         if i % 10 == 1 {
             assert_eq!(c.len(), 3, "{key} succeeds on its third attempt");
             assert_eq!(c[2].attempt, 3);
@@ -189,12 +219,21 @@ async fn thousand_records_retry_and_dead_letter_with_nothing_lost() {
         } else if i % 50 == 2 {
             assert_eq!(c.len(), 4, "{key}: all four attempts");
             let m = with_key(&dlt, &key).next().unwrap();
-            assert_eq!(header(m, headers::EXCEPTION_MESSAGE), Some(format!("{key} always fails").as_bytes()));
-            assert_eq!(headers::decode_int(header(m, headers::ATTEMPTS).unwrap()), Some(5));
+            assert_eq!(
+                header(m, headers::EXCEPTION_MESSAGE),
+                Some(format!("{key} always fails").as_bytes())
+            );
+            assert_eq!(
+                headers::decode_int(header(m, headers::ATTEMPTS).unwrap()),
+                Some(5)
+            );
         } else if i % 100 == 3 {
             assert_eq!(c.len(), 1, "{key}: fatal errors are not retried");
             let m = with_key(&dlt, &key).next().unwrap();
-            assert_eq!(header(m, headers::EXCEPTION_MESSAGE), Some(format!("{key} is invalid").as_bytes()));
+            assert_eq!(
+                header(m, headers::EXCEPTION_MESSAGE),
+                Some(format!("{key} is invalid").as_bytes())
+            );
         } else {
             assert_eq!(c.len(), 1, "{key}");
         }
@@ -205,21 +244,37 @@ async fn thousand_records_retry_and_dead_letter_with_nothing_lost() {
             let p = headers::decode_int(header(m, headers::ORIGINAL_PARTITION).unwrap()).unwrap();
             assert_eq!(p, (i % 4) as i32, "original partition");
             assert_eq!(m.partition(), p, "copies keep their partition");
-            assert_eq!(header(m, headers::ORIGINAL_CONSUMER_GROUP), Some(group.as_bytes()));
+            assert_eq!(
+                header(m, headers::ORIGINAL_CONSUMER_GROUP),
+                Some(group.as_bytes())
+            );
             assert_eq!(m.payload(), Some(format!("value-{i}").as_bytes()));
         }
     }
     assert_eq!(ok, 1000 - 20 - 10);
     assert_eq!(dlt.len(), 30);
-    assert_eq!(dead.all().len(), 30, "the DLT handler saw every dead letter once");
+    assert_eq!(
+        dead.all().len(),
+        30,
+        "the DLT handler saw every dead letter once"
+    );
     no_early_starts(&ledger);
-    assert!(waiting > 0, "retries were pending while the second half ran");
+    assert!(
+        waiting > 0,
+        "retries were pending while the second half ran"
+    );
     // Blocked by the back-off, the second half would take at least the pending 2 s and 4 s
     // delays.
-    assert!(second_half < Duration::from_secs(2), "main-topic records waited for the back-off: {second_half:?}");
+    assert!(
+        second_half < Duration::from_secs(2),
+        "main-topic records waited for the back-off: {second_half:?}"
+    );
     let ends = high_watermarks(&bootstrap, &topic, 4);
     let c = committed(&bootstrap, &group, &topic, 4);
-    assert!(c.iter().all(|(p, o)| *o == Some(ends[p])), "main topic fully committed: {c:?}");
+    assert!(
+        c.iter().all(|(p, o)| *o == Some(ends[p])),
+        "main topic fully committed: {c:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,19 +288,37 @@ async fn a_worker_joining_during_back_off_loses_no_retry() {
     let policy = RetryPolicy::new().attempts(3).fixed(Duration::from_secs(4));
     let ledger = Ledger::default();
     let route = || {
-        Route::new(&topic, scripted(ledger.clone(), |_, n| if n == 1 { Err("first try fails".into()) } else { Ok(()) }))
-            .retry(policy.clone())
+        Route::new(
+            &topic,
+            scripted(ledger.clone(), |_, n| {
+                if n == 1 {
+                    Err("first try fails".into())
+                } else {
+                    Ok(())
+                }
+            }),
+        )
+        .retry(policy.clone())
     };
     let a = worker_with(&bootstrap, &group, route());
     let ha = a.handle();
     let run_a = tokio::spawn(a.run());
-    eventually(Duration::from_secs(60), "first attempts done", || ledger.all().len() >= 80).await;
+    eventually(Duration::from_secs(60), "first attempts done", || {
+        ledger.all().len() >= 80
+    })
+    .await;
     // Every retry is now pending for ~4 s; a second member joins and takes half.
     let b = worker_with(&bootstrap, &group, route());
     let hb = b.handle();
     let run_b = tokio::spawn(b.run());
-    eventually(Duration::from_secs(60), "b gets partitions", || !hb.assignment().is_empty()).await;
-    eventually(Duration::from_secs(60), "all retries succeed", || ledger.ok_count() >= 80).await;
+    eventually(Duration::from_secs(60), "b gets partitions", || {
+        !hb.assignment().is_empty()
+    })
+    .await;
+    eventually(Duration::from_secs(60), "all retries succeed", || {
+        ledger.ok_count() >= 80
+    })
+    .await;
     ha.shutdown();
     hb.shutdown();
     run_a.await.unwrap().unwrap();
@@ -264,8 +337,17 @@ async fn a_poison_pill_goes_to_the_dlt_once_with_the_decode_error() {
     let group = unique("g");
     create_topic(&bootstrap, &topic, 1).await;
     let p = producer(&bootstrap);
-    for v in [&br#"{"amount": 5}"#[..], b"\xff\xfe not json", br#"{"amount": 7}"#] {
-        p.send(FutureRecord::to(&topic).key("k").payload(v), Duration::from_secs(10)).await.unwrap();
+    for v in [
+        &br#"{"amount": 5}"#[..],
+        b"\xff\xfe not json",
+        br#"{"amount": 7}"#,
+    ] {
+        p.send(
+            FutureRecord::to(&topic).key("k").payload(v),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     }
     let calls = Arc::new(Mutex::new(0u32));
     let handler = {
@@ -274,32 +356,50 @@ async fn a_poison_pill_goes_to_the_dlt_once_with_the_decode_error() {
             let calls = calls.clone();
             async move {
                 *calls.lock().unwrap() += 1;
-                let v: serde_json::Value = serde_json::from_slice(r.value().map_or(&b""[..], |v| &v[..]))
-                    .map_err(|e| DecodeError::new("Order", e))?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(r.value().map_or(&b""[..], |v| &v[..]))
+                        .map_err(|e| DecodeError::new("Order", e))?;
                 let _ = v;
                 Ok::<_, BoxError>(())
             }
         })
     };
-    let policy = RetryPolicy::new().attempts(3).fixed(Duration::from_millis(200));
+    let policy = RetryPolicy::new()
+        .attempts(3)
+        .fixed(Duration::from_millis(200));
     let dlt_topic = policy.topology(&topic).dlt().unwrap().to_owned();
-    let w = worker_with(&bootstrap, &group, Route::new(&topic, handler).retry(policy));
+    let w = worker_with(
+        &bootstrap,
+        &group,
+        Route::new(&topic, handler).retry(policy),
+    );
     let h = w.handle();
     let run = tokio::spawn(w.run());
     eventually(Duration::from_secs(60), "dead letter published", || {
         watermark(&bootstrap, &dlt_topic, 0) >= 1
     })
     .await;
-    eventually(Duration::from_secs(20), "all three handled", || *calls.lock().unwrap() >= 3).await;
+    eventually(Duration::from_secs(20), "all three handled", || {
+        *calls.lock().unwrap() >= 3
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     h.shutdown();
     run.await.unwrap().unwrap();
     assert_eq!(*calls.lock().unwrap(), 3, "the poison pill was not retried");
     let dlt = read_topic(&bootstrap, &dlt_topic);
     assert_eq!(dlt.len(), 1);
-    let msg = String::from_utf8_lossy(header(&dlt[0], headers::EXCEPTION_MESSAGE).unwrap()).into_owned();
-    assert!(msg.contains("cannot decode the record value as Order"), "{msg}");
-    assert_eq!(dlt[0].payload(), Some(&b"\xff\xfe not json"[..]), "payload kept byte for byte");
+    let msg =
+        String::from_utf8_lossy(header(&dlt[0], headers::EXCEPTION_MESSAGE).unwrap()).into_owned();
+    assert!(
+        msg.contains("cannot decode the record value as Order"),
+        "{msg}"
+    );
+    assert_eq!(
+        dlt[0].payload(),
+        Some(&b"\xff\xfe not json"[..]),
+        "payload kept byte for byte"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,12 +411,30 @@ async fn keys_tombstones_and_user_headers_survive_every_hop() {
     create_topic(&bootstrap, &topic, 2).await;
     let key: &[u8] = b"\x00\x01binary-key\xff";
     let user = OwnedHeaders::new()
-        .insert(RdHeader { key: "traceparent", value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") })
-        .insert(RdHeader { key: "bin", value: Some(&b"\x00\xff\x10"[..]) })
-        .insert(RdHeader::<&[u8]> { key: "null", value: None })
-        .insert(RdHeader { key: "bin", value: Some("second") });
+        .insert(RdHeader {
+            key: "traceparent",
+            value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        })
+        .insert(RdHeader {
+            key: "bin",
+            value: Some(&b"\x00\xff\x10"[..]),
+        })
+        .insert(RdHeader::<&[u8]> {
+            key: "null",
+            value: None,
+        })
+        .insert(RdHeader {
+            key: "bin",
+            value: Some("second"),
+        });
     producer(&bootstrap)
-        .send(FutureRecord::<[u8], [u8]>::to(&topic).key(key).partition(1).headers(user), Duration::from_secs(10))
+        .send(
+            FutureRecord::<[u8], [u8]>::to(&topic)
+                .key(key)
+                .partition(1)
+                .headers(user),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
     let ledger = Ledger::default();
@@ -331,13 +449,24 @@ async fn keys_tombstones_and_user_headers_survive_every_hop() {
             }
         })
     };
-    let policy = RetryPolicy::new().attempts(3).exponential(Duration::from_millis(200), 2.0, Duration::from_secs(1));
+    let policy = RetryPolicy::new().attempts(3).exponential(
+        Duration::from_millis(200),
+        2.0,
+        Duration::from_secs(1),
+    );
     let topology = policy.topology(&topic);
-    let w = worker_with(&bootstrap, &group, Route::new(&topic, handler).retry(policy));
+    let w = worker_with(
+        &bootstrap,
+        &group,
+        Route::new(&topic, handler).retry(policy),
+    );
     let h = w.handle();
     let run = tokio::spawn(w.run());
     let dlt_topic = topology.dlt().unwrap().to_owned();
-    eventually(Duration::from_secs(60), "dead-lettered", || watermark(&bootstrap, &dlt_topic, 1) >= 1).await;
+    eventually(Duration::from_secs(60), "dead-lettered", || {
+        watermark(&bootstrap, &dlt_topic, 1) >= 1
+    })
+    .await;
     h.shutdown();
     run.await.unwrap().unwrap();
     let _ = ledger;
@@ -355,16 +484,34 @@ async fn keys_tombstones_and_user_headers_survive_every_hop() {
         assert_eq!(r.key().map(|k| &k[..]), Some(key), "key on {}", r.topic());
         assert_eq!(r.value(), None, "tombstone on {}", r.topic());
         assert_eq!(r.partition(), 1);
-        assert_eq!(user_headers(r), user_headers(&seen[0]), "user headers on {}", r.topic());
+        assert_eq!(
+            user_headers(r),
+            user_headers(&seen[0]),
+            "user headers on {}",
+            r.topic()
+        );
     }
     assert_eq!(user_headers(&seen[0]).len(), 4);
     let dlt = read_topic(&bootstrap, &dlt_topic);
     assert_eq!(dlt.len(), 1);
     assert_eq!(dlt[0].key(), Some(key));
-    assert_eq!(dlt[0].payload(), None, "a tombstone stays a tombstone in the DLT");
-    let names: Vec<String> = dlt[0].headers().unwrap().iter().map(|h| h.key.to_owned()).collect();
+    assert_eq!(
+        dlt[0].payload(),
+        None,
+        "a tombstone stays a tombstone in the DLT"
+    );
+    let names: Vec<String> = dlt[0]
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| h.key.to_owned())
+        .collect();
     assert_eq!(names.iter().filter(|n| *n == "bin").count(), 2, "{names:?}");
-    assert_eq!(names.iter().filter(|n| *n == headers::ATTEMPTS).count(), 1, "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| *n == headers::ATTEMPTS).count(),
+        1,
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,28 +521,80 @@ async fn garbage_retry_headers_are_attempt_one_not_a_crash_loop() {
     let topic = unique("garbage");
     let group = unique("g");
     create_topic(&bootstrap, &topic, 1).await;
-    let policy = RetryPolicy::new().attempts(2).fixed(Duration::from_millis(300));
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(300));
     let retry_topic = policy.topology(&topic).retry_topics()[0].clone();
     create_topic(&bootstrap, &retry_topic, 1).await;
     let p = producer(&bootstrap);
     let far_future = headers::encode_big_integer(now_ms() + 365 * 24 * 3600 * 1000);
     let cases: Vec<(&str, OwnedHeaders)> = vec![
-        ("wrong-length", OwnedHeaders::new().insert(RdHeader { key: headers::ATTEMPTS, value: Some(&[0u8, 1, 2][..]) })),
-        ("negative", OwnedHeaders::new().insert(RdHeader { key: headers::ATTEMPTS, value: Some(&headers::encode_int(-3)[..]) })),
-        ("far-future", OwnedHeaders::new().insert(RdHeader { key: headers::BACKOFF_TIMESTAMP, value: Some(&far_future[..]) })),
-        ("garbage-due", OwnedHeaders::new().insert(RdHeader { key: headers::BACKOFF_TIMESTAMP, value: Some(&[1u8; 20][..]) })),
-        ("duplicated", OwnedHeaders::new()
-            .insert(RdHeader { key: headers::ATTEMPTS, value: Some(&headers::encode_int(2)[..]) })
-            .insert(RdHeader { key: headers::ATTEMPTS, value: Some(&headers::encode_int(2)[..]) })),
+        (
+            "wrong-length",
+            OwnedHeaders::new().insert(RdHeader {
+                key: headers::ATTEMPTS,
+                value: Some(&[0u8, 1, 2][..]),
+            }),
+        ),
+        (
+            "negative",
+            OwnedHeaders::new().insert(RdHeader {
+                key: headers::ATTEMPTS,
+                value: Some(&headers::encode_int(-3)[..]),
+            }),
+        ),
+        (
+            "far-future",
+            OwnedHeaders::new().insert(RdHeader {
+                key: headers::BACKOFF_TIMESTAMP,
+                value: Some(&far_future[..]),
+            }),
+        ),
+        (
+            "garbage-due",
+            OwnedHeaders::new().insert(RdHeader {
+                key: headers::BACKOFF_TIMESTAMP,
+                value: Some(&[1u8; 20][..]),
+            }),
+        ),
+        (
+            "duplicated",
+            OwnedHeaders::new()
+                .insert(RdHeader {
+                    key: headers::ATTEMPTS,
+                    value: Some(&headers::encode_int(2)[..]),
+                })
+                .insert(RdHeader {
+                    key: headers::ATTEMPTS,
+                    value: Some(&headers::encode_int(2)[..]),
+                }),
+        ),
     ];
     for (k, h) in cases {
-        p.send(FutureRecord::to(&retry_topic).key(k).payload("v").headers(h), Duration::from_secs(10)).await.unwrap();
+        p.send(
+            FutureRecord::to(&retry_topic)
+                .key(k)
+                .payload("v")
+                .headers(h),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     }
     let ledger = Ledger::default();
-    let w = worker_with(&bootstrap, &group, Route::new(&topic, scripted(ledger.clone(), |_, _| Ok(()))).retry(policy));
+    let w = worker_with(
+        &bootstrap,
+        &group,
+        Route::new(&topic, scripted(ledger.clone(), |_, _| Ok(()))).retry(policy),
+    );
     let h = w.handle();
     let run = tokio::spawn(w.run());
-    eventually(Duration::from_secs(60), "all garbage records handled", || ledger.all().len() >= 5).await;
+    eventually(
+        Duration::from_secs(60),
+        "all garbage records handled",
+        || ledger.all().len() >= 5,
+    )
+    .await;
     h.shutdown();
     run.await.unwrap().unwrap();
     let all = ledger.all();
@@ -416,15 +615,27 @@ async fn an_existing_retry_topic_with_too_few_partitions_is_named() {
     let policy = RetryPolicy::new();
     let retry_topic = policy.topology(&topic).retry_topics()[0].clone();
     create_topic(&bootstrap, &retry_topic, 1).await;
-    let w = worker_with(&bootstrap, &unique("g"), Route::new(&topic, scripted(Ledger::default(), |_, _| Ok(()))).retry(policy));
+    let w = worker_with(
+        &bootstrap,
+        &unique("g"),
+        Route::new(&topic, scripted(Ledger::default(), |_, _| Ok(()))).retry(policy),
+    );
     match w.run().await {
-        Err(Error::TooFewPartitions { topic: t, actual: 1, required: 3 }) => assert_eq!(t, retry_topic),
+        Err(Error::TooFewPartitions {
+            topic: t,
+            actual: 1,
+            required: 3,
+        }) => assert_eq!(t, retry_topic),
         other => panic!("expected TooFewPartitions for {retry_topic}, got {other:?}"),
     }
     let policy = RetryPolicy::new().auto_create_topics(false);
     let other = unique("nocreate");
     create_topic(&bootstrap, &other, 1).await;
-    let w = worker_with(&bootstrap, &unique("g"), Route::new(&other, scripted(Ledger::default(), |_, _| Ok(()))).retry(policy));
+    let w = worker_with(
+        &bootstrap,
+        &unique("g"),
+        Route::new(&other, scripted(Ledger::default(), |_, _| Ok(()))).retry(policy),
+    );
     match w.run().await {
         Err(Error::TopicNotFound { topic: t }) => assert_eq!(t, format!("{other}-retry")),
         res => panic!("expected TopicNotFound, got {res:?}"),
@@ -443,17 +654,41 @@ async fn in_memory_retries_run_before_the_first_hop() {
     let retry_topic = policy.topology(&topic).retry_topics()[0].clone();
     let ledger = Ledger::default();
     // Fails twice in memory, succeeds on the third call: no hop at all.
-    let w = worker_with(&bootstrap, &group, Route::new(&topic, scripted(ledger.clone(), |_, n| if n <= 2 { Err("flaky".into()) } else { Ok(()) })).retry(policy));
+    let w = worker_with(
+        &bootstrap,
+        &group,
+        Route::new(
+            &topic,
+            scripted(ledger.clone(), |_, n| {
+                if n <= 2 {
+                    Err("flaky".into())
+                } else {
+                    Ok(())
+                }
+            }),
+        )
+        .retry(policy),
+    );
     let h = w.handle();
     let run = tokio::spawn(w.run());
-    eventually(Duration::from_secs(60), "all ok", || ledger.ok_count() >= 10).await;
+    eventually(Duration::from_secs(60), "all ok", || {
+        ledger.ok_count() >= 10
+    })
+    .await;
     h.shutdown();
     run.await.unwrap().unwrap();
     for (k, calls) in ledger.all() {
         assert_eq!(calls.len(), 3, "{k}");
-        assert!(calls.iter().all(|c| c.topic == topic), "{k} never left the main topic");
+        assert!(
+            calls.iter().all(|c| c.topic == topic),
+            "{k} never left the main topic"
+        );
     }
-    assert_eq!(high_watermarks(&bootstrap, &retry_topic, 1)[&0], 0, "nothing published to {retry_topic}");
+    assert_eq!(
+        high_watermarks(&bootstrap, &retry_topic, 1)[&0],
+        0,
+        "nothing published to {retry_topic}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,44 +706,86 @@ async fn dlt_strategies_retry_or_stop() {
     let w = worker_with(
         &bootstrap,
         &group,
-        Route::new(&topic, scripted(Ledger::default(), |_, _| Err("fail".into())))
-            .retry(policy)
-            .dlt_handler(scripted(dead.clone(), |_, n| if n == 1 { Err("dlt handler hiccup".into()) } else { Ok(()) })),
+        Route::new(
+            &topic,
+            scripted(Ledger::default(), |_, _| Err("fail".into())),
+        )
+        .retry(policy)
+        .dlt_handler(scripted(dead.clone(), |_, n| {
+            if n == 1 {
+                Err("dlt handler hiccup".into())
+            } else {
+                Ok(())
+            }
+        })),
     );
     let h = w.handle();
     let run = tokio::spawn(w.run());
-    eventually(Duration::from_secs(60), "dlt handled twice", || dead.calls("key-0").len() >= 2).await;
+    eventually(Duration::from_secs(60), "dlt handled twice", || {
+        dead.calls("key-0").len() >= 2
+    })
+    .await;
     h.shutdown();
     run.await.unwrap().unwrap();
     let dlt = read_topic(&bootstrap, &dlt_topic);
     assert_eq!(dlt.len(), 2, "the failed dead letter was republished once");
-    assert_eq!(header(&dlt[1], headers::EXCEPTION_MESSAGE), Some(&b"dlt handler hiccup"[..]));
+    assert_eq!(
+        header(&dlt[1], headers::EXCEPTION_MESSAGE),
+        Some(&b"dlt handler hiccup"[..])
+    );
 
     // fail_on_error: the DLT partition stops at the failing record, uncommitted.
     let topic = unique("dlt-stop");
     let group = unique("g");
     create_topic(&bootstrap, &topic, 1).await;
     produce_n(&bootstrap, &topic, 1, 0, 3).await;
-    let policy = RetryPolicy::new().attempts(1).dlt_strategy(DltStrategy::FailOnError);
+    let policy = RetryPolicy::new()
+        .attempts(1)
+        .dlt_strategy(DltStrategy::FailOnError);
     let dlt_topic = policy.topology(&topic).dlt().unwrap().to_owned();
     let dead = Ledger::default();
     let main = Ledger::default();
     let w = worker_with(
         &bootstrap,
         &group,
-        Route::new(&topic, scripted(main.clone(), |i, _| if i == 1 { Err("fail".into()) } else { Ok(()) }))
-            .retry(policy)
-            .dlt_handler(scripted(dead.clone(), |_, _| Err("dlt handler broken".into()))),
+        Route::new(
+            &topic,
+            scripted(main.clone(), |i, _| {
+                if i == 1 {
+                    Err("fail".into())
+                } else {
+                    Ok(())
+                }
+            }),
+        )
+        .retry(policy)
+        .dlt_handler(scripted(dead.clone(), |_, _| {
+            Err("dlt handler broken".into())
+        })),
     );
     let h = w.handle();
     let run = tokio::spawn(w.run());
-    eventually(Duration::from_secs(60), "dlt handler called", || !dead.all().is_empty()).await;
-    eventually(Duration::from_secs(20), "main topic keeps flowing", || main.all().len() >= 3).await;
+    eventually(Duration::from_secs(60), "dlt handler called", || {
+        !dead.all().is_empty()
+    })
+    .await;
+    eventually(Duration::from_secs(20), "main topic keeps flowing", || {
+        main.all().len() >= 3
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(!run.is_finished(), "the worker keeps running");
     h.shutdown();
     run.await.unwrap().unwrap();
-    assert_eq!(dead.calls("key-1").len(), 1, "the DLT partition stopped at the record");
-    assert_eq!(committed(&bootstrap, &group, &dlt_topic, 1)[&0], None, "the failing dead letter is not committed");
+    assert_eq!(
+        dead.calls("key-1").len(),
+        1,
+        "the DLT partition stopped at the record"
+    );
+    assert_eq!(
+        committed(&bootstrap, &group, &dlt_topic, 1)[&0],
+        None,
+        "the failing dead letter is not committed"
+    );
     assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0], Some(3));
 }

@@ -10,7 +10,11 @@ fn fixtures() -> Vec<(String, String, Vec<u8>)> {
     text.lines()
         .map(|l| {
             let mut it = l.split(' ');
-            let (c, name, hex) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap_or(""));
+            let (c, name, hex) = (
+                it.next().unwrap(),
+                it.next().unwrap(),
+                it.next().unwrap_or(""),
+            );
             let bytes = (0..hex.len())
                 .step_by(2)
                 .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
@@ -61,7 +65,11 @@ fn first_hop_writes_springs_bytes_and_reads_them_back() {
         assert_eq!(h.get_all(&name).count(), 1, "{name}: one value");
         assert_eq!(h.last_value(&name), Some(&bytes[..]), "{name}");
     }
-    assert_eq!(h.last_value("traceparent"), Some(&b"00-abc-def-01"[..]), "user headers survive");
+    assert_eq!(
+        h.last_value("traceparent"),
+        Some(&b"00-abc-def-01"[..]),
+        "user headers survive"
+    );
     assert_eq!(headers::read_attempts(&h), AttemptsHeader::Valid(2));
     assert_eq!(headers::due_at_ms(&h), Some(1_700_000_006_000));
     assert_eq!(headers::original_timestamp(&h), Some(1_700_000_000_123));
@@ -72,7 +80,10 @@ fn first_hop_writes_springs_bytes_and_reads_them_back() {
     assert_eq!(o.timestamp, Some(1_700_000_000_123));
     assert_eq!(o.timestamp_type.as_deref(), Some("CreateTime"));
     assert_eq!(o.consumer_group.as_deref(), Some("billing"));
-    assert_eq!(o.exception_message.as_deref(), Some("payment gateway timed out"));
+    assert_eq!(
+        o.exception_message.as_deref(),
+        Some("payment gateway timed out")
+    );
     assert_eq!(o.exception_fqcn.as_deref(), Some("GatewayTimeout"));
 }
 
@@ -99,7 +110,11 @@ fn second_hop_keeps_the_originals_and_replaces_retry_headers() {
     hop(&mut h, "orders", 1, 10);
     let first = h.clone();
     hop(&mut h, "orders-retry-1000", 2, 20);
-    assert_eq!(h.len(), first.len(), "bounded: one value per header, not one per hop");
+    assert_eq!(
+        h.len(),
+        first.len(),
+        "bounded: one value per header, not one per hop"
+    );
     assert_eq!(headers::read_attempts(&h), AttemptsHeader::Valid(3));
     assert_eq!(headers::due_at_ms(&h), Some(20));
     for k in [
@@ -123,14 +138,19 @@ fn attempts_header_reads_like_spring() {
     assert_eq!(read(one("legacy-high-bit-in")), AttemptsHeader::Valid(128));
     assert_eq!(read(one("negative-attempts-in")), AttemptsHeader::Malformed);
     assert_eq!(read(one("max-attempts-in")), AttemptsHeader::Malformed);
-    assert_eq!(headers::encode_int(127 + 1).to_vec(), one("legacy-attempts-out"));
+    assert_eq!(
+        headers::encode_int(127 + 1).to_vec(),
+        one("legacy-attempts-out")
+    );
 }
 
 #[test]
 fn big_integers_match_java_both_ways() {
     let mut n = 0;
     for (c, _, bytes) in fixtures() {
-        let Some(v) = c.strip_prefix("big-") else { continue };
+        let Some(v) = c.strip_prefix("big-") else {
+            continue;
+        };
         let v: i64 = v.parse().unwrap();
         assert_eq!(headers::encode_big_integer(v), bytes, "write {v}");
         assert_eq!(headers::decode_big_integer(&bytes), Some(v), "read {v}");
@@ -141,7 +161,10 @@ fn big_integers_match_java_both_ways() {
 
 #[test]
 fn timestamp_types_and_missing_timestamps() {
-    assert_eq!(TimestampType::LogAppendTime.as_java_str().as_bytes(), one("log-append"));
+    assert_eq!(
+        TimestampType::LogAppendTime.as_java_str().as_bytes(),
+        one("log-append")
+    );
     assert_eq!(headers::encode_long(-1).to_vec(), one("no-timestamp"));
 }
 
@@ -149,8 +172,14 @@ fn timestamp_types_and_missing_timestamps() {
 fn plain_dead_letter_form_is_read_too() {
     let mut h = Headers::new();
     h.push(headers::dlt_form::ORIGINAL_TOPIC, Some(&b"payments"[..]));
-    h.push(headers::dlt_form::ORIGINAL_PARTITION, Some(headers::encode_int(5).to_vec()));
-    h.push(headers::dlt_form::ORIGINAL_OFFSET, Some(headers::encode_long(99).to_vec()));
+    h.push(
+        headers::dlt_form::ORIGINAL_PARTITION,
+        Some(headers::encode_int(5).to_vec()),
+    );
+    h.push(
+        headers::dlt_form::ORIGINAL_OFFSET,
+        Some(headers::encode_long(99).to_vec()),
+    );
     h.push(headers::dlt_form::EXCEPTION_MESSAGE, Some(&b"boom"[..]));
     let o = Original::read(&h);
     assert_eq!(o.topic.as_deref(), Some("payments"));

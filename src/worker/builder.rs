@@ -143,6 +143,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// A librdkafka property of the producer that publishes retry and dead-letter copies
+    /// (same as `property("producer.<key>", value)`). Connection and security settings
+    /// (`bootstrap.servers`, `security.protocol`, `sasl.*`, `ssl.*`, ...) are shared already;
+    /// `acks=all` and `enable.idempotence=true` are fixed.
+    pub fn producer_property(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.property(format!("producer.{}", key.into()), value)
+    }
+
     /// Many librdkafka properties at once.
     pub fn properties<K: Into<String>, V: Into<String>>(
         mut self,
@@ -317,6 +325,17 @@ impl WorkerBuilder {
                 }
             }
         }
+        for (key, required) in crate::publish::DURABILITY {
+            let key = format!("producer.{key}");
+            if let Some(v) = self.props.get(&key) {
+                if v != required {
+                    return Err(Error::config(
+                        key,
+                        format!("must stay `{required}` (got `{v}`): a retry or dead-letter copy counts only once the broker has it durably"),
+                    ));
+                }
+            }
+        }
         self.commit
             .validate()
             .map_err(|r| Error::config("commit_policy", r))?;
@@ -473,7 +492,9 @@ impl WorkerBuilder {
         let mut cfg = ClientConfig::new();
         cfg.set("auto.offset.reset", "earliest");
         for (k, v) in &self.props {
-            cfg.set(k, v);
+            if !k.starts_with("producer.") {
+                cfg.set(k, v);
+            }
         }
         for key in OWNED_PROPERTIES {
             cfg.set(key, "false");

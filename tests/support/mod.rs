@@ -304,14 +304,18 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMe
     let ends = high_watermarks(bootstrap, topic, parts);
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut pos: BTreeMap<i32, i64> = (0..parts).map(|p| (p, 0)).collect();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while pos.iter().any(|(p, o)| *o < ends[p]) {
-        assert!(Instant::now() < deadline, "reading {topic} timed out at {pos:?} of {ends:?}");
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} timed out at {pos:?} of {ends:?}"
+        );
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             let m = m.expect("read");
             pos.insert(m.partition(), m.offset() + 1);

@@ -1,0 +1,290 @@
+//! The retry-topic layer without a broker: an in-memory publisher records what would be
+//! published; tokio's paused clock checks the back-off of in-memory retries and of failed
+//! publishes.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redrive::headers;
+use redrive::layer::RetryTopicLayer;
+use redrive::policy::{DltStrategy, ErrorMatcher, RetryPolicy};
+use redrive::publish::{Outgoing, Publish, PublishFuture};
+use redrive::{BoxError, DecodeError, Headers, Record};
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+#[derive(Default)]
+struct Memory {
+    sent: Mutex<Vec<Outgoing>>,
+    fail_first: u32,
+    calls: AtomicU32,
+}
+
+impl Publish for Memory {
+    fn publish(&self, record: Outgoing) -> PublishFuture {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail_first {
+            return Box::pin(async { Err("broker unavailable".into()) });
+        }
+        self.sent.lock().unwrap().push(record);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("card declined")]
+struct Declined;
+
+fn record(topic: &str, headers: Headers) -> Record {
+    Record::new(topic, 3, 42)
+        .with_key(&b"k"[..])
+        .with_value(&b"v"[..])
+        .with_headers(headers)
+}
+
+async fn run(
+    policy: RetryPolicy,
+    publisher: Arc<Memory>,
+    rec: Record,
+    err: fn() -> BoxError,
+) -> Result<(), BoxError> {
+    let layer = RetryTopicLayer::new(policy, &["orders"], publisher, "billing", "orders");
+    let mut svc = layer.layer(service_fn(move |_r: Record| async move {
+        Err::<(), BoxError>(err())
+    }));
+    svc.ready().await?.call(rec).await
+}
+
+#[tokio::test]
+async fn each_attempt_goes_to_the_next_topic_then_the_dlt() {
+    let policy = RetryPolicy::new().attempts(4).exponential(
+        Duration::from_secs(1),
+        2.0,
+        Duration::from_secs(3),
+    );
+    let topology = policy.topology("orders");
+    let mem = Arc::new(Memory::default());
+    let mut rec = record("orders", Headers::new());
+    let mut topics = Vec::new();
+    for _ in 0..4 {
+        let before = now_ms();
+        run(policy.clone(), mem.clone(), rec.clone(), || "boom".into())
+            .await
+            .unwrap();
+        let out = mem.sent.lock().unwrap().last().cloned().unwrap();
+        let due = headers::due_at_ms(&out.headers).unwrap();
+        let attempt = headers::attempt_of(&out.headers);
+        if out.topic != "orders-dlt" {
+            let nominal = policy.delay_before_retry(attempt - 1).as_millis() as i64;
+            assert!(
+                due >= before + nominal && due <= now_ms() + nominal,
+                "due {due} for attempt {attempt}"
+            );
+        }
+        assert_eq!(out.partition, Some(3), "same partition");
+        topics.push(out.topic.clone());
+        rec = record(&out.topic, out.headers.clone());
+    }
+    assert_eq!(
+        topics,
+        [
+            "orders-retry-1000",
+            "orders-retry-2000",
+            "orders-retry-3000",
+            "orders-dlt"
+        ]
+    );
+    assert_eq!(topology.dlt(), Some("orders-dlt"));
+}
+
+#[tokio::test]
+async fn excluded_and_decode_errors_skip_the_retries() {
+    let policy = RetryPolicy::new()
+        .attempts(5)
+        .exclude(ErrorMatcher::of::<Declined>());
+    let mem = Arc::new(Memory::default());
+    run(
+        policy.clone(),
+        mem.clone(),
+        record("orders", Headers::new()),
+        || Box::new(Declined),
+    )
+    .await
+    .unwrap();
+    run(
+        policy,
+        mem.clone(),
+        record("orders", Headers::new()),
+        || Box::new(DecodeError::new("Order", "trailing garbage")),
+    )
+    .await
+    .unwrap();
+    let sent = mem.sent.lock().unwrap();
+    assert_eq!(
+        sent.iter().map(|o| o.topic.as_str()).collect::<Vec<_>>(),
+        ["orders-dlt", "orders-dlt"]
+    );
+    let msg = String::from_utf8_lossy(
+        sent[1]
+            .headers
+            .last_value(headers::EXCEPTION_MESSAGE)
+            .unwrap(),
+    )
+    .into_owned();
+    assert!(
+        msg.contains("cannot decode the record value as Order"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn the_total_timeout_gives_up_early() {
+    // First delivered an hour ago: the next retry would start past the 10 minute budget.
+    let policy = RetryPolicy::new()
+        .attempts(5)
+        .timeout(Duration::from_secs(600));
+    let mem = Arc::new(Memory::default());
+    let mut h = Headers::new();
+    h.set(
+        headers::ORIGINAL_TIMESTAMP_RETRY,
+        headers::encode_big_integer(now_ms() - 3_600_000),
+    );
+    h.set(headers::ATTEMPTS, headers::encode_int(2).to_vec());
+    run(policy, mem.clone(), record("orders-retry", h), || {
+        "boom".into()
+    })
+    .await
+    .unwrap();
+    assert_eq!(mem.sent.lock().unwrap()[0].topic, "orders-dlt");
+}
+
+#[tokio::test]
+async fn no_dlt_drops_after_the_last_attempt() {
+    let policy = RetryPolicy::new()
+        .attempts(1)
+        .dlt_strategy(DltStrategy::NoDlt);
+    let mem = Arc::new(Memory::default());
+    run(
+        policy,
+        mem.clone(),
+        record("orders", Headers::new()),
+        || "boom".into(),
+    )
+    .await
+    .unwrap();
+    assert!(mem.sent.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_publishes_back_off_exponentially_and_never_give_up() {
+    let mem = Arc::new(Memory {
+        fail_first: 6,
+        ..Default::default()
+    });
+    let start = tokio::time::Instant::now();
+    run(
+        RetryPolicy::new(),
+        mem.clone(),
+        record("orders", Headers::new()),
+        || "boom".into(),
+    )
+    .await
+    .unwrap();
+    // 100 + 200 + 400 + 800 + 1600 + 3200 ms of back-off, on the paused clock.
+    assert_eq!(start.elapsed(), Duration::from_millis(6300));
+    assert_eq!(mem.calls.load(Ordering::SeqCst), 7);
+    assert_eq!(mem.sent.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_publish_back_off_is_capped_at_five_seconds() {
+    let mem = Arc::new(Memory {
+        fail_first: 10,
+        ..Default::default()
+    });
+    let start = tokio::time::Instant::now();
+    run(
+        RetryPolicy::new(),
+        mem.clone(),
+        record("orders", Headers::new()),
+        || "boom".into(),
+    )
+    .await
+    .unwrap();
+    // 100..3200 doubling, then 5000 x 4.
+    assert_eq!(start.elapsed(), Duration::from_millis(6300 + 4 * 5000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_memory_retries_wait_their_delay_before_the_hop() {
+    let policy = RetryPolicy::new().in_memory(3, Duration::from_millis(250));
+    let mem = Arc::new(Memory::default());
+    let calls = Arc::new(AtomicU32::new(0));
+    let layer = RetryTopicLayer::new(policy, &["orders"], mem.clone(), "billing", "orders");
+    let c = calls.clone();
+    let mut svc = layer.layer(service_fn(move |_r: Record| {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Err::<(), BoxError>("flaky".into())
+        }
+    }));
+    let start = tokio::time::Instant::now();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(record("orders", Headers::new()))
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "1 call + 3 in-memory retries"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(750));
+    assert_eq!(
+        mem.sent.lock().unwrap()[0].topic,
+        "orders-retry",
+        "then the first hop"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_retried_like_an_error() {
+    let mem = Arc::new(Memory::default());
+    let layer = RetryTopicLayer::new(
+        RetryPolicy::new(),
+        &["orders"],
+        mem.clone(),
+        "billing",
+        "orders",
+    );
+    let mut svc = layer.layer(service_fn(|_r: Record| async move {
+        if true {
+            panic!("index out of bounds");
+        }
+        Ok::<(), BoxError>(())
+    }));
+    svc.ready()
+        .await
+        .unwrap()
+        .call(record("orders", Headers::new()))
+        .await
+        .unwrap();
+    let sent = mem.sent.lock().unwrap();
+    assert_eq!(sent[0].topic, "orders-retry");
+    let msg = String::from_utf8_lossy(
+        sent[0]
+            .headers
+            .last_value(headers::EXCEPTION_MESSAGE)
+            .unwrap(),
+    )
+    .into_owned();
+    assert!(msg.contains("index out of bounds"), "{msg}");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
