@@ -140,3 +140,9 @@ impl Fatal {
         Fatal(err.into())
     }
 }
+
+impl From<crate::commit::ParseCommitPolicyError> for Error {
+    fn from(e: crate::commit::ParseCommitPolicyError) -> Self {
+        Error::config("commit_policy", e.to_string())
+    }
+}

@@ -30,6 +30,11 @@ pub use runtime::CommitErrorCallback;
 pub use worker::route::{IntoRoute, Route};
 pub use worker::{shutdown_signal, Worker, WorkerBuilder, WorkerHandle};
 
+// The README's examples compile as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 /// Re-exported so users name the same versions redrive uses.
 pub use rdkafka;
 pub use tower;
