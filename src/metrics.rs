@@ -1,5 +1,14 @@
-//! Metric names. The library only records, through the `metrics` facade; installing an
-//! exporter is the application's choice.
+//! Metrics (DESIGN §8). The library only records, through the `metrics` facade; installing
+//! an exporter is the application's choice: [`install_prometheus`] (feature `prometheus`)
+//! serves `/metrics` with the buckets and idle timeout redrive's dashboard expects.
+//!
+//! Every metric carries `group`; per-topic ones also `topic` and `route`. Only the lag
+//! gauges carry `partition`. No offsets, keys or error texts are ever labels.
+//!
+//! Gauges are refreshed periodically (lag every `lag_interval`, the rest every second), so an
+//! exporter with an idle timeout for gauges drops the series of revoked partitions.
+
+use std::time::Duration;
 
 /// The names of every metric redrive records (see DESIGN §8).
 pub mod names {
@@ -33,4 +42,52 @@ pub mod names {
     pub const REBALANCES: &str = "redrive_rebalances_total";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "redrive_build_info";
+}
+
+/// Histogram buckets, seconds: handler and commit latency.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Histogram buckets, seconds: how late a retry started (the target is p99 <= 20 ms).
+pub const DELAY_ERROR_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// Gauges not refreshed for this long are dropped by [`install_prometheus`]: revoked
+/// partitions stop exporting.
+pub const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Installs the Prometheus exporter as the global `metrics` recorder and serves
+/// `GET /metrics` on `addr` (bind it to 127.0.0.1 unless Prometheus scrapes from elsewhere).
+/// Histograms get explicit buckets; gauges idle for [`GAUGE_IDLE_TIMEOUT`] are dropped.
+///
+/// Call it once, inside or outside a Tokio runtime, before building workers.
+#[cfg(feature = "prometheus")]
+pub fn install_prometheus(addr: std::net::SocketAddr) -> Result<(), crate::Error> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use metrics_util::MetricKindMask;
+
+    let err =
+        |e: metrics_exporter_prometheus::BuildError| crate::Error::config("metrics", e.to_string());
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full(names::HANDLER_DURATION.into()),
+            &LATENCY_BUCKETS,
+        )
+        .map_err(err)?
+        .set_buckets_for_metric(
+            Matcher::Full(names::COMMIT_DURATION.into()),
+            &LATENCY_BUCKETS,
+        )
+        .map_err(err)?
+        .set_buckets_for_metric(
+            Matcher::Full(names::RETRY_DELAY_ERROR.into()),
+            &DELAY_ERROR_BUCKETS,
+        )
+        .map_err(err)?
+        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
+        .install()
+        .map_err(err)
 }

@@ -40,6 +40,9 @@ pub const EXCEPTION_MESSAGE: &str = "kafka_exception-message";
 /// The error chain, one error per line.
 pub const EXCEPTION_STACKTRACE: &str = "kafka_exception-stacktrace";
 
+/// W3C trace context header, propagated across hops so all attempts share one trace.
+pub const TRACEPARENT: &str = "traceparent";
+
 /// Plain `DeadLetterPublishingRecoverer` form of the same data (read, not written).
 pub mod dlt_form {
     /// Original topic.
@@ -340,6 +343,43 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
     );
 }
 
+/// The trace id of a valid W3C `traceparent` header (`00-<trace id>-<parent id>-<flags>`).
+pub fn trace_id(headers: &Headers) -> Option<&str> {
+    let v = std::str::from_utf8(headers.last_value(TRACEPARENT)?).ok()?;
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(version, 2)
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace != "0".repeat(32))
+    .then_some(trace)
+}
+
+/// The trace id redrive uses for a record that arrived without a `traceparent`: derived from
+/// its coordinates, so its first attempt (logged before any hop) and the copies share it.
+pub fn derived_trace_id(topic: &str, partition: i32, offset: i64) -> String {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same record gives the same id everywhere.
+    let mut a = std::collections::hash_map::DefaultHasher::new();
+    (topic, partition, offset, 0u8).hash(&mut a);
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    (topic, partition, offset, 1u8).hash(&mut b);
+    format!("{:016x}{:016x}", a.finish() | 1, b.finish())
+}
+
+/// Writes the `traceparent` of a hop: the record's trace id (or `fallback_trace` when it has
+/// none) with a new parent id, so every attempt of a record shares one trace.
+pub fn propagate_traceparent(headers: &mut Headers, fallback_trace: &str, span_id: u64) {
+    let trace = trace_id(headers).unwrap_or(fallback_trace).to_owned();
+    headers.set(
+        TRACEPARENT,
+        format!("00-{trace}-{:016x}-01", span_id | 1).into_bytes(),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +409,26 @@ mod tests {
         }
         assert_eq!(decode_big_integer(&[]), None);
         assert_eq!(decode_big_integer(&[0; 9]), None);
+    }
+
+    #[test]
+    fn traceparent_keeps_the_trace_and_creates_one_when_missing() {
+        let mut h = Headers::new();
+        let derived = derived_trace_id("orders", 1, 7);
+        assert_eq!(derived, derived_trace_id("orders", 1, 7));
+        assert_ne!(derived, derived_trace_id("orders", 1, 8));
+        propagate_traceparent(&mut h, &derived, 0xabcdef);
+        let first = trace_id(&h).unwrap().to_owned();
+        assert_eq!(first, derived);
+        propagate_traceparent(&mut h, "ignored", 0x1234);
+        assert_eq!(
+            trace_id(&h),
+            Some(first.as_str()),
+            "the trace id survives a hop"
+        );
+        assert_eq!(h.get_all(TRACEPARENT).count(), 1);
+        h.set(TRACEPARENT, &b"garbage"[..]);
+        assert_eq!(trace_id(&h), None);
     }
 
     #[test]

@@ -316,8 +316,15 @@ impl RuntimeContext {
         {
             st.last_gauges = Some(now);
             let in_flight = st.in_flight(&self.rt).0;
-            ::metrics::gauge!(crate::metrics::names::IN_FLIGHT, "group" => self.rt.group.to_string())
+            let group = self.rt.group.to_string();
+            ::metrics::gauge!(crate::metrics::names::IN_FLIGHT, "group" => group.clone())
                 .set(in_flight as f64);
+            // Refreshed, not only set on change, so exporters with an idle timeout keep them.
+            let assigned = st.slots.values().flatten().flatten().count();
+            ::metrics::gauge!(crate::metrics::names::PARTITIONS_ASSIGNED, "group" => group)
+                .set(assigned as f64);
+            ::metrics::gauge!(crate::metrics::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
+                .set(1.0);
         }
     }
 
@@ -433,14 +440,14 @@ impl DispatchState {
     }
 
     fn update_assigned_gauge(&self, rt: &RuntimeShared) {
-        let mut list: Vec<(String, i32)> = self
+        let mut list: Vec<Arc<PartitionShared>> = self
             .slots
             .values()
             .flatten()
             .flatten()
-            .map(|s| (s.shared.topic.to_string(), s.shared.partition))
+            .map(|s| s.shared.clone())
             .collect();
-        list.sort();
+        list.sort_by(|a, b| (&*a.topic, a.partition).cmp(&(&*b.topic, b.partition)));
         let n = list.len();
         *rt.assignment.lock().unwrap_or_else(|e| e.into_inner()) = list;
         ::metrics::gauge!(crate::metrics::names::PARTITIONS_ASSIGNED, "group" => rt.group.to_string())
@@ -500,6 +507,7 @@ fn commit_slots<'a>(
         Ok(()) => {
             for (slot, pos) in moved {
                 slot.last_committed = Some(pos);
+                slot.shared.set_committed(pos);
             }
             Ok(())
         }

@@ -10,6 +10,7 @@
 //! resumes it once there is room again. Other partitions keep flowing.
 
 mod context;
+mod lag;
 mod partition;
 mod poll;
 pub(crate) mod tracker;
@@ -23,6 +24,7 @@ use rdkafka::error::KafkaError;
 use crate::commit::CommitPolicy;
 
 pub(crate) use context::RuntimeContext;
+pub(crate) use lag::spawn_lag_thread;
 pub(crate) use partition::{run_partition, PartitionStart};
 pub(crate) use poll::poll_loop;
 
@@ -55,6 +57,7 @@ pub(crate) struct RuntimeConfig {
     pub max_poll_records: usize,
     pub drain_timeout: Duration,
     pub poll_timeout: Duration,
+    pub lag_interval: Duration,
     pub on_commit_error: Option<CommitErrorCallback>,
 }
 
@@ -69,8 +72,8 @@ pub(crate) struct RuntimeShared {
     pub commit_resend: AtomicBool,
     pub shutdown: AtomicBool,
     pub shutdown_notify: tokio::sync::Notify,
-    /// The partitions currently assigned, for handles and readiness checks.
-    pub assignment: std::sync::Mutex<Vec<(String, i32)>>,
+    /// The partitions currently assigned, for handles, lag and readiness checks.
+    pub assignment: std::sync::Mutex<Vec<Arc<PartitionShared>>>,
 }
 
 impl RuntimeShared {
@@ -100,6 +103,10 @@ pub(crate) struct PartitionShared {
     pub route: Arc<str>,
     /// The commit position, or -1 before the first record.
     committable: AtomicI64,
+    /// The last position committed to the broker, or -1.
+    committed: AtomicI64,
+    /// Timestamp (ms) of the oldest record handed over and not final, or -1.
+    oldest_ts: AtomicI64,
     /// Set on revoke or shutdown: start no further record.
     stop: AtomicBool,
     /// Records of this partition waiting for their due time: while > 0, fetch nothing more.
@@ -117,6 +124,8 @@ impl PartitionShared {
             partition,
             route,
             committable: AtomicI64::new(-1),
+            committed: AtomicI64::new(-1),
+            oldest_ts: AtomicI64::new(-1),
             stop: AtomicBool::new(false),
             hold: AtomicU32::new(0),
             stop_notify: tokio::sync::Notify::new(),
@@ -132,9 +141,30 @@ impl PartitionShared {
         }
     }
 
-    pub(crate) fn publish(&self, position: Option<i64>) {
-        if let Some(p) = position {
+    /// Publishes the tracker's commit position and oldest unfinished record.
+    pub(crate) fn observe(&self, tracker: &tracker::OffsetTracker) {
+        if let Some(p) = tracker.committable() {
             self.committable.store(p, Ordering::Release);
+        }
+        self.oldest_ts
+            .store(tracker.oldest_timestamp().unwrap_or(-1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn committed(&self) -> Option<i64> {
+        match self.committed.load(Ordering::Acquire) {
+            -1 => None,
+            o => Some(o),
+        }
+    }
+
+    pub(crate) fn set_committed(&self, position: i64) {
+        self.committed.store(position, Ordering::Release);
+    }
+
+    pub(crate) fn oldest_timestamp(&self) -> Option<i64> {
+        match self.oldest_ts.load(Ordering::Relaxed) {
+            -1 => None,
+            t => Some(t),
         }
     }
 

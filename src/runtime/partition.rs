@@ -10,6 +10,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 use super::tracker::OffsetTracker;
 use super::{PartitionShared, Queued, RuntimeShared};
@@ -199,19 +200,21 @@ where
             if gated && !due_gate(&shared, &record, max_wait, &meters.delay_error).await {
                 break;
             }
-            tracker.dispatched(offset);
+            tracker.dispatched(offset, record_ts(&record));
+            shared.observe(&tracker);
             let started = Instant::now();
             // Convert at once: the service's own error type need not be Send.
             let ready = svc.ready().await.map_err(Into::into);
+            let span = record_span(&rt, &shared, &record);
             let res = match ready {
-                Ok(svc) => guarded_call(svc, record).await,
+                Ok(svc) => guarded_call(svc, record).instrument(span).await,
                 Err(e) => Err(Failure::Error(e)),
             };
             if !report(&shared, &meters, offset, started, res) {
                 break;
             }
             tracker.complete(offset);
-            shared.publish(tracker.committable());
+            shared.observe(&tracker);
             shared.finished(&rt, bytes);
         }
         return;
@@ -228,7 +231,7 @@ where
             biased;
             Some(offset) = recv_ack(&mut acks) => {
                 if tracker.complete(offset) {
-                    shared.publish(tracker.committable());
+                    shared.observe(&tracker);
                 }
             }
             Some((offset, bytes, done)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -245,7 +248,7 @@ where
                 }
                 // In manual mode an Ok outcome is final only once acknowledged.
                 if (!manual || failed) && tracker.complete(offset) {
-                    shared.publish(tracker.committable());
+                    shared.observe(&tracker);
                 }
                 shared.finished(&rt, bytes);
             }
@@ -263,25 +266,29 @@ where
                     ready = false;
                     let offset = record.offset;
                     meters.consumed.increment(1);
-                    tracker.dispatched(offset);
+                    tracker.dispatched(offset, record_ts(&record));
+                    shared.observe(&tracker);
                     if gated {
                         // The call starts only once due: the ready service moves into the
                         // future (tower's clone-and-swap) and is called after the gate.
                         let clone = svc.clone();
                         let mut ready_svc = std::mem::replace(&mut svc, clone);
                         let gate_shared = shared.clone();
+                        let gate_rt = rt.clone();
                         let delay_error = meters.delay_error.clone();
                         in_flight.push(Either::Left(async move {
                             if !due_gate(&gate_shared, &record, max_wait, &delay_error).await {
                                 return (offset, bytes, None);
                             }
                             let started = Instant::now();
-                            let res = guarded_call(&mut ready_svc, record).await;
+                            let span = record_span(&gate_rt, &gate_shared, &record);
+                            let res = guarded_call(&mut ready_svc, record).instrument(span).await;
                             (offset, bytes, Some((started, res)))
                         }));
                     } else {
                         let started = Instant::now();
-                        let call = guarded_call(&mut svc, record);
+                        let span = record_span(&rt, &shared, &record);
+                        let call = guarded_call(&mut svc, record).instrument(span);
                         in_flight.push(Either::Right(async move { (offset, bytes, Some((started, call.await))) }));
                     }
                 }
@@ -294,6 +301,40 @@ where
             break;
         }
     }
+}
+
+/// The span of one record, with OpenTelemetry's messaging attributes. Attempt and trace id
+/// are read from the headers only when the span is enabled.
+fn record_span(rt: &RuntimeShared, p: &PartitionShared, r: &Record) -> tracing::Span {
+    let span = tracing::info_span!(
+        "redrive.record",
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation = "process",
+        messaging.destination.name = %p.topic,
+        messaging.kafka.partition = p.partition,
+        messaging.kafka.offset = r.offset,
+        messaging.kafka.consumer.group = %rt.group,
+        redrive.route = %p.route,
+        redrive.attempt = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("redrive.attempt", crate::headers::attempt_of(r.headers()));
+        match crate::headers::trace_id(r.headers()) {
+            Some(t) => span.record("trace_id", t),
+            None => span.record(
+                "trace_id",
+                crate::headers::derived_trace_id(&p.topic, p.partition, r.offset).as_str(),
+            ),
+        };
+    }
+    span
+}
+
+/// A record's timestamp for the lag-in-seconds gauge; records without one count from now.
+fn record_ts(r: &Record) -> i64 {
+    r.timestamp().map_or_else(now_ms, |t| t.millis)
 }
 
 async fn recv_ack(acks: &mut Option<mpsc::UnboundedReceiver<i64>>) -> Option<i64> {

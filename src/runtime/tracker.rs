@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 /// Offsets may have gaps (compaction, transaction markers).
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
-    /// Dispatched, not yet released records: (offset, final?). Sorted by offset.
-    pending: VecDeque<(i64, bool)>,
+    /// Dispatched, not yet released records: (offset, final?, timestamp ms). Sorted by
+    /// offset; the front is never final (final fronts are released at once).
+    pending: VecDeque<(i64, bool, i64)>,
     /// One past the last dispatched offset.
     next: Option<i64>,
 }
@@ -21,19 +22,19 @@ impl OffsetTracker {
     }
 
     /// Registers a record about to be handled. Offsets must increase.
-    pub(crate) fn dispatched(&mut self, offset: i64) {
+    pub(crate) fn dispatched(&mut self, offset: i64, timestamp_ms: i64) {
         debug_assert!(
             self.next.is_none_or(|n| offset >= n),
             "offsets must increase"
         );
-        self.pending.push_back((offset, false));
+        self.pending.push_back((offset, false, timestamp_ms));
         self.next = Some(offset + 1);
     }
 
     /// Marks a record final. Unknown or already released offsets are ignored, so a duplicate
     /// acknowledgement is harmless. Returns true when the commit position moved.
     pub(crate) fn complete(&mut self, offset: i64) -> bool {
-        let idx = match self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+        let idx = match self.pending.binary_search_by_key(&offset, |&(o, _, _)| o) {
             Ok(i) => i,
             Err(_) => return false,
         };
@@ -41,7 +42,7 @@ impl OffsetTracker {
         if idx != 0 {
             return false;
         }
-        while let Some(&(_, true)) = self.pending.front() {
+        while let Some(&(_, true, _)) = self.pending.front() {
             self.pending.pop_front();
         }
         true
@@ -50,14 +51,19 @@ impl OffsetTracker {
     /// The offset to commit (Kafka's "next offset to read"), if any record was dispatched.
     pub(crate) fn committable(&self) -> Option<i64> {
         match self.pending.front() {
-            Some(&(o, _)) => Some(o),
+            Some(&(o, _, _)) => Some(o),
             None => self.next,
         }
     }
 
     /// Number of records dispatched and not yet released.
     pub(crate) fn unfinished(&self) -> usize {
-        self.pending.iter().filter(|(_, done)| !done).count()
+        self.pending.iter().filter(|(_, done, _)| !done).count()
+    }
+
+    /// The timestamp of the oldest record not yet final.
+    pub(crate) fn oldest_timestamp(&self) -> Option<i64> {
+        self.pending.front().map(|&(_, _, ts)| ts)
     }
 }
 
@@ -70,7 +76,7 @@ mod tests {
     fn in_order_completion_moves_position() {
         let mut t = OffsetTracker::new();
         assert_eq!(t.committable(), None);
-        t.dispatched(10);
+        t.dispatched(10, 0);
         assert_eq!(t.committable(), Some(10));
         assert!(t.complete(10));
         assert_eq!(t.committable(), Some(11));
@@ -80,7 +86,7 @@ mod tests {
     fn out_of_order_never_passes_an_unfinished_record() {
         let mut t = OffsetTracker::new();
         for o in [5, 6, 9, 12] {
-            t.dispatched(o);
+            t.dispatched(o, 0);
         }
         assert!(!t.complete(9));
         assert!(!t.complete(12));
@@ -103,7 +109,7 @@ mod tests {
             let mut offsets = Vec::new();
             let mut o = 100;
             for g in &gaps {
-                t.dispatched(o);
+                t.dispatched(o, 0);
                 offsets.push(o);
                 o += g;
             }

@@ -95,6 +95,7 @@ pub struct WorkerBuilder {
     drain_timeout: Duration,
     startup_timeout: Duration,
     poll_timeout: Duration,
+    lag_interval: Duration,
     on_commit_error: Option<CommitErrorCallback>,
     routes: Vec<PendingRoute>,
     publisher: Option<Arc<dyn Publish>>,
@@ -121,6 +122,7 @@ impl WorkerBuilder {
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
             poll_timeout: Duration::from_millis(100),
+            lag_interval: Duration::from_secs(5),
             on_commit_error: None,
             routes: Vec::new(),
             publisher: None,
@@ -209,6 +211,13 @@ impl WorkerBuilder {
     /// How long start-up waits for the cluster's metadata.
     pub fn startup_timeout(mut self, d: Duration) -> Self {
         self.startup_timeout = d;
+        self
+    }
+
+    /// How often consumer lag (`redrive_consumer_lag_records`/`_seconds`) is measured; 5 s by
+    /// default. Each refresh asks the broker for the watermarks of every assigned partition.
+    pub fn lag_interval(mut self, d: Duration) -> Self {
+        self.lag_interval = d;
         self
     }
 
@@ -339,6 +348,9 @@ impl WorkerBuilder {
         self.commit
             .validate()
             .map_err(|r| Error::config("commit_policy", r))?;
+        if self.lag_interval < Duration::from_millis(100) {
+            return Err(Error::config("lag_interval", "must be at least 100ms"));
+        }
         for (setting, value) in [
             ("max_in_flight_records", self.max_in_flight_records),
             ("max_in_flight_bytes", self.max_in_flight_bytes),
@@ -486,6 +498,7 @@ impl WorkerBuilder {
                 max_poll_records: self.max_poll_records,
                 drain_timeout: self.drain_timeout,
                 poll_timeout: self.poll_timeout,
+                lag_interval: self.lag_interval,
                 on_commit_error: self.on_commit_error,
             },
         ));

@@ -49,7 +49,9 @@ impl WorkerHandle {
             .assignment
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .iter()
+            .map(|p| (p.topic.to_string(), p.partition))
+            .collect()
     }
 
     /// Records whose outcome became final since the worker started.
@@ -98,9 +100,15 @@ impl Worker {
         ::metrics::gauge!(crate::metrics::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
             .set(1.0);
         let (tx, rx) = tokio::sync::oneshot::channel();
+        crate::runtime::spawn_lag_thread(
+            self.rt.clone(),
+            self.admin_config.clone(),
+            self.rt.config.lag_interval,
+        )
+        .map_err(|e| Error::Fatal(format!("cannot start the lag thread: {e}")))?;
         let Worker {
             consumer,
-            rt: _,
+            rt,
             topics,
             plans,
             admin_config,
@@ -122,8 +130,12 @@ impl Worker {
                 let _ = tx.send(res);
             })
             .map_err(|e| Error::Fatal(format!("cannot start the poll thread: {e}")))?;
-        rx.await
-            .unwrap_or_else(|_| Err(Error::Fatal("the poll thread panicked".into())))
+        let res = rx
+            .await
+            .unwrap_or_else(|_| Err(Error::Fatal("the poll thread panicked".into())));
+        // Also stops the lag thread when start-up failed.
+        rt.request_shutdown();
+        res
     }
 
     /// Runs until `signal` completes, then shuts down gracefully.

@@ -217,10 +217,13 @@ enum Destination<'a> {
     Dlt { reason: &'static str },
 }
 
+fn random_u64() -> u64 {
+    // Jitter and span ids need spread, not cryptographic quality: a randomly keyed hash.
+    RandomState::new().hash_one(std::time::Instant::now())
+}
+
 fn random_unit() -> f64 {
-    // Jitter needs spread, not cryptographic quality: a randomly keyed hash of the clock.
-    let h = RandomState::new().hash_one(std::time::Instant::now());
-    (h >> 11) as f64 / (1u64 << 53) as f64
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Runs the failure path: in-memory retries, classification, publication of the copy.
@@ -373,6 +376,8 @@ pub(crate) fn failure_copy(
             max_text: shared.policy.max_header_text,
         },
     );
+    let fallback = headers::derived_trace_id(record.topic(), record.partition(), record.offset());
+    headers::propagate_traceparent(&mut h, &fallback, random_u64());
     // The original coordinates are written on the first hop only.
     debug_assert!(original.topic.is_none() || headers::Original::read(&h).topic == original.topic);
     Outgoing {
