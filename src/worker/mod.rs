@@ -99,6 +99,11 @@ impl Worker {
         let _ = self.consumer.context().handle.set(handle);
         ::metrics::gauge!(crate::metrics::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
             .set(1.0);
+        // Failure and event counters exist from the start, at 0.
+        let group = self.rt.group.to_string();
+        ::metrics::counter!(crate::metrics::names::COMMIT_FAILURES, "group" => group.clone())
+            .increment(0);
+        ::metrics::counter!(crate::metrics::names::REBALANCES, "group" => group).increment(0);
         let (tx, rx) = tokio::sync::oneshot::channel();
         crate::runtime::spawn_lag_thread(
             self.rt.clone(),

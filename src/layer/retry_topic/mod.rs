@@ -72,12 +72,22 @@ impl TopicEntry {
                 ::metrics::counter!(crate::metrics::names::RECORDS_HANDLED, &l)
             })
             .collect();
-        TopicEntry {
+        let entry = TopicEntry {
             topology,
             stage,
             ok,
             labels,
+        };
+        // Failure counters exist from the start (at 0), so dashboards show 0, not "no data".
+        for target in ["retry", "dlt"] {
+            entry
+                .counter(
+                    crate::metrics::names::PUBLISH_FAILURES,
+                    &[("target", target.into())],
+                )
+                .increment(0);
         }
+        entry
     }
 
     pub(crate) fn count_ok(&self, attempt: u32) {
