@@ -13,6 +13,7 @@
 
 pub mod commit;
 pub mod error;
+pub mod handler;
 pub mod headers;
 pub mod layer;
 pub mod metrics;
@@ -24,8 +25,13 @@ mod worker;
 
 pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger};
 pub use error::{BoxError, DecodeError, Error, Fatal};
+#[cfg(feature = "json")]
+pub use handler::Json;
+pub use handler::{FromRecord, RetryContext};
 pub use policy::RetryPolicy;
 pub use record::{Header, Headers, Record, Timestamp, TimestampType};
+#[cfg(feature = "macros")]
+pub use redrive_macros::{dlt_handler, retryable_topic};
 pub use runtime::CommitErrorCallback;
 pub use worker::route::{IntoRoute, Route};
 pub use worker::{shutdown_signal, Worker, WorkerBuilder, WorkerHandle};

@@ -312,11 +312,13 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
     while let Some(s) = root.source() {
         root = s;
     }
-    let message = if std::ptr::addr_eq(root, f.error) || root.to_string() == f.error.to_string() {
-        f.error.to_string()
-    } else {
-        format!("{}; {}", f.error, root)
-    };
+    // Spring writes `message; root message`; skip the root when the message already says it.
+    let message =
+        if std::ptr::addr_eq(root, f.error) || f.error.to_string().contains(&root.to_string()) {
+            f.error.to_string()
+        } else {
+            format!("{}; {}", f.error, root)
+        };
     let mut trace = String::new();
     let mut cur = Some(f.error);
     let mut first = true;

@@ -50,6 +50,7 @@ struct PendingRoute {
     concurrency: usize,
     retry: Option<RetryPolicy>,
     has_dlt: bool,
+    group: Option<String>,
     make: MakeBindings,
 }
 
@@ -251,6 +252,7 @@ impl WorkerBuilder {
             (route.name.clone(), route.topics.clone(), route.concurrency);
         let retry = route.retry.clone();
         let has_dlt = route.dlt.is_some();
+        let group = route.group.clone();
         let make: MakeBindings = Box::new(move |layer: Option<RetryTopicLayer>| {
             let rname: Arc<str> = Arc::from(route.name.as_str());
             let mut out: Vec<(String, Arc<dyn RouteFactory>, Stage)> = Vec::new();
@@ -299,13 +301,39 @@ impl WorkerBuilder {
             concurrency,
             retry,
             has_dlt,
+            group,
             make,
         });
         self
     }
 
     /// Validates the configuration and creates the consumer.
-    pub fn build(self) -> Result<Worker, Error> {
+    pub fn build(mut self) -> Result<Worker, Error> {
+        // Routes may declare their group (`#[retryable_topic(group = ..)]`).
+        let declared: Vec<(&str, &str)> = self
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.as_str(), r.group.as_deref()?)))
+            .collect();
+        if let Some((route, g)) = declared.first() {
+            match self.props.get("group.id") {
+                Some(w) if w != g => return Err(Error::config(
+                    "group.id",
+                    format!(
+                        "route `{route}` declares group `{g}` but the worker's group.id is `{w}`"
+                    ),
+                )),
+                _ => {}
+            }
+            if let Some((other, g2)) = declared.iter().find(|(_, x)| x != g) {
+                return Err(Error::config(
+                    "group",
+                    format!("routes `{route}` and `{other}` declare different groups (`{g}`, `{g2}`); a worker is one group member: use two workers"),
+                ));
+            }
+            let g = g.to_string();
+            self.props.insert("group.id".into(), g);
+        }
         let group = match self.props.get("group.id") {
             Some(g) if !g.trim().is_empty() => g.clone(),
             _ => {

@@ -53,6 +53,7 @@ pub struct Route<S> {
     pub(crate) concurrency: usize,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) dlt: Option<DltService>,
+    pub(crate) group: Option<String>,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -63,6 +64,7 @@ impl<S> std::fmt::Debug for Route<S> {
             .field("concurrency", &self.concurrency)
             .field("retry", &self.retry)
             .field("dlt_handler", &self.dlt.is_some())
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -78,7 +80,15 @@ impl<S> Route<S> {
             concurrency: 1,
             retry: None,
             dlt: None,
+            group: None,
         }
+    }
+
+    /// Declares the consumer group the route belongs to (Spring's `groupId`). The worker's
+    /// `group.id` is taken from it when not set, and must equal it when set.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
     }
 
     /// Routes failures through retry topics and the dead-letter topic under `policy`
@@ -141,6 +151,7 @@ impl<S> Route<S> {
             concurrency: self.concurrency,
             retry: self.retry,
             dlt: self.dlt,
+            group: self.group,
         }
     }
 }

@@ -1,0 +1,259 @@
+//! The arguments of `#[retryable_topic(...)]`, parsed with `lookahead1` and validated with
+//! spans. Keys and meanings are those of `redrive::policy::RetryPolicy`'s serde config.
+
+use std::time::Duration;
+
+use proc_macro2::Span;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{bracketed, parenthesized, Ident, LitBool, LitFloat, LitInt, LitStr, Path, Token};
+
+/// Every key `#[retryable_topic]` accepts.
+pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, partitions, dlt_handler";
+/// Every key of `backoff(...)`.
+pub(crate) const BACKOFF_KEYS: &str = "delay, multiplier, max, jitter";
+
+/// A validated duration with the literal it came from.
+pub(crate) struct DurationLit {
+    pub millis: u64,
+    pub nanos: u32,
+}
+
+impl DurationLit {
+    fn parse(lit: &LitStr) -> syn::Result<Self> {
+        let d: Duration = humantime::parse_duration(lit.value().trim()).map_err(|e| {
+            syn::Error::new(
+                lit.span(),
+                format!(
+                    "invalid duration {:?}: {e}; write e.g. \"500ms\", \"2s\", \"1m\"",
+                    lit.value()
+                ),
+            )
+        })?;
+        Ok(DurationLit {
+            millis: d.as_secs() * 1000 + u64::from(d.subsec_millis()),
+            nanos: d.subsec_nanos() % 1_000_000,
+        })
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Backoff {
+    pub delay: Option<DurationLit>,
+    pub multiplier: Option<f64>,
+    pub max: Option<DurationLit>,
+    pub jitter: Option<f64>,
+}
+
+/// All keys of the attribute; `None` = not given (the policy default, Spring's).
+#[derive(Default)]
+pub(crate) struct Args {
+    pub topic: Option<LitStr>,
+    pub group: Option<LitStr>,
+    pub attempts: Option<u32>,
+    pub backoff: Option<Backoff>,
+    pub include: Vec<Path>,
+    pub exclude: Vec<Path>,
+    pub dlt_strategy: Option<(Span, &'static str)>,
+    pub suffix: Option<(Span, &'static str)>,
+    pub timeout: Option<DurationLit>,
+    pub concurrency: Option<usize>,
+    pub auto_create_topics: Option<bool>,
+    pub partitions: Option<u32>,
+    pub dlt_handler: Option<Path>,
+}
+
+fn float(input: ParseStream<'_>) -> syn::Result<(f64, Span)> {
+    let lookahead = input.lookahead1();
+    if lookahead.peek(LitFloat) {
+        let l: LitFloat = input.parse()?;
+        Ok((l.base10_parse()?, l.span()))
+    } else if lookahead.peek(LitInt) {
+        let l: LitInt = input.parse()?;
+        Ok((l.base10_parse::<u32>()? as f64, l.span()))
+    } else {
+        Err(lookahead.error())
+    }
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(l: &LitInt, what: &str) -> syn::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let v: T = l.base10_parse()?;
+    if v <= T::default() {
+        return Err(syn::Error::new(
+            l.span(),
+            format!("{what} must be at least 1"),
+        ));
+    }
+    Ok(v)
+}
+
+fn one_of(lit: &LitStr, valid: &[&'static str], key: &str) -> syn::Result<(Span, &'static str)> {
+    let v = lit.value();
+    valid
+        .iter()
+        .find(|x| **x == v)
+        .map(|x| (lit.span(), *x))
+        .ok_or_else(|| {
+            syn::Error::new(
+                lit.span(),
+                format!("unknown {key} {v:?}; expected one of: {}", valid.join(", ")),
+            )
+        })
+}
+
+fn paths(input: ParseStream<'_>) -> syn::Result<Vec<Path>> {
+    let content;
+    bracketed!(content in input);
+    let list = Punctuated::<Path, Token![,]>::parse_terminated(&content)?;
+    Ok(list.into_iter().collect())
+}
+
+fn duplicate(seen: &mut Vec<String>, key: &Ident) -> syn::Result<()> {
+    let name = key.to_string();
+    if seen.contains(&name) {
+        return Err(syn::Error::new(
+            key.span(),
+            format!("duplicate key `{name}`"),
+        ));
+    }
+    seen.push(name);
+    Ok(())
+}
+
+impl Parse for Backoff {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut b = Backoff::default();
+        let mut seen = Vec::new();
+        while !input.is_empty() {
+            let key: Ident = input.parse()?;
+            duplicate(&mut seen, &key)?;
+            input.parse::<Token![=]>()?;
+            match key.to_string().as_str() {
+                "delay" => b.delay = Some(DurationLit::parse(&input.parse()?)?),
+                "max" => b.max = Some(DurationLit::parse(&input.parse()?)?),
+                "multiplier" => {
+                    let (m, span) = float(input)?;
+                    if !(m >= 1.0 && m.is_finite()) {
+                        return Err(syn::Error::new(
+                            span,
+                            format!("multiplier must be >= 1.0 (1.0 is a fixed back-off), got {m}"),
+                        ));
+                    }
+                    b.multiplier = Some(m);
+                }
+                "jitter" => {
+                    let (j, span) = float(input)?;
+                    if !(0.0..1.0).contains(&j) {
+                        return Err(syn::Error::new(
+                            span,
+                            format!("jitter is a fraction of the delay in [0, 1), got {j}"),
+                        ));
+                    }
+                    b.jitter = Some(j);
+                }
+                other => {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!("unknown backoff key `{other}`; valid keys: {BACKOFF_KEYS}"),
+                    ))
+                }
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        if let (Some(d), Some(m)) = (&b.delay, &b.max) {
+            if (m.millis, m.nanos) < (d.millis, d.nanos) {
+                return Err(syn::Error::new(
+                    Span::call_site(),
+                    "backoff max is shorter than backoff delay",
+                ));
+            }
+        }
+        Ok(b)
+    }
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut a = Args::default();
+        let mut seen = Vec::new();
+        while !input.is_empty() {
+            let lookahead = input.lookahead1();
+            if !lookahead.peek(Ident) {
+                return Err(lookahead.error());
+            }
+            let key: Ident = input.parse()?;
+            let name = key.to_string();
+            if !KEYS.split(", ").any(|k| k == name) {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!("unknown key `{name}`; valid keys: {KEYS}"),
+                ));
+            }
+            duplicate(&mut seen, &key)?;
+            if name == "backoff" {
+                let content;
+                parenthesized!(content in input);
+                a.backoff = Some(content.parse()?);
+            } else {
+                input.parse::<Token![=]>()?;
+                match name.as_str() {
+                    "topic" => {
+                        let t: LitStr = input.parse()?;
+                        if t.value().trim().is_empty() {
+                            return Err(syn::Error::new(t.span(), "topic must not be empty"));
+                        }
+                        a.topic = Some(t);
+                    }
+                    "group" => a.group = Some(input.parse()?),
+                    "attempts" => {
+                        let l: LitInt = input.parse()?;
+                        let n: i64 = l.base10_parse()?;
+                        if n < 1 {
+                            return Err(syn::Error::new(
+                                l.span(),
+                                "attempts must be at least 1 (it counts the first delivery)",
+                            ));
+                        }
+                        a.attempts = Some(
+                            u32::try_from(n)
+                                .map_err(|_| syn::Error::new(l.span(), "attempts is too large"))?,
+                        );
+                    }
+                    "include" => a.include = paths(input)?,
+                    "exclude" => a.exclude = paths(input)?,
+                    "dlt_strategy" => {
+                        a.dlt_strategy = Some(one_of(
+                            &input.parse()?,
+                            &["always_retry_on_error", "fail_on_error", "no_dlt"],
+                            "dlt_strategy",
+                        )?)
+                    }
+                    "suffix" => {
+                        a.suffix = Some(one_of(&input.parse()?, &["delay", "index"], "suffix")?)
+                    }
+                    "timeout" => a.timeout = Some(DurationLit::parse(&input.parse()?)?),
+                    "concurrency" => {
+                        a.concurrency = Some(positive(&input.parse()?, "concurrency")?)
+                    }
+                    "auto_create_topics" => {
+                        a.auto_create_topics = Some(input.parse::<LitBool>()?.value)
+                    }
+                    "partitions" => a.partitions = Some(positive(&input.parse()?, "partitions")?),
+                    "dlt_handler" => a.dlt_handler = Some(input.parse()?),
+                    _ => unreachable!("every key in KEYS is handled"),
+                }
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(a)
+    }
+}
