@@ -317,12 +317,14 @@ impl WorkerBuilder {
             .collect();
         if let Some((route, g)) = declared.first() {
             match self.props.get("group.id") {
-                Some(w) if w != g => return Err(Error::config(
-                    "group.id",
-                    format!(
+                Some(w) if w != g => {
+                    return Err(Error::config(
+                        "group.id",
+                        format!(
                         "route `{route}` declares group `{g}` but the worker's group.id is `{w}`"
                     ),
-                )),
+                    ))
+                }
                 _ => {}
             }
             if let Some((other, g2)) = declared.iter().find(|(_, x)| x != g) {
