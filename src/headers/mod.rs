@@ -372,13 +372,16 @@ pub fn derived_trace_id(topic: &str, partition: i32, offset: i64) -> String {
     format!("{:016x}{:016x}", a.finish() | 1, b.finish())
 }
 
-/// Writes the `traceparent` of a hop: the record's trace id (or `fallback_trace` when it has
-/// none) with a new parent id, so every attempt of a record shares one trace.
+/// Makes sure a hop carries a `traceparent`: a valid one is kept byte for byte (it is a user
+/// header like any other); a record without one gets `fallback_trace` with `span_id`, so every
+/// attempt of a record shares one trace.
 pub fn propagate_traceparent(headers: &mut Headers, fallback_trace: &str, span_id: u64) {
-    let trace = trace_id(headers).unwrap_or(fallback_trace).to_owned();
+    if trace_id(headers).is_some() {
+        return;
+    }
     headers.set(
         TRACEPARENT,
-        format!("00-{trace}-{:016x}-01", span_id | 1).into_bytes(),
+        format!("00-{fallback_trace}-{:016x}-01", span_id | 1).into_bytes(),
     );
 }
 

@@ -1,0 +1,132 @@
+//! Interop with a non-Rust client: records produced with `kcat` (librdkafka's CLI) go through
+//! a retry and the DLT, and `kcat` reads the dead letter back with every header.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use redrive::policy::RetryPolicy;
+use redrive::{BoxError, Record, Route, Worker};
+use support::*;
+use tower::service_fn;
+
+fn kcat() -> Command {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("kcat").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`kcat` is not on PATH: install it with `apt-get install -y kcat` (scripts/test does this)"
+    );
+    Command::new("kcat")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_records_round_trip_through_retry_and_dlt() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("kcat");
+    create_topic(&bootstrap, &topic, 1).await;
+    // kcat -P: key `order-1`, a user header, value `{"id":1}`.
+    let mut child = kcat()
+        .args([
+            "-b",
+            &bootstrap,
+            "-P",
+            "-t",
+            &topic,
+            "-p",
+            "0",
+            "-K",
+            ":",
+            "-H",
+            "tenant=acme",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"order-1:{\"id\":1}\n")
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "kcat produce failed");
+
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(200));
+    let dlt = policy.topology(&topic).dlt().unwrap().to_owned();
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(unique("g"))
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .route(
+            Route::new(
+                &topic,
+                service_fn(|_r: Record| async { Err::<(), BoxError>("card declined".into()) }),
+            )
+            .retry(policy),
+        )
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "dead letter published", || {
+        watermark(&bootstrap, &dlt, 0) >= 1
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+
+    // kcat -C: key, value, then the headers as kcat prints them (they contain newlines: the
+    // error chain), up to a marker.
+    let out = kcat()
+        .args([
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            &dlt,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "KEY=%k\nVALUE=%s\nHEADERS=%h\n--END--\n",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kcat consume failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        let start = text
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} missing in kcat output: {text}"))
+            + name.len();
+        let rest = &text[start..];
+        rest[..rest.find('\n').unwrap()].to_owned()
+    };
+    assert_eq!(field("KEY="), "order-1");
+    assert_eq!(field("VALUE="), r#"{"id":1}"#);
+    let headers = &text[text.find("HEADERS=").unwrap()..text.find("--END--").unwrap()];
+    for expected in [
+        "tenant=acme".to_owned(),
+        format!("kafka_original-topic={topic}"),
+        "kafka_exception-message=card declined".to_owned(),
+        "kafka_original-timestamp-type=CreateTime".to_owned(),
+    ] {
+        assert!(
+            headers.contains(&expected),
+            "{expected} missing from kcat's view: {headers}"
+        );
+    }
+}
