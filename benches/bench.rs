@@ -186,18 +186,6 @@ async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-redrive"))
         .property("session.timeout.ms", "6000")
-        .partition_queue(
-            std::env::var("BENCH_QUEUE")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(1024),
-        )
-        .max_in_flight_records(
-            std::env::var("BENCH_INFLIGHT")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(10_000),
-        )
         .commit_policy(CommitPolicy::async_every(1000))
         .route(Route::new(topic, handler))
         .build()

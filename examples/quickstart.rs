@@ -32,7 +32,7 @@ async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,redrive=info".into()),
+                .unwrap_or_else(|_| "error".into()),
         )
         .init();
 

@@ -1,56 +1,44 @@
-//! The rdkafka consumer context: dispatch state, rebalance handling and commits.
+//! The rdkafka consumer context: partition tasks, rebalance handling and commits.
 //!
-//! Everything here runs on the poll thread (librdkafka calls the rebalance and commit
-//! callbacks from inside `poll`), so the state lock is never contended.
+//! Every assigned partition gets its own librdkafka queue (`split_partition_queue`), read by
+//! its own task: records never pass through the poll thread, a slow or waiting partition
+//! stops only its own fetching (librdkafka stops prefetching a partition whose queue is full),
+//! and no record is discarded and fetched again. The poll thread serves rebalances, errors and
+//! commits. Its state lock is never contended: librdkafka runs the rebalance and commit
+//! callbacks from inside `poll`, on that thread.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode as RdCommitMode, Consumer, ConsumerContext, Rebalance,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{PartitionShared, PartitionStart, Queued, RuntimeShared, TopicBinding};
-use crate::commit::{Acknowledgment, CommitMode, CommitTrigger};
-use crate::record::{Header, Headers, Timestamp, TimestampType};
-use crate::Record;
+use super::{PartitionShared, PartitionStart, RuntimeShared, TopicBinding};
+use crate::commit::{CommitMode, CommitTrigger};
 
 /// One assigned partition, as the poll thread sees it.
 struct Slot {
     shared: Arc<PartitionShared>,
-    tx: Option<mpsc::Sender<Queued>>,
-    acks: Option<mpsc::UnboundedSender<i64>>,
     task: JoinHandle<()>,
-    /// Records below this offset were handed over already (a seek may replay them).
-    next_offset: i64,
-    /// Paused at this offset: fetching resumes here.
-    paused_at: Option<i64>,
     last_committed: Option<i64>,
-    dispatched_records: u64,
-    dispatched_bytes: u64,
-    in_batch: bool,
 }
 
 /// Mutable state of the poll thread.
 #[derive(Default)]
 pub(crate) struct DispatchState {
-    slots: HashMap<Arc<str>, Vec<Option<Slot>>>,
-    paused: Vec<(Arc<str>, i32)>,
-    batches: VecDeque<Vec<(Arc<PartitionShared>, i64)>>,
-    dispatched_records: u64,
-    dispatched_bytes: u64,
-    abandoned_records: u64,
-    abandoned_bytes: u64,
+    slots: HashMap<(Arc<str>, i32), Slot>,
     finished_at_commit: u64,
+    bursts_at_commit: u64,
     last_commit: Option<Instant>,
     last_gauges: Option<Instant>,
 }
@@ -59,6 +47,8 @@ pub(crate) struct DispatchState {
 pub(crate) struct RuntimeContext {
     pub(crate) rt: Arc<RuntimeShared>,
     pub(crate) handle: OnceLock<Handle>,
+    /// The consumer itself, to split partition queues from inside the rebalance callback.
+    pub(crate) consumer: OnceLock<Weak<BaseConsumer<RuntimeContext>>>,
     /// Topic name -> how it is handled.
     pub(crate) routes: HashMap<String, TopicBinding>,
     state: Mutex<DispatchState>,
@@ -69,6 +59,7 @@ impl RuntimeContext {
         RuntimeContext {
             rt,
             handle: OnceLock::new(),
+            consumer: OnceLock::new(),
             routes,
             state: Mutex::new(DispatchState::default()),
         }
@@ -87,6 +78,10 @@ impl RuntimeContext {
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            tracing::error!("partitions assigned while the consumer is shutting down");
+            return;
+        };
         let cfg = &self.rt.config;
         let mut st = self.state();
         for e in tpl.elements() {
@@ -99,16 +94,14 @@ impl RuntimeContext {
             };
             let (topic, route) = (&binding.name, &binding.route);
             let p = e.partition();
-            let parts = st.slots.entry(topic.clone()).or_default();
-            let idx = p as usize;
-            if parts.len() <= idx {
-                parts.resize_with(idx + 1, || None);
-            }
-            if parts[idx].is_some() {
+            if st.slots.contains_key(&(topic.clone(), p)) {
                 continue;
             }
+            let Some(queue) = consumer.split_partition_queue(topic, p) else {
+                tracing::error!(topic = %topic, partition = p, "cannot split the partition's queue; it is not consumed");
+                continue;
+            };
             let shared = Arc::new(PartitionShared::new(topic.clone(), p, route.name().clone()));
-            let (tx, rx) = mpsc::channel(cfg.partition_queue);
             let (acks, acks_rx) = if cfg.manual_ack {
                 let (a, b) = mpsc::unbounded_channel();
                 (Some(a), Some(b))
@@ -119,8 +112,9 @@ impl RuntimeContext {
                 self.handle(),
                 PartitionStart {
                     shared: shared.clone(),
-                    rx,
+                    queue,
                     acks: acks_rx,
+                    ack_tx: acks,
                     rt: self.rt.clone(),
                     concurrency: route.concurrency(),
                     stage: binding.stage,
@@ -129,18 +123,14 @@ impl RuntimeContext {
                 },
             );
             tracing::info!(topic = %topic, partition = p, route = %route.name(), "partition assigned");
-            parts[idx] = Some(Slot {
-                shared,
-                tx: Some(tx),
-                acks,
-                task,
-                next_offset: i64::MIN,
-                paused_at: None,
-                last_committed: None,
-                dispatched_records: 0,
-                dispatched_bytes: 0,
-                in_batch: false,
-            });
+            st.slots.insert(
+                (topic.clone(), p),
+                Slot {
+                    shared,
+                    task,
+                    last_committed: None,
+                },
+            );
         }
         st.update_assigned_gauge(&self.rt);
     }
@@ -157,24 +147,23 @@ impl RuntimeContext {
         match tpl {
             Some(tpl) => {
                 for e in tpl.elements() {
-                    if let Some(slot) = st.take(e.topic(), e.partition()) {
+                    let key = st
+                        .slots
+                        .keys()
+                        .find(|(t, p)| **t == *e.topic() && *p == e.partition())
+                        .cloned();
+                    if let Some(slot) = key.and_then(|k| st.slots.remove(&k)) {
                         gone.push(slot);
                     }
                 }
             }
-            None => {
-                for parts in st.slots.values_mut() {
-                    gone.extend(parts.iter_mut().filter_map(Option::take));
-                }
-            }
+            None => gone.extend(st.slots.drain().map(|(_, s)| s)),
         }
         if gone.is_empty() {
             return Ok(());
         }
-        for slot in &mut gone {
+        for slot in &gone {
             slot.shared.request_stop();
-            slot.tx = None; // an idle task sees its queue close and exits
-            slot.acks = None;
         }
         let deadline = tokio::time::Instant::now() + self.rt.config.drain_timeout;
         for slot in &mut gone {
@@ -192,121 +181,54 @@ impl RuntimeContext {
         }
         let res = commit_slots(consumer, gone.iter_mut(), CommitMode::Sync, false);
         for slot in &gone {
-            let fr = slot
-                .shared
-                .finished_records
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let fb = slot
-                .shared
-                .finished_bytes
-                .load(std::sync::atomic::Ordering::Relaxed);
-            st.abandoned_records += slot.dispatched_records.saturating_sub(fr);
-            st.abandoned_bytes += slot.dispatched_bytes.saturating_sub(fb);
-            st.paused
-                .retain(|(t, p)| !(**t == *slot.shared.topic && *p == slot.shared.partition));
             tracing::info!(topic = %slot.shared.topic, partition = slot.shared.partition, committed = ?slot.shared.committable(), "partition released");
         }
         st.update_assigned_gauge(&self.rt);
         res
     }
 
-    /// Hands one polled record to its partition's task, or pauses the partition.
-    pub(crate) fn dispatch(
-        &self,
-        st: &mut DispatchState,
-        consumer: &BaseConsumer<RuntimeContext>,
-        msg: &BorrowedMessage<'_>,
-    ) {
-        let over = st.over_limits(&self.rt, false);
+    /// A record polled from the consumer's main queue: only possible for a partition whose
+    /// queue was not split yet. Seeking makes librdkafka fetch it again into the partition's
+    /// own queue, so it is neither lost nor handled out of order.
+    pub(crate) fn stray(&self, consumer: &BaseConsumer<RuntimeContext>, msg: &BorrowedMessage<'_>) {
         let (topic, p, offset) = (msg.topic(), msg.partition(), msg.offset());
-        let Some(slot) = st.slot_mut(topic, p) else {
-            tracing::warn!(topic, partition = p, offset, "record for a partition that is not assigned; it will be fetched again by its owner");
-            return;
-        };
-        if offset < slot.next_offset || slot.paused_at.is_some() {
-            return;
-        }
-        if over || slot.shared.holding() {
-            let key = pause(consumer, slot, offset);
-            st.paused.push(key);
-            return;
-        }
-        let record = to_record(msg, &slot.shared.topic, slot.acks.as_ref());
-        let bytes = record.byte_len();
-        if bytes as u64 > self.rt.config.max_in_flight_bytes {
-            tracing::warn!(
-                topic,
-                partition = p,
-                offset,
-                bytes,
-                max_in_flight_bytes = self.rt.config.max_in_flight_bytes,
-                "record is larger than max_in_flight_bytes; it is handled, alone"
-            );
-        }
-        let tx = slot.tx.as_ref().expect("an assigned slot has a queue");
-        match tx.try_send((record, bytes)) {
-            Ok(()) => {
-                slot.next_offset = offset + 1;
-                slot.dispatched_records += 1;
-                slot.dispatched_bytes += bytes as u64;
-                slot.in_batch = true;
-                st.dispatched_records += 1;
-                st.dispatched_bytes += bytes as u64;
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let key = pause(consumer, slot, offset);
-                st.paused.push(key);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!(
-                    topic,
-                    partition = p,
-                    offset,
-                    "partition task ended unexpectedly; pausing the partition"
-                );
-                let key = pause(consumer, slot, offset);
-                st.paused.push(key);
-            }
+        tracing::debug!(
+            topic,
+            partition = p,
+            offset,
+            "record on the main queue; fetching it again through the partition queue"
+        );
+        if let Err(e) = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
+            tracing::warn!(topic, partition = p, offset, error = %e, "seek of a stray record failed; it is delivered after a restart or rebalance");
         }
     }
 
-    /// Resumes paused partitions that have room again and commits when the policy says so.
+    /// Commits when the policy says so and refreshes gauges.
     pub(crate) fn housekeeping(
         &self,
         st: &mut DispatchState,
         consumer: &BaseConsumer<RuntimeContext>,
-        batch_end: bool,
     ) {
         let now = Instant::now();
-        if !st.paused.is_empty() && !st.over_limits(&self.rt, true) {
-            st.resume_ready(consumer, self.rt.config.partition_queue);
-        }
-        if batch_end {
-            st.end_batch();
-        }
         let policy = self.rt.config.commit;
-        let finished = self
-            .rt
-            .finished_records
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let finished = self.rt.finished_records.load(Ordering::Relaxed);
         let due = match policy.trigger {
-            CommitTrigger::PerRecord => true,
+            CommitTrigger::PerRecord => finished != st.finished_at_commit,
             CommitTrigger::EveryRecords(n) => finished - st.finished_at_commit >= n,
             CommitTrigger::Interval(d) => st.last_commit.is_none_or(|t| now - t >= d),
-            CommitTrigger::PerBatch => st.batch_done(),
+            CommitTrigger::PerBatch => {
+                let bursts = self.rt.bursts.load(Ordering::Relaxed);
+                let due = bursts != st.bursts_at_commit;
+                st.bursts_at_commit = bursts;
+                due
+            }
         };
-        if due {
+        if due || self.rt.commit_resend.load(Ordering::Acquire) {
             st.finished_at_commit = finished;
             st.last_commit = Some(now);
-            let resend = self
-                .rt
-                .commit_resend
-                .swap(false, std::sync::atomic::Ordering::AcqRel);
-            let slots = st.slots.values_mut().flatten().flatten();
-            if let Err(e) = commit_slots(consumer, slots, policy.mode, resend) {
-                self.rt
-                    .commit_resend
-                    .store(true, std::sync::atomic::Ordering::Release);
+            let resend = self.rt.commit_resend.swap(false, Ordering::AcqRel);
+            if let Err(e) = commit_slots(consumer, st.slots.values_mut(), policy.mode, resend) {
+                self.rt.commit_resend.store(true, Ordering::Release);
                 tracing::warn!(error = %e, "offset commit failed; the next commit sends these offsets again");
             }
         }
@@ -315,157 +237,29 @@ impl RuntimeContext {
             .is_none_or(|t| now - t >= Duration::from_millis(250))
         {
             st.last_gauges = Some(now);
-            let in_flight = st.in_flight(&self.rt).0;
+            let in_flight: u64 = st.slots.values().map(|s| s.shared.in_flight()).sum();
             let group = self.rt.group.to_string();
             ::metrics::gauge!(crate::metrics::names::IN_FLIGHT, "group" => group.clone())
                 .set(in_flight as f64);
             // Refreshed, not only set on change, so exporters with an idle timeout keep them.
-            let assigned = st.slots.values().flatten().flatten().count();
             ::metrics::gauge!(crate::metrics::names::PARTITIONS_ASSIGNED, "group" => group)
-                .set(assigned as f64);
+                .set(st.slots.len() as f64);
             ::metrics::gauge!(crate::metrics::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
                 .set(1.0);
         }
     }
-
-    pub(crate) fn has_paused(&self, st: &DispatchState) -> bool {
-        !st.paused.is_empty()
-    }
 }
 
 impl DispatchState {
-    fn slot_mut(&mut self, topic: &str, p: i32) -> Option<&mut Slot> {
-        self.slots
-            .get_mut(topic)?
-            .get_mut(usize::try_from(p).ok()?)?
-            .as_mut()
-    }
-
-    fn take(&mut self, topic: &str, p: i32) -> Option<Slot> {
-        self.slots
-            .get_mut(topic)?
-            .get_mut(usize::try_from(p).ok()?)?
-            .take()
-    }
-
-    fn in_flight(&self, rt: &RuntimeShared) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let records = self.dispatched_records
-            - self.abandoned_records
-            - rt.finished_records
-                .load(Relaxed)
-                .min(self.dispatched_records - self.abandoned_records);
-        let bytes = self.dispatched_bytes
-            - self.abandoned_bytes
-            - rt.finished_bytes
-                .load(Relaxed)
-                .min(self.dispatched_bytes - self.abandoned_bytes);
-        (records, bytes)
-    }
-
-    /// Over the in-flight bounds; `resume` applies the lower (3/4) mark so pause and resume
-    /// do not flap.
-    fn over_limits(&self, rt: &RuntimeShared, resume: bool) -> bool {
-        let (records, bytes) = self.in_flight(rt);
-        let cfg = &rt.config;
-        let (max_r, max_b) = if resume {
-            (
-                cfg.max_in_flight_records * 3 / 4,
-                cfg.max_in_flight_bytes * 3 / 4,
-            )
-        } else {
-            (cfg.max_in_flight_records, cfg.max_in_flight_bytes)
-        };
-        records >= max_r || (records > 0 && bytes >= max_b)
-    }
-
-    fn resume_ready(&mut self, consumer: &BaseConsumer<RuntimeContext>, queue: usize) {
-        let mut paused = std::mem::take(&mut self.paused);
-        paused.retain(|(topic, p)| {
-            let Some(slot) = self.slot_mut(topic, *p) else {
-                return false;
-            };
-            let room = slot.tx.as_ref().is_some_and(|tx| tx.capacity() * 2 >= queue);
-            if slot.shared.holding() || !room {
-                return true;
-            }
-            let at = slot.paused_at.take().expect("a paused slot has a position");
-            let mut tpl = TopicPartitionList::new();
-            if let Err(e) = tpl.add_partition_offset(topic, *p, Offset::Offset(at)) {
-                tracing::error!(topic = %topic, partition = p, error = %e, "cannot build seek request");
-            }
-            // The seek makes fetching restart at the first record not handed over.
-            if let Err(e) = consumer.seek_partitions(tpl.clone(), Duration::from_secs(10)) {
-                tracing::warn!(topic = %topic, partition = p, offset = at, error = %e, "seek before resume failed; retrying later");
-                slot.paused_at = Some(at);
-                return true;
-            }
-            tracing::debug!(topic = %topic, partition = p, offset = at, "partition resumed");
-            if let Err(e) = consumer.resume(&tpl) {
-                tracing::warn!(topic = %topic, partition = p, error = %e, "resume failed; retrying later");
-                slot.paused_at = Some(at);
-                return true;
-            }
-            false
-        });
-        self.paused = paused;
-    }
-
-    fn end_batch(&mut self) {
-        let mut marks = Vec::new();
-        for slot in self.slots.values_mut().flatten().flatten() {
-            if std::mem::take(&mut slot.in_batch) {
-                marks.push((slot.shared.clone(), slot.next_offset));
-            }
-        }
-        if !marks.is_empty() {
-            self.batches.push_back(marks);
-        }
-    }
-
-    /// Pops every fully final batch; true when at least one was.
-    fn batch_done(&mut self) -> bool {
-        let mut any = false;
-        while let Some(front) = self.batches.front() {
-            let done = front
-                .iter()
-                .all(|(s, end)| s.stopping() || s.committable().is_some_and(|c| c >= *end));
-            if !done {
-                break;
-            }
-            self.batches.pop_front();
-            any = true;
-        }
-        any
-    }
-
     fn update_assigned_gauge(&self, rt: &RuntimeShared) {
-        let mut list: Vec<Arc<PartitionShared>> = self
-            .slots
-            .values()
-            .flatten()
-            .flatten()
-            .map(|s| s.shared.clone())
-            .collect();
+        let mut list: Vec<Arc<PartitionShared>> =
+            self.slots.values().map(|s| s.shared.clone()).collect();
         list.sort_by(|a, b| (&*a.topic, a.partition).cmp(&(&*b.topic, b.partition)));
         let n = list.len();
         *rt.assignment.lock().unwrap_or_else(|e| e.into_inner()) = list;
         ::metrics::gauge!(crate::metrics::names::PARTITIONS_ASSIGNED, "group" => rt.group.to_string())
             .set(n as f64);
     }
-}
-
-fn pause(consumer: &BaseConsumer<RuntimeContext>, slot: &mut Slot, offset: i64) -> (Arc<str>, i32) {
-    let (topic, p) = (&slot.shared.topic, slot.shared.partition);
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, p);
-    if let Err(e) = consumer.pause(&tpl) {
-        // Not fatal: records that arrive anyway are dropped and fetched again after the seek.
-        tracing::warn!(topic = %topic, partition = p, error = %e, "pause failed");
-    }
-    slot.paused_at = Some(offset);
-    tracing::debug!(topic = %topic, partition = p, offset, "partition paused");
-    (topic.clone(), p)
 }
 
 /// Commits the positions of `slots` that moved (all of them with `resend`).
@@ -519,47 +313,6 @@ fn commit_slots<'a>(
     }
 }
 
-fn to_record(
-    msg: &BorrowedMessage<'_>,
-    topic: &Arc<str>,
-    acks: Option<&mpsc::UnboundedSender<i64>>,
-) -> Record {
-    let headers = match msg.headers() {
-        Some(h) => h
-            .iter()
-            .map(|h| Header {
-                key: h.key.to_owned(),
-                value: h.value.map(Bytes::copy_from_slice),
-            })
-            .collect(),
-        None => Headers::new(),
-    };
-    let timestamp = match msg.timestamp() {
-        rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
-            millis: t,
-            kind: TimestampType::CreateTime,
-        }),
-        rdkafka::Timestamp::LogAppendTime(t) => Some(Timestamp {
-            millis: t,
-            kind: TimestampType::LogAppendTime,
-        }),
-        rdkafka::Timestamp::NotAvailable => None,
-    };
-    Record {
-        topic: topic.clone(),
-        partition: msg.partition(),
-        offset: msg.offset(),
-        timestamp,
-        key: msg.key().map(Bytes::copy_from_slice),
-        value: msg.payload().map(Bytes::copy_from_slice),
-        headers,
-        ack: acks.map(|tx| Acknowledgment {
-            offset: msg.offset(),
-            tx: tx.clone(),
-        }),
-    }
-}
-
 impl ClientContext for RuntimeContext {}
 
 impl ConsumerContext for RuntimeContext {
@@ -581,8 +334,8 @@ impl ConsumerContext for RuntimeContext {
         if let Rebalance::Assign(tpl) = rebalance {
             ::metrics::counter!(crate::metrics::names::REBALANCES, "group" => self.rt.group.to_string())
                 .increment(1);
-            // librdkafka keeps a partition's pause flag across a revoke and a new assignment;
-            // a partition paused for a due time before the rebalance would never fetch again.
+            // A pause flag set by an application before a rebalance survives it in
+            // librdkafka; a newly assigned partition must fetch.
             if let Err(e) = consumer.resume(tpl) {
                 tracing::warn!(error = %e, "resuming newly assigned partitions failed");
             }
@@ -592,9 +345,7 @@ impl ConsumerContext for RuntimeContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
-            self.rt
-                .commit_resend
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.rt.commit_resend.store(true, Ordering::Release);
             let list: Vec<(String, i32, i64)> = offsets
                 .elements()
                 .iter()

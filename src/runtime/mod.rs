@@ -1,13 +1,13 @@
 //! The consumer runtime: one poll thread per worker, one task per assigned partition.
 //!
-//! Data flows one way: the poll thread reads a record and hands it to its partition's task
-//! through a bounded queue; the task runs the route's tower service and marks the outcome in
-//! the partition's offset tracker; the poll thread commits what the trackers allow.
+//! Data flows one way: each partition task reads its partition's own librdkafka queue, runs
+//! the route's tower service and marks the outcome in the partition's offset tracker; the
+//! poll thread serves rebalances and commits what the trackers allow.
 //!
-//! Back-pressure never blocks the poll thread: when a partition's queue is full, the partition
-//! waits (e.g. for a retry's due time) or the worker is over its in-flight bounds, the poll
-//! thread pauses that partition and seeks back to the first record it did not hand over, then
-//! resumes it once there is room again. Other partitions keep flowing.
+//! Back-pressure never blocks other partitions: a task that is busy, or waits for a retry's
+//! due time, simply does not read its queue, and librdkafka stops fetching that partition once
+//! its queue holds `partition_queue` records or 16 MiB. Records handed to handlers and not yet
+//! final are bounded worker-wide by `max_in_flight_records` and `max_in_flight_bytes`.
 
 mod context;
 mod lag;
@@ -15,7 +15,7 @@ mod partition;
 mod poll;
 pub(crate) mod tracker;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,9 +40,6 @@ pub(crate) struct TopicBinding {
     pub count_outcomes: bool,
 }
 
-/// A record with its size, as queued for a partition task.
-pub(crate) type Queued = (crate::Record, usize);
-
 /// Called with the error and the offsets of a failed asynchronous commit.
 pub type CommitErrorCallback = Arc<dyn Fn(&KafkaError, &[(String, i32, i64)]) + Send + Sync>;
 
@@ -53,7 +50,6 @@ pub(crate) struct RuntimeConfig {
     pub manual_ack: bool,
     pub max_in_flight_records: u64,
     pub max_in_flight_bytes: u64,
-    pub partition_queue: usize,
     pub max_poll_records: usize,
     pub drain_timeout: Duration,
     pub poll_timeout: Duration,
@@ -74,19 +70,32 @@ pub(crate) struct RuntimeShared {
     pub shutdown_notify: tokio::sync::Notify,
     /// The partitions currently assigned, for handles, lag and readiness checks.
     pub assignment: std::sync::Mutex<Vec<Arc<PartitionShared>>>,
+    /// Poll bursts completed by partition tasks (the unit of the per-batch commit policy).
+    pub bursts: AtomicU64,
+    /// Bound on records handed to handlers and not final.
+    pub record_permits: Arc<tokio::sync::Semaphore>,
+    /// Bound on their bytes.
+    pub byte_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl RuntimeShared {
     pub(crate) fn new(group: Arc<str>, config: RuntimeConfig) -> Self {
         RuntimeShared {
             group,
-            config,
             finished_records: AtomicU64::new(0),
             finished_bytes: AtomicU64::new(0),
             commit_resend: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             shutdown_notify: tokio::sync::Notify::new(),
             assignment: std::sync::Mutex::new(Vec::new()),
+            bursts: AtomicU64::new(0),
+            record_permits: Arc::new(tokio::sync::Semaphore::new(permits(
+                config.max_in_flight_records,
+            ))),
+            byte_permits: Arc::new(tokio::sync::Semaphore::new(permits(
+                config.max_in_flight_bytes,
+            ))),
+            config,
         }
     }
 
@@ -94,6 +103,12 @@ impl RuntimeShared {
         self.shutdown.store(true, Ordering::Release);
         self.shutdown_notify.notify_waiters();
     }
+}
+
+fn permits(n: u64) -> usize {
+    usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
 }
 
 /// State of one assigned partition shared between the poll thread and its task.
@@ -109,10 +124,9 @@ pub(crate) struct PartitionShared {
     oldest_ts: AtomicI64,
     /// Set on revoke or shutdown: start no further record.
     stop: AtomicBool,
-    /// Records of this partition waiting for their due time: while > 0, fetch nothing more.
-    hold: AtomicU32,
-    /// Wakes a task waiting for a due time when the partition is stopped.
+    /// Wakes a task waiting for records or a due time when the partition is stopped.
     stop_notify: tokio::sync::Notify,
+    dispatched_records: AtomicU64,
     finished_records: AtomicU64,
     finished_bytes: AtomicU64,
 }
@@ -127,8 +141,8 @@ impl PartitionShared {
             committed: AtomicI64::new(-1),
             oldest_ts: AtomicI64::new(-1),
             stop: AtomicBool::new(false),
-            hold: AtomicU32::new(0),
             stop_notify: tokio::sync::Notify::new(),
+            dispatched_records: AtomicU64::new(0),
             finished_records: AtomicU64::new(0),
             finished_bytes: AtomicU64::new(0),
         }
@@ -177,32 +191,44 @@ impl PartitionShared {
         self.stop_notify.notify_waiters();
     }
 
-    pub(crate) fn holding(&self) -> bool {
-        self.hold.load(Ordering::Acquire) > 0
-    }
-
-    /// Waits until `due_ms` (epoch ms) with the partition held (the poll thread pauses it).
-    /// False when the partition was stopped first.
-    pub(crate) async fn hold_until(&self, due_ms: i64) -> bool {
+    /// Completes once the partition is stopped.
+    pub(crate) async fn stopped(&self) {
         let notified = self.stop_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if self.stopping() {
-            return false;
+            return;
         }
-        self.hold.fetch_add(1, Ordering::AcqRel);
-        let stopped = loop {
+        notified.await;
+    }
+
+    /// Waits until `due_ms` (epoch ms). A waiting task does not read its partition's queue,
+    /// so librdkafka stops fetching the partition once its queue is full; other partitions
+    /// are not affected. False when the partition was stopped first.
+    pub(crate) async fn hold_until(&self, due_ms: i64) -> bool {
+        let stopped = self.stopped();
+        tokio::pin!(stopped);
+        loop {
             let wait = due_ms - crate::layer::now_ms();
             if wait <= 0 {
-                break false;
+                return !self.stopping();
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
-                _ = notified.as_mut() => break true,
+                _ = stopped.as_mut() => return false,
             }
-        };
-        self.hold.fetch_sub(1, Ordering::AcqRel);
-        !stopped
+        }
+    }
+
+    pub(crate) fn dispatched(&self) {
+        self.dispatched_records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records handed to the handler and not yet final.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.dispatched_records
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.finished_records.load(Ordering::Relaxed))
     }
 
     pub(crate) fn finished(&self, rt: &RuntimeShared, bytes: usize) {

@@ -12,17 +12,26 @@ use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
+use bytes::Bytes;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
 use super::tracker::OffsetTracker;
-use super::{PartitionShared, Queued, RuntimeShared};
+use super::{PartitionShared, RuntimeContext, RuntimeShared};
+use crate::commit::Acknowledgment;
 use crate::error::{error_chain, BoxError};
 use crate::layer::{now_ms, Halt, Stage};
+use crate::record::{Header, Headers, Timestamp, TimestampType};
 use crate::Record;
 
 /// Everything a partition task needs besides its service.
 pub(crate) struct PartitionStart {
     pub shared: Arc<PartitionShared>,
-    pub rx: mpsc::Receiver<Queued>,
+    pub queue: PartitionQueue<RuntimeContext>,
     pub acks: Option<mpsc::UnboundedReceiver<i64>>,
+    pub ack_tx: Option<mpsc::UnboundedSender<i64>>,
     pub rt: Arc<RuntimeShared>,
     pub concurrency: usize,
     pub stage: Stage,
@@ -168,6 +177,168 @@ fn report(
     true
 }
 
+/// A record pulled from the partition's queue, with its share of the in-flight bounds.
+pub(crate) struct Pulled {
+    record: Record,
+    bytes: usize,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+/// Reads one partition's own librdkafka queue. Back-pressure is natural: what the task does
+/// not read stays in librdkafka's bounded per-partition queue, which stops fetching when full.
+pub(crate) struct Source {
+    queue: PartitionQueue<RuntimeContext>,
+    nonempty: Arc<Notify>,
+    shared: Arc<PartitionShared>,
+    rt: Arc<RuntimeShared>,
+    ack_tx: Option<mpsc::UnboundedSender<i64>>,
+    in_burst: usize,
+    last_error: Option<Instant>,
+}
+
+impl Source {
+    fn new(
+        mut queue: PartitionQueue<RuntimeContext>,
+        shared: Arc<PartitionShared>,
+        rt: Arc<RuntimeShared>,
+        ack_tx: Option<mpsc::UnboundedSender<i64>>,
+    ) -> Self {
+        let nonempty = Arc::new(Notify::new());
+        let n = nonempty.clone();
+        // Called by librdkafka when the queue goes from empty to non-empty; `notify_one`
+        // keeps the wake-up if the task is not waiting yet.
+        queue.set_nonempty_callback(move || n.notify_one());
+        Source {
+            queue,
+            nonempty,
+            shared,
+            rt,
+            ack_tx,
+            in_burst: 0,
+            last_error: None,
+        }
+    }
+
+    fn end_burst(&mut self) {
+        self.in_burst = 0;
+        self.rt
+            .bursts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The next record, or None once the partition is stopped.
+    async fn next(&mut self) -> Option<Pulled> {
+        let records = match self.rt.record_permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = self.rt.record_permits.clone().acquire_owned() => p.ok()?,
+                _ = self.shared.stopped() => return None,
+            },
+        };
+        loop {
+            if self.shared.stopping() {
+                return None;
+            }
+            let polled = self.queue.poll(Duration::ZERO);
+            match polled {
+                Some(Ok(msg)) => {
+                    let record = to_record(&msg, &self.shared.topic, self.ack_tx.as_ref());
+                    drop(msg);
+                    let bytes = record.byte_len();
+                    self.in_burst += 1;
+                    if self.in_burst >= self.rt.config.max_poll_records {
+                        self.end_burst();
+                    }
+                    let max = self.rt.config.max_in_flight_bytes;
+                    if bytes as u64 > max {
+                        tracing::warn!(record = %record.coordinates(), bytes, max_in_flight_bytes = max, "record is larger than max_in_flight_bytes; it is handled, alone");
+                    }
+                    let want = u32::try_from((bytes as u64).clamp(1, max)).unwrap_or(u32::MAX);
+                    let sem = self.rt.byte_permits.clone();
+                    let bytes_permit = match sem.clone().try_acquire_many_owned(want) {
+                        Ok(p) => p,
+                        Err(_) => tokio::select! {
+                            p = sem.acquire_many_owned(want) => p.ok()?,
+                            // Not handed over: the uncommitted record is read again later.
+                            _ = self.shared.stopped() => return None,
+                        },
+                    };
+                    self.shared.dispatched();
+                    return Some(Pulled {
+                        record,
+                        bytes,
+                        _permits: (records, bytes_permit),
+                    });
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    if self
+                        .last_error
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+                    {
+                        self.last_error = Some(Instant::now());
+                        tracing::warn!(topic = %self.shared.topic, partition = self.shared.partition, error = %e, "partition fetch error");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => {
+                    if self.in_burst > 0 {
+                        self.end_burst();
+                    }
+                    tokio::select! {
+                        _ = self.nonempty.notified() => {}
+                        _ = self.shared.stopped() => return None,
+                        // A safety net: the wake-up is edge-triggered.
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies a message into an owned record.
+fn to_record(
+    msg: &BorrowedMessage<'_>,
+    topic: &Arc<str>,
+    acks: Option<&mpsc::UnboundedSender<i64>>,
+) -> Record {
+    let headers = match msg.headers() {
+        Some(h) => h
+            .iter()
+            .map(|h| Header {
+                key: h.key.to_owned(),
+                value: h.value.map(Bytes::copy_from_slice),
+            })
+            .collect(),
+        None => Headers::new(),
+    };
+    let timestamp = match msg.timestamp() {
+        rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
+            millis: t,
+            kind: TimestampType::CreateTime,
+        }),
+        rdkafka::Timestamp::LogAppendTime(t) => Some(Timestamp {
+            millis: t,
+            kind: TimestampType::LogAppendTime,
+        }),
+        rdkafka::Timestamp::NotAvailable => None,
+    };
+    Record {
+        topic: topic.clone(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        timestamp,
+        key: msg.key().map(Bytes::copy_from_slice),
+        value: msg.payload().map(Bytes::copy_from_slice),
+        headers,
+        ack: acks.map(|tx| Acknowledgment {
+            offset: msg.offset(),
+            tx: tx.clone(),
+        }),
+    }
+}
+
 /// Handles one partition's records until its queue closes or it is told to stop.
 pub(crate) async fn run_partition<S>(mut svc: S, start: PartitionStart)
 where
@@ -177,8 +348,9 @@ where
 {
     let PartitionStart {
         shared,
-        mut rx,
+        queue,
         acks,
+        ack_tx,
         rt,
         concurrency,
         stage,
@@ -186,15 +358,18 @@ where
         count_outcomes,
     } = start;
     let meters = Meters::new(&rt, &shared, stage, count_outcomes);
+    let mut source = Source::new(queue, shared.clone(), rt.clone(), ack_tx);
     let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();
 
     if concurrency == 1 && acks.is_none() {
         // The common case: one record at a time, final when the service returns.
-        while let Some((record, bytes)) = rx.recv().await {
-            if shared.stopping() {
-                break;
-            }
+        while let Some(Pulled {
+            record,
+            bytes,
+            _permits,
+        }) = source.next().await
+        {
             let offset = record.offset;
             meters.consumed.increment(1);
             if gated && !due_gate(&shared, &record, max_wait, &meters.delay_error).await {
@@ -261,8 +436,8 @@ where
                     }
                 }
             }
-            msg = rx.recv(), if can_take && ready => match msg {
-                Some((record, bytes)) => {
+            msg = source.next(), if can_take && ready => match msg {
+                Some(Pulled { record, bytes, _permits }) => {
                     ready = false;
                     let offset = record.offset;
                     meters.consumed.increment(1);
@@ -277,6 +452,7 @@ where
                         let gate_rt = rt.clone();
                         let delay_error = meters.delay_error.clone();
                         in_flight.push(Either::Left(async move {
+                            let _permits = _permits;
                             if !due_gate(&gate_shared, &record, max_wait, &delay_error).await {
                                 return (offset, bytes, None);
                             }
@@ -289,7 +465,10 @@ where
                         let started = Instant::now();
                         let span = record_span(&rt, &shared, &record);
                         let call = guarded_call(&mut svc, record).instrument(span);
-                        in_flight.push(Either::Right(async move { (offset, bytes, Some((started, call.await))) }));
+                        in_flight.push(Either::Right(async move {
+                            let _permits = _permits;
+                            (offset, bytes, Some((started, call.await)))
+                        }));
                     }
                 }
                 None => open = false,

@@ -1,5 +1,7 @@
-//! The poll thread: reads records, dispatches them, commits.
+//! The poll thread: serves rebalances, errors and commits. Records are read by the partition
+//! tasks from their own queues.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -7,42 +9,35 @@ use rdkafka::error::KafkaError;
 
 use super::context::is_fatal;
 use super::RuntimeContext;
+use crate::commit::CommitTrigger;
 use crate::Error;
 
 /// Runs until shutdown is requested or a fatal error occurs, then drains and commits.
-pub(crate) fn poll_loop(consumer: BaseConsumer<RuntimeContext>) -> Result<(), Error> {
+pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(), Error> {
     let ctx = consumer.context();
     let rt = ctx.rt.clone();
     let cfg = &rt.config;
-    let mut batch_len = 0usize;
     let mut fatal: Option<Error> = None;
     let mut last_warning: Option<Instant> = None;
-    let short = Duration::from_millis(5).min(cfg.poll_timeout);
+    // Count-based policies commit soon after the count is reached.
+    let timeout = match cfg.commit.trigger {
+        CommitTrigger::PerRecord | CommitTrigger::EveryRecords(_) | CommitTrigger::PerBatch => {
+            cfg.poll_timeout.min(Duration::from_millis(10))
+        }
+        CommitTrigger::Interval(d) => cfg.poll_timeout.min(d / 2).max(Duration::from_millis(1)),
+    };
 
     while !rt.shutdown.load(std::sync::atomic::Ordering::Acquire) {
-        let timeout = if ctx.has_paused(&ctx.state()) {
-            short
-        } else {
-            cfg.poll_timeout
-        };
         // The state lock is not held across poll: librdkafka runs rebalance callbacks in it.
-        let polled = consumer.poll(timeout);
-        let mut st = ctx.state();
-        let batch_end;
-        match polled {
-            Some(Ok(msg)) => {
-                ctx.dispatch(&mut st, &consumer, &msg);
-                batch_len += 1;
-                batch_end = batch_len >= cfg.max_poll_records;
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => batch_end = true,
+        match consumer.poll(timeout) {
+            Some(Ok(msg)) => ctx.stray(&consumer, &msg),
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) if is_fatal(&e) => {
                 tracing::error!(error = %e, "fatal consumer error; the worker stops");
                 fatal = Some(Error::Kafka(e));
                 break;
             }
             Some(Err(e)) => {
-                batch_end = true;
                 // librdkafka repeats some errors (e.g. a topic that disappeared) at every fetch.
                 if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                     last_warning = Some(Instant::now());
@@ -50,12 +45,8 @@ pub(crate) fn poll_loop(consumer: BaseConsumer<RuntimeContext>) -> Result<(), Er
                 }
             }
         }
-        if batch_end {
-            ctx.housekeeping(&mut st, &consumer, batch_len > 0);
-            batch_len = 0;
-        } else {
-            ctx.housekeeping(&mut st, &consumer, false);
-        }
+        let mut st = ctx.state();
+        ctx.housekeeping(&mut st, &consumer);
     }
 
     // Drain: stop every partition, wait for in-flight records, final synchronous commit.

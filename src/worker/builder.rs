@@ -118,7 +118,7 @@ impl WorkerBuilder {
             manual_ack: false,
             max_in_flight_records: 10_000,
             max_in_flight_bytes: 64 << 20,
-            partition_queue: 1024,
+            partition_queue: 100_000,
             max_poll_records: 500,
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
@@ -191,7 +191,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// Records buffered per partition ahead of its handler.
+    /// Records librdkafka prefetches per partition ahead of its handler (`queued.min.messages`;
+    /// default 100,000, librdkafka's). Prefetched bytes per partition are bounded by
+    /// `queued.max.messages.kbytes`, which redrive sets to 16384 (16 MiB; librdkafka's 64 MiB
+    /// applies per partition once each has its own queue) unless you set it.
     pub fn partition_queue(mut self, n: usize) -> Self {
         self.partition_queue = n;
         self
@@ -524,7 +527,6 @@ impl WorkerBuilder {
                 manual_ack: self.manual_ack,
                 max_in_flight_records: self.max_in_flight_records,
                 max_in_flight_bytes: self.max_in_flight_bytes,
-                partition_queue: self.partition_queue,
                 max_poll_records: self.max_poll_records,
                 drain_timeout: self.drain_timeout,
                 poll_timeout: self.poll_timeout,
@@ -534,6 +536,9 @@ impl WorkerBuilder {
         ));
         let mut cfg = ClientConfig::new();
         cfg.set("auto.offset.reset", "earliest");
+        // Each partition has its own queue: these bound the prefetch per partition.
+        cfg.set("queued.min.messages", self.partition_queue.to_string());
+        cfg.set("queued.max.messages.kbytes", "16384");
         for (k, v) in &self.props {
             if !k.starts_with("producer.") {
                 cfg.set(k, v);

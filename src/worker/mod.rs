@@ -123,6 +123,8 @@ impl Worker {
         std::thread::Builder::new()
             .name("redrive-poll".into())
             .spawn(move || {
+                let consumer = Arc::new(consumer);
+                let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
                 let res = start(
                     &consumer,
                     &topics,
