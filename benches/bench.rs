@@ -269,38 +269,41 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, u64) {
     (n as f64 / secs, retried_ok.load(Ordering::Relaxed))
 }
 
-/// 10,000 retries pending across 6 partitions with delays of 1-5 s; the lateness of each
-/// start against its due time, in ms.
-async fn delay_precision(bootstrap: &str, topic: &str, n: u64) -> Vec<f64> {
+/// 10,000 retries pending across 6 partitions with delays of 1-5 s: five routes (2,000
+/// records each) whose retry topics wait 1, 2, 3, 4 and 5 s. Returns the lateness of each
+/// retry's start against its due time, in ms, sorted.
+async fn delay_precision(bootstrap: &str, n: u64) -> Vec<f64> {
     let lateness: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let l2 = lateness.clone();
-    let handler = service_fn(move |r: Record| {
-        let res: Result<(), BoxError> = match redrive::headers::due_at_ms(r.headers()) {
-            None => Err("first attempt fails".into()),
-            Some(due) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs_f64()
-                    * 1000.0;
-                l2.lock().unwrap().push(now - due as f64);
-                Ok(())
-            }
-        };
-        std::future::ready(res)
-    });
-    // 3 s +/- 66 %: due times spread over 1-5 s.
-    let policy = RetryPolicy::new()
-        .attempts(2)
-        .fixed(Duration::from_secs(3))
-        .jitter(0.66);
-    let worker = Worker::builder()
+    let mut builder = Worker::builder()
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-delay"))
-        .property("session.timeout.ms", "6000")
-        .route(Route::new(topic, handler).retry(policy))
-        .build()
-        .unwrap();
+        .property("session.timeout.ms", "6000");
+    for secs in 1..=5u64 {
+        let topic = support::unique(&format!("bench-delay-{secs}s"));
+        support::create_topic(bootstrap, &topic, PARTITIONS).await;
+        produce(bootstrap, &topic, n / 5).await;
+        let l2 = lateness.clone();
+        let handler = service_fn(move |r: Record| {
+            let res: Result<(), BoxError> = match redrive::headers::due_at_ms(r.headers()) {
+                None => Err("first attempt fails".into()),
+                Some(due) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs_f64()
+                        * 1000.0;
+                    l2.lock().unwrap().push(now - due as f64);
+                    Ok(())
+                }
+            };
+            std::future::ready(res)
+        });
+        let policy = RetryPolicy::new()
+            .attempts(2)
+            .fixed(Duration::from_secs(secs));
+        builder = builder.route(Route::new(&topic, handler).retry(policy));
+    }
+    let worker = builder.build().unwrap();
     let h = worker.handle();
     let run = tokio::spawn(worker.run());
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -441,12 +444,13 @@ async fn main() {
     }
     if want("retry") {
         let m = n / 5;
-        let topic = support::unique("bench-retry");
-        support::create_topic(&bootstrap, &topic, PARTITIONS).await;
-        produce(&bootstrap, &topic, m).await;
         let mut rr = vec![];
         let mut completed = 0;
         for round in 0..rounds {
+            // A fresh topic per round: its retry topic starts empty.
+            let topic = support::unique("bench-retry");
+            support::create_topic(&bootstrap, &topic, PARTITIONS).await;
+            produce(&bootstrap, &topic, m).await;
             let (r, done) = redrive_retry(&bootstrap, &topic, m).await;
             eprintln!(
                 "round {round}: retry path main topic {r:.0} rec/s, {done} retries completed"
@@ -467,10 +471,7 @@ async fn main() {
         });
     }
     if want("delay") {
-        let topic = support::unique("bench-delay");
-        support::create_topic(&bootstrap, &topic, PARTITIONS).await;
-        produce(&bootstrap, &topic, 10_000).await;
-        let v = delay_precision(&bootstrap, &topic, 10_000).await;
+        let v = delay_precision(&bootstrap, 10_000).await;
         let (p50, p99, max, min) = (quantile(&v, 0.5), quantile(&v, 0.99), v[v.len() - 1], v[0]);
         lines.push(Line {
             scenario: "delay_precision",

@@ -75,33 +75,52 @@ impl KafkaPublisher {
     }
 }
 
+/// The rdkafka record for `r`, borrowing its bytes.
+fn future_record(r: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+    for h in r.headers.iter() {
+        headers = headers.insert(RdHeader {
+            key: &h.key,
+            value: h.value.as_deref(),
+        });
+    }
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(headers);
+    if let Some(p) = r.partition {
+        rec = rec.partition(p);
+    }
+    if let Some(k) = r.key.as_deref() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = r.value.as_deref() {
+        rec = rec.payload(v);
+    }
+    rec
+}
+
 impl Publish for KafkaPublisher {
+    /// Enqueues the record at once (so copies keep the order of the calls) and returns a
+    /// future of its acknowledgement. A full local queue is waited out in the future.
     fn publish(&self, r: Outgoing) -> PublishFuture {
-        let producer = self.producer.clone();
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for h in r.headers.iter() {
-                headers = headers.insert(RdHeader {
-                    key: &h.key,
-                    value: h.value.as_deref(),
-                });
+        match self.producer.send_result(future_record(&r)) {
+            Ok(delivery) => Box::pin(async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(Box::new(e) as BoxError),
+                    Err(_) => Err("the producer was dropped before delivery".into()),
+                }
+            }),
+            Err(_) => {
+                // Queue full (or another local error): the waiting send retries it.
+                let producer = self.producer.clone();
+                let timeout = self.timeout;
+                Box::pin(async move {
+                    producer
+                        .send(future_record(&r), timeout)
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| Box::new(e) as BoxError)
+                })
             }
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(headers);
-            if let Some(p) = r.partition {
-                rec = rec.partition(p);
-            }
-            if let Some(k) = r.key.as_deref() {
-                rec = rec.key(k);
-            }
-            if let Some(v) = r.value.as_deref() {
-                rec = rec.payload(v);
-            }
-            producer
-                .send(rec, timeout)
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| Box::new(e) as BoxError)
-        })
+        }
     }
 }

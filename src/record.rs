@@ -144,6 +144,8 @@ pub struct Record {
     pub(crate) value: Option<Bytes>,
     pub(crate) headers: Headers,
     pub(crate) ack: Option<Acknowledgment>,
+    /// The partition's runtime state, so a layer can defer the record's completion.
+    pub(crate) partition_state: Option<Arc<crate::runtime::PartitionShared>>,
 }
 
 impl Record {
@@ -159,7 +161,16 @@ impl Record {
             value: None,
             headers: Headers::new(),
             ack: None,
+            partition_state: None,
         }
+    }
+
+    /// Takes over this record's completion: the runtime will not count the record final when
+    /// the service returns, but when the returned token is completed (a retry-topic copy
+    /// acknowledged after the handler moved on). None outside a worker, or when the
+    /// partition already has too many deferred records (the caller then finishes inline).
+    pub(crate) fn defer(&self) -> Option<crate::runtime::Deferral> {
+        self.partition_state.as_ref()?.defer(self.offset)
     }
 
     /// Sets the key (builder style).

@@ -101,7 +101,8 @@ impl RuntimeContext {
                 tracing::error!(topic = %topic, partition = p, "cannot split the partition's queue; it is not consumed");
                 continue;
             };
-            let shared = Arc::new(PartitionShared::new(topic.clone(), p, route.name().clone()));
+            let (shared, deferred) = PartitionShared::new(topic.clone(), p, route.name().clone());
+            let shared = Arc::new(shared);
             let (acks, acks_rx) = if cfg.manual_ack {
                 let (a, b) = mpsc::unbounded_channel();
                 (Some(a), Some(b))
@@ -113,6 +114,7 @@ impl RuntimeContext {
                 PartitionStart {
                     shared: shared.clone(),
                     queue,
+                    deferred,
                     acks: acks_rx,
                     ack_tx: acks,
                     rt: self.rt.clone(),

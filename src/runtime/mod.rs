@@ -6,7 +6,7 @@
 //!
 //! Back-pressure never blocks other partitions: a task that is busy, or waits for a retry's
 //! due time, simply does not read its queue, and librdkafka stops fetching that partition once
-//! its queue holds `partition_queue` records or 16 MiB. Records handed to handlers and not yet
+//! its queue holds `partition_queue` records or 8 MiB. Records handed to handlers and not yet
 //! final are bounded worker-wide by `max_in_flight_records` and `max_in_flight_bytes`.
 
 mod context;
@@ -127,13 +127,40 @@ pub(crate) struct PartitionShared {
     /// Wakes a task waiting for records or a due time when the partition is stopped.
     stop_notify: tokio::sync::Notify,
     dispatched_records: AtomicU64,
+    /// Offsets whose completion a layer took over (see [`Deferral`]), not yet reported back.
+    deferred: std::sync::Mutex<Vec<i64>>,
+    /// Length of `deferred`, read without the lock on the hot path.
+    deferred_len: std::sync::atomic::AtomicUsize,
+    deferred_tx: tokio::sync::mpsc::UnboundedSender<i64>,
     finished_records: AtomicU64,
     finished_bytes: AtomicU64,
 }
 
+/// Most records a partition may have deferred at once; beyond it layers finish inline.
+const MAX_DEFERRED: usize = 10_000;
+
+/// A record's completion, taken over by a layer: the record becomes final when
+/// [`Deferral::complete`] is called. Dropping it uncompleted leaves the record unfinished
+/// (redelivered after a restart or rebalance).
+pub(crate) struct Deferral {
+    offset: i64,
+    tx: tokio::sync::mpsc::UnboundedSender<i64>,
+}
+
+impl Deferral {
+    pub(crate) fn complete(self) {
+        let _ = self.tx.send(self.offset);
+    }
+}
+
 impl PartitionShared {
-    pub(crate) fn new(topic: Arc<str>, partition: i32, route: Arc<str>) -> Self {
-        PartitionShared {
+    pub(crate) fn new(
+        topic: Arc<str>,
+        partition: i32,
+        route: Arc<str>,
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<i64>) {
+        let (deferred_tx, deferred_rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = PartitionShared {
             topic,
             partition,
             route,
@@ -143,9 +170,43 @@ impl PartitionShared {
             stop: AtomicBool::new(false),
             stop_notify: tokio::sync::Notify::new(),
             dispatched_records: AtomicU64::new(0),
+            deferred: std::sync::Mutex::new(Vec::new()),
+            deferred_len: std::sync::atomic::AtomicUsize::new(0),
+            deferred_tx,
             finished_records: AtomicU64::new(0),
             finished_bytes: AtomicU64::new(0),
+        };
+        (shared, deferred_rx)
+    }
+
+    pub(crate) fn defer(self: &Arc<Self>, offset: i64) -> Option<Deferral> {
+        let mut d = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        if d.len() >= MAX_DEFERRED {
+            return None;
         }
+        d.push(offset);
+        self.deferred_len.store(d.len(), Ordering::Release);
+        Some(Deferral {
+            offset,
+            tx: self.deferred_tx.clone(),
+        })
+    }
+
+    /// True (once) when a layer deferred the completion of `offset`.
+    pub(crate) fn take_deferred(&self, offset: i64) -> bool {
+        if self.deferred_len.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut d = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        let found = match d.iter().position(|o| *o == offset) {
+            Some(i) => {
+                d.swap_remove(i);
+                true
+            }
+            None => false,
+        };
+        self.deferred_len.store(d.len(), Ordering::Release);
+        found
     }
 
     pub(crate) fn committable(&self) -> Option<i64> {

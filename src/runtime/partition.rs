@@ -30,6 +30,8 @@ use crate::Record;
 pub(crate) struct PartitionStart {
     pub shared: Arc<PartitionShared>,
     pub queue: PartitionQueue<RuntimeContext>,
+    /// Completions of records whose completion a layer deferred.
+    pub deferred: mpsc::UnboundedReceiver<i64>,
     pub acks: Option<mpsc::UnboundedReceiver<i64>>,
     pub ack_tx: Option<mpsc::UnboundedSender<i64>>,
     pub rt: Arc<RuntimeShared>,
@@ -194,6 +196,9 @@ pub(crate) struct Source {
     ack_tx: Option<mpsc::UnboundedSender<i64>>,
     in_burst: usize,
     last_error: Option<Instant>,
+    /// A record taken from the queue whose byte permits are still awaited: kept across a
+    /// cancelled `next()` so no record is ever dropped.
+    pending: Option<(Record, usize, OwnedSemaphorePermit)>,
 }
 
 impl Source {
@@ -216,6 +221,7 @@ impl Source {
             ack_tx,
             in_burst: 0,
             last_error: None,
+            pending: None,
         }
     }
 
@@ -226,8 +232,34 @@ impl Source {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The next record, or None once the partition is stopped.
+    /// The next record, or None once the partition is stopped. Cancel-safe.
     async fn next(&mut self) -> Option<Pulled> {
+        if self.pending.is_none() {
+            self.pending = Some(self.pull().await?);
+        }
+        let bytes = self.pending.as_ref().map_or(0, |p| p.1);
+        let max = self.rt.config.max_in_flight_bytes;
+        let want = u32::try_from((bytes as u64).clamp(1, max)).unwrap_or(u32::MAX);
+        let sem = self.rt.byte_permits.clone();
+        let bytes_permit = match sem.clone().try_acquire_many_owned(want) {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = sem.acquire_many_owned(want) => p.ok()?,
+                // Not handed over: the uncommitted record is read again later.
+                _ = self.shared.stopped() => return None,
+            },
+        };
+        let (record, bytes, records) = self.pending.take()?;
+        self.shared.dispatched();
+        Some(Pulled {
+            record,
+            bytes,
+            _permits: (records, bytes_permit),
+        })
+    }
+
+    /// Takes a record from the queue, with its record permit.
+    async fn pull(&mut self) -> Option<(Record, usize, OwnedSemaphorePermit)> {
         let records = match self.rt.record_permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => tokio::select! {
@@ -242,7 +274,7 @@ impl Source {
             let polled = self.queue.poll(Duration::ZERO);
             match polled {
                 Some(Ok(msg)) => {
-                    let record = to_record(&msg, &self.shared.topic, self.ack_tx.as_ref());
+                    let record = to_record(&msg, &self.shared, self.ack_tx.as_ref());
                     drop(msg);
                     let bytes = record.byte_len();
                     self.in_burst += 1;
@@ -253,22 +285,7 @@ impl Source {
                     if bytes as u64 > max {
                         tracing::warn!(record = %record.coordinates(), bytes, max_in_flight_bytes = max, "record is larger than max_in_flight_bytes; it is handled, alone");
                     }
-                    let want = u32::try_from((bytes as u64).clamp(1, max)).unwrap_or(u32::MAX);
-                    let sem = self.rt.byte_permits.clone();
-                    let bytes_permit = match sem.clone().try_acquire_many_owned(want) {
-                        Ok(p) => p,
-                        Err(_) => tokio::select! {
-                            p = sem.acquire_many_owned(want) => p.ok()?,
-                            // Not handed over: the uncommitted record is read again later.
-                            _ = self.shared.stopped() => return None,
-                        },
-                    };
-                    self.shared.dispatched();
-                    return Some(Pulled {
-                        record,
-                        bytes,
-                        _permits: (records, bytes_permit),
-                    });
+                    return Some((record, bytes, records));
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
@@ -300,7 +317,7 @@ impl Source {
 /// Copies a message into an owned record.
 fn to_record(
     msg: &BorrowedMessage<'_>,
-    topic: &Arc<str>,
+    shared: &Arc<PartitionShared>,
     acks: Option<&mpsc::UnboundedSender<i64>>,
 ) -> Record {
     let headers = match msg.headers() {
@@ -325,7 +342,7 @@ fn to_record(
         rdkafka::Timestamp::NotAvailable => None,
     };
     Record {
-        topic: topic.clone(),
+        topic: shared.topic.clone(),
         partition: msg.partition(),
         offset: msg.offset(),
         timestamp,
@@ -336,6 +353,7 @@ fn to_record(
             offset: msg.offset(),
             tx: tx.clone(),
         }),
+        partition_state: Some(shared.clone()),
     }
 }
 
@@ -349,6 +367,7 @@ where
     let PartitionStart {
         shared,
         queue,
+        mut deferred,
         acks,
         ack_tx,
         rt,
@@ -362,14 +381,29 @@ where
     let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();
 
+    // Records whose completion a layer deferred (a retry copy being acknowledged).
+    let mut outstanding = 0usize;
     if concurrency == 1 && acks.is_none() {
         // The common case: one record at a time, final when the service returns.
-        while let Some(Pulled {
-            record,
-            bytes,
-            _permits,
-        }) = source.next().await
-        {
+        loop {
+            let pulled = tokio::select! {
+                biased;
+                Some(offset) = deferred.recv(), if outstanding > 0 => {
+                    outstanding -= 1;
+                    tracker.complete(offset);
+                    shared.observe(&tracker);
+                    continue;
+                }
+                pulled = source.next() => pulled,
+            };
+            let Some(Pulled {
+                record,
+                bytes,
+                _permits,
+            }) = pulled
+            else {
+                break;
+            };
             let offset = record.offset;
             meters.consumed.increment(1);
             if gated && !due_gate(&shared, &record, max_wait, &meters.delay_error).await {
@@ -388,9 +422,22 @@ where
             if !report(&shared, &meters, offset, started, res) {
                 break;
             }
+            if shared.take_deferred(offset) {
+                outstanding += 1;
+            } else {
+                tracker.complete(offset);
+                shared.observe(&tracker);
+            }
+            shared.finished(&rt, bytes);
+        }
+        // Stopped: deferred completions still count (the drain deadline bounds the wait).
+        while outstanding > 0 {
+            let Some(offset) = deferred.recv().await else {
+                break;
+            };
+            outstanding -= 1;
             tracker.complete(offset);
             shared.observe(&tracker);
-            shared.finished(&rt, bytes);
         }
         return;
     }
@@ -409,6 +456,12 @@ where
                     shared.observe(&tracker);
                 }
             }
+            Some(offset) = deferred.recv(), if outstanding > 0 => {
+                outstanding -= 1;
+                if tracker.complete(offset) {
+                    shared.observe(&tracker);
+                }
+            }
             Some((offset, bytes, done)) = in_flight.next(), if !in_flight.is_empty() => {
                 let Some((started, res)) = done else {
                     // Stopped while waiting for its due time: neither handled nor final.
@@ -422,7 +475,9 @@ where
                     continue;
                 }
                 // In manual mode an Ok outcome is final only once acknowledged.
-                if (!manual || failed) && tracker.complete(offset) {
+                if !failed && shared.take_deferred(offset) {
+                    outstanding += 1;
+                } else if (!manual || failed) && tracker.complete(offset) {
                     shared.observe(&tracker);
                 }
                 shared.finished(&rt, bytes);
@@ -476,7 +531,11 @@ where
             else => {}
         }
         let draining = !open || shared.stopping();
-        if draining && in_flight.is_empty() && (!manual || tracker.unfinished() == 0) {
+        if draining
+            && in_flight.is_empty()
+            && outstanding == 0
+            && (!manual || tracker.unfinished() == 0)
+        {
             break;
         }
     }

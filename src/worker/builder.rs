@@ -193,7 +193,7 @@ impl WorkerBuilder {
 
     /// Records librdkafka prefetches per partition ahead of its handler (`queued.min.messages`;
     /// default 100,000, librdkafka's). Prefetched bytes per partition are bounded by
-    /// `queued.max.messages.kbytes`, which redrive sets to 16384 (16 MiB; librdkafka's 64 MiB
+    /// `queued.max.messages.kbytes`, which redrive sets to 8192 (8 MiB; librdkafka's 64 MiB
     /// applies per partition once each has its own queue) unless you set it.
     pub fn partition_queue(mut self, n: usize) -> Self {
         self.partition_queue = n;
@@ -538,7 +538,7 @@ impl WorkerBuilder {
         cfg.set("auto.offset.reset", "earliest");
         // Each partition has its own queue: these bound the prefetch per partition.
         cfg.set("queued.min.messages", self.partition_queue.to_string());
-        cfg.set("queued.max.messages.kbytes", "16384");
+        cfg.set("queued.max.messages.kbytes", "8192");
         for (k, v) in &self.props {
             if !k.starts_with("producer.") {
                 cfg.set(k, v);

@@ -110,7 +110,7 @@ where
                         copy.topic(),
                         now_ms(),
                     );
-                    publish_until_acked(&*shared.publisher, out, &entry, "dlt", &copy).await;
+                    publish_until_acked(&*shared.publisher, out, None, &entry, "dlt", &copy).await;
                     Ok(())
                 }
             }

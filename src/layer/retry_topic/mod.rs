@@ -357,7 +357,37 @@ where
         tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
     }
     let out = failure_copy(&shared, &record, &*err, attempt, topic, due_ms);
-    publish_until_acked(&*shared.publisher, out, &entry, target, &record).await;
+    // The first send is issued now, in record order; its acknowledgement is awaited off the
+    // partition's path when the runtime lets this layer defer the record's completion: the
+    // next records run meanwhile, and the offset still never passes an unacknowledged copy.
+    let first = shared.publisher.publish(out.clone());
+    match record.defer() {
+        Some(deferral) => {
+            tokio::spawn(async move {
+                publish_until_acked(
+                    &*shared.publisher,
+                    out,
+                    Some(first),
+                    &entry,
+                    target,
+                    &record,
+                )
+                .await;
+                deferral.complete();
+            });
+        }
+        None => {
+            publish_until_acked(
+                &*shared.publisher,
+                out,
+                Some(first),
+                &entry,
+                target,
+                &record,
+            )
+            .await
+        }
+    }
     Ok(())
 }
 
@@ -409,6 +439,7 @@ pub(crate) fn failure_copy(
 pub(crate) async fn publish_until_acked(
     publisher: &dyn Publish,
     out: Outgoing,
+    mut first: Option<crate::publish::PublishFuture>,
     entry: &TopicEntry,
     target: &'static str,
     record: &Record,
@@ -416,7 +447,10 @@ pub(crate) async fn publish_until_acked(
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
     loop {
-        match publisher.publish(out.clone()).await {
+        let attempt = first
+            .take()
+            .unwrap_or_else(|| publisher.publish(out.clone()));
+        match attempt.await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(record = %record.coordinates(), topic = %out.topic, failures, "published after failures");
