@@ -440,7 +440,6 @@ async fn main() {
             pass: rcpu / bcpu <= 1.10,
             extra: "unit=cpu-seconds/million-records".into(),
         });
-        lines.last().unwrap().print();
     }
     if want("retry") {
         let m = n / 5;

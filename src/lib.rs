@@ -4,8 +4,9 @@
 //! runtime.
 //!
 //! A handler is a [`tower::Service`]`<`[`Record`]`>`. A [`Worker`] (one consumer group member)
-//! reads its routes' topics on a poll thread, hands each record to a task per partition
-//! (in order, one at a time by default), and commits offsets by an explicit
+//! runs a task per assigned partition that reads the partition's own queue and drives each
+//! record through the route's service (in order, one at a time by default), and commits
+//! offsets from its poll thread by an explicit
 //! [`CommitPolicy`]. The commit rule: an offset is committed only when its record's outcome is
 //! final, so a crash means a record may be handled twice, never zero times.
 #![forbid(unsafe_code)]

@@ -179,7 +179,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// Bound on records read and not yet final; above it fetching pauses.
+    /// Bound on records handed to handlers and not yet final, worker-wide; above it the
+    /// partition tasks wait (and librdkafka stops prefetching once their queues are full).
     pub fn max_in_flight_records(mut self, n: u64) -> Self {
         self.max_in_flight_records = n;
         self
