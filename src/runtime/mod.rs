@@ -73,9 +73,9 @@ pub(crate) struct RuntimeShared {
     /// Poll bursts completed by partition tasks (the unit of the per-batch commit policy).
     pub bursts: AtomicU64,
     /// Bound on records handed to handlers and not final.
-    pub record_permits: Arc<tokio::sync::Semaphore>,
+    pub records_bound: Bound,
     /// Bound on their bytes.
-    pub byte_permits: Arc<tokio::sync::Semaphore>,
+    pub bytes_bound: Bound,
 }
 
 impl RuntimeShared {
@@ -89,12 +89,8 @@ impl RuntimeShared {
             shutdown_notify: tokio::sync::Notify::new(),
             assignment: std::sync::Mutex::new(Vec::new()),
             bursts: AtomicU64::new(0),
-            record_permits: Arc::new(tokio::sync::Semaphore::new(permits(
-                config.max_in_flight_records,
-            ))),
-            byte_permits: Arc::new(tokio::sync::Semaphore::new(permits(
-                config.max_in_flight_bytes,
-            ))),
+            records_bound: Bound::new(config.max_in_flight_records),
+            bytes_bound: Bound::new(config.max_in_flight_bytes),
             config,
         }
     }
@@ -105,10 +101,67 @@ impl RuntimeShared {
     }
 }
 
-fn permits(n: u64) -> usize {
-    usize::try_from(n)
-        .unwrap_or(usize::MAX)
-        .min(tokio::sync::Semaphore::MAX_PERMITS)
+/// A worker-wide bound (records or bytes in flight) with no lock on the fast path: takers
+/// that find it full wait for a release.
+pub(crate) struct Bound {
+    used: AtomicU64,
+    max: u64,
+    waiting: AtomicBool,
+    released: tokio::sync::Notify,
+}
+
+impl Bound {
+    fn new(max: u64) -> Self {
+        Bound {
+            used: AtomicU64::new(0),
+            max,
+            waiting: AtomicBool::new(false),
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Takes `n` unless that would exceed the bound; one item larger than the whole bound is
+    /// let through when nothing else is in flight, so it is handled alone, not never.
+    fn try_take(&self, n: u64) -> bool {
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            if cur > 0 && cur.saturating_add(n) > self.max {
+                return false;
+            }
+            match self
+                .used
+                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Takes `n`, waiting for releases while the bound is full.
+    pub(crate) async fn take(&self, n: u64) {
+        loop {
+            if self.try_take(n) {
+                return;
+            }
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            self.waiting.store(true, Ordering::Release);
+            // A release between the failed try and the flag is not missed: try again.
+            if self.try_take(n) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    pub(crate) fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            self.released.notify_waiters();
+        }
+    }
 }
 
 /// State of one assigned partition shared between the poll thread and its task.

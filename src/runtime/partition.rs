@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 
 use super::tracker::OffsetTracker;
 use super::{PartitionShared, RuntimeContext, RuntimeShared};
@@ -183,7 +183,22 @@ fn report(
 pub(crate) struct Pulled {
     record: Record,
     bytes: usize,
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _permits: InFlight,
+}
+
+/// A record's share of the worker-wide in-flight bounds, released when dropped.
+struct InFlight {
+    rt: Arc<RuntimeShared>,
+    bytes: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.rt.records_bound.give(1);
+        if self.bytes > 0 {
+            self.rt.bytes_bound.give(self.bytes);
+        }
+    }
 }
 
 /// Reads one partition's own librdkafka queue. Back-pressure is natural: what the task does
@@ -198,7 +213,7 @@ pub(crate) struct Source {
     last_error: Option<Instant>,
     /// A record taken from the queue whose byte permits are still awaited: kept across a
     /// cancelled `next()` so no record is ever dropped.
-    pending: Option<(Record, usize, OwnedSemaphorePermit)>,
+    pending: Option<(Record, usize, InFlight)>,
 }
 
 impl Source {
@@ -237,35 +252,33 @@ impl Source {
         if self.pending.is_none() {
             self.pending = Some(self.pull().await?);
         }
-        let bytes = self.pending.as_ref().map_or(0, |p| p.1);
-        let max = self.rt.config.max_in_flight_bytes;
-        let want = u32::try_from((bytes as u64).clamp(1, max)).unwrap_or(u32::MAX);
-        let sem = self.rt.byte_permits.clone();
-        let bytes_permit = match sem.clone().try_acquire_many_owned(want) {
-            Ok(p) => p,
-            Err(_) => tokio::select! {
-                p = sem.acquire_many_owned(want) => p.ok()?,
-                // Not handed over: the uncommitted record is read again later.
-                _ = self.shared.stopped() => return None,
-            },
-        };
-        let (record, bytes, records) = self.pending.take()?;
+        let bytes = self.pending.as_ref().map_or(0, |p| p.1) as u64;
+        let want = bytes.max(1);
+        tokio::select! {
+            _ = self.rt.bytes_bound.take(want) => {}
+            // Not handed over: the uncommitted record is read again later.
+            _ = self.shared.stopped() => return None,
+        }
+        let (record, bytes, mut permit) = self.pending.take()?;
+        permit.bytes = want;
         self.shared.dispatched();
         Some(Pulled {
             record,
             bytes,
-            _permits: (records, bytes_permit),
+            _permits: permit,
         })
     }
 
     /// Takes a record from the queue, with its record permit.
-    async fn pull(&mut self) -> Option<(Record, usize, OwnedSemaphorePermit)> {
-        let records = match self.rt.record_permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => tokio::select! {
-                p = self.rt.record_permits.clone().acquire_owned() => p.ok()?,
-                _ = self.shared.stopped() => return None,
-            },
+    async fn pull(&mut self) -> Option<(Record, usize, InFlight)> {
+        tokio::select! {
+            _ = self.rt.records_bound.take(1) => {}
+            _ = self.shared.stopped() => return None,
+        }
+        // Gives the record slot back if no record comes out of this call.
+        let records = InFlight {
+            rt: self.rt.clone(),
+            bytes: 0,
         };
         loop {
             if self.shared.stopping() {

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use tower::{Layer, Service};
 
-use super::retry_topic::{failure_copy, publish_until_acked, Panicked, RetryShared};
+use super::retry_topic::{attempt_label, failure_copy, publish_until_acked, Panicked, RetryShared};
 use super::{now_ms, Halt, Stage};
 use crate::error::{error_chain, BoxError};
 use crate::policy::DltStrategy;
@@ -87,7 +87,7 @@ where
                     crate::metrics::names::RECORDS_HANDLED,
                     &[
                         ("outcome", "fatal_error".into()),
-                        ("attempt", attempt.to_string()),
+                        ("attempt", attempt_label(attempt, &shared.policy)),
                     ],
                 )
                 .increment(1);

@@ -221,6 +221,16 @@ impl Panicked {
     }
 }
 
+/// The `attempt` metric label: a header written by another producer may claim any attempt,
+/// so values beyond the policy's last attempt share one label, bounding the label's values.
+pub(crate) fn attempt_label(attempt: u32, policy: &RetryPolicy) -> String {
+    if attempt > policy.attempts {
+        format!("{}+", policy.attempts + 1)
+    } else {
+        attempt.to_string()
+    }
+}
+
 /// Where a failed record goes.
 enum Destination<'a> {
     Retry { topic: &'a str, due_ms: i64 },
@@ -251,7 +261,7 @@ where
         inner,
     } = ctx;
     let policy = &shared.policy;
-    let attempt_label = || ("attempt", attempt.to_string());
+    let attempt_pair = || ("attempt", attempt_label(attempt, policy));
 
     if let Some(mut inner) = inner {
         for _ in 0..policy.in_memory.attempts {
@@ -296,7 +306,7 @@ where
     entry
         .counter(
             crate::metrics::names::RECORDS_HANDLED,
-            &[("outcome", outcome.into()), attempt_label()],
+            &[("outcome", outcome.into()), attempt_pair()],
         )
         .increment(1);
 
@@ -351,7 +361,7 @@ where
         entry
             .counter(
                 crate::metrics::names::RETRIES_SCHEDULED,
-                &[("attempt", (attempt + 1).to_string())],
+                &[("attempt", attempt_label(attempt + 1, policy))],
             )
             .increment(1);
         tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
