@@ -68,6 +68,18 @@ impl Broker {
     pub fn kill(&self) {
         let _ = Command::new("kill").arg(self.pid.to_string()).status();
     }
+
+    /// Kills the broker with SIGKILL and waits until its port is free.
+    pub fn crash(&self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&self.bootstrap).is_ok() {
+            assert!(Instant::now() < deadline, "broker {} did not die", self.pid);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Starts nisshi with the given storage engine URL; panics with the install command when the

@@ -1,0 +1,265 @@
+//! Reliability under breakage (DESIGN §9 tier 4): a worker process killed with SIGKILL at
+//! random moments, and a broker restarted mid-run; afterwards every input record is
+//! accounted for (handled ok at least once, or in the DLT), zero lost.
+//!
+//! Default sizes keep the suite quick; `REDRIVE_CHAOS_LONG=1` runs the long variant
+//! (100,000 records, 20 kills). Figures go to stdout (`--nocapture`) and RELIABILITY.md.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker};
+use support::*;
+use tower::service_fn;
+
+fn long() -> bool {
+    std::env::var("REDRIVE_CHAOS_LONG").is_ok_and(|v| v == "1")
+}
+
+/// Builds the chaos worker example once and returns its path.
+fn chaos_worker() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--example", "chaos_worker"])
+        .current_dir(&root)
+        .status()
+        .expect("run cargo build --example chaos_worker");
+    assert!(status.success(), "building the chaos worker failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug/examples/chaos_worker")
+}
+
+/// A small xorshift: kill moments must vary, not be reproducible to the nanosecond.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+fn spawn(bin: &PathBuf, bootstrap: &str, topic: &str, group: &str, log: &PathBuf) -> Child {
+    Command::new(bin)
+        .env("CHAOS_HANDLER_MS", if long() { "1" } else { "5" })
+        .args([bootstrap, topic, group, log.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the chaos worker")
+}
+
+fn ok_lines(log: &PathBuf) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loop_loses_nothing() {
+    init_tracing();
+    let (records, kills) = if long() {
+        (100_000u64, 20u32)
+    } else {
+        (3_000, 5)
+    };
+    let bin = chaos_worker();
+    let bootstrap = bootstrap();
+    let topic = unique("chaos");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 3).await;
+    produce_n(&bootstrap, &topic, 3, 0, records).await;
+    let dir = std::env::temp_dir().join(unique("chaos-log"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("ok.log");
+
+    let mut rng = Rng(std::process::id() as u64 * 2_654_435_761 + 1);
+    let started = Instant::now();
+    let mut child = spawn(&bin, &bootstrap, &topic, &group, &log);
+    for k in 0..kills {
+        // Wait until this incarnation handles records (or 20 s), let it work a random while,
+        // then kill it without warning: the kill lands mid-run.
+        let before = ok_lines(&log).len();
+        let waiting = Instant::now();
+        while ok_lines(&log).len() == before && waiting.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.next(1_500))).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        println!("kill {}: {} ok lines so far", k + 1, ok_lines(&log).len());
+        child = spawn(&bin, &bootstrap, &topic, &group, &log);
+    }
+    let dlt_topic = format!("{topic}-dlt");
+    let always: BTreeSet<u64> = (0..records).filter(|i| i % 100 == 7).collect();
+    let deadline = Instant::now() + Duration::from_secs(if long() { 1_800 } else { 300 });
+    loop {
+        let ok: BTreeSet<u64> = ok_lines(&log).into_iter().collect();
+        let missing = (0..records)
+            .filter(|i| !always.contains(i) && !ok.contains(i))
+            .count();
+        let dead = watermark(&bootstrap, &dlt_topic, 0).max(0)
+            + watermark(&bootstrap, &dlt_topic, 1).max(0)
+            + watermark(&bootstrap, &dlt_topic, 2).max(0);
+        if missing == 0 && dead as usize >= always.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} records never handled, {dead} dead letters of {}",
+            always.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A graceful stop drains and exits 0.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+
+    let lines = ok_lines(&log);
+    let ok: BTreeSet<u64> = lines.iter().copied().collect();
+    let dlt = read_topic(&bootstrap, &dlt_topic);
+    let mut dlt_keys: HashMap<String, usize> = HashMap::new();
+    for m in &dlt {
+        use rdkafka::Message;
+        *dlt_keys
+            .entry(String::from_utf8_lossy(m.key().unwrap()).into_owned())
+            .or_default() += 1;
+    }
+    let mut lost = 0;
+    for i in 0..records {
+        let key = format!("key-{i}");
+        if always.contains(&i) {
+            assert!(!ok.contains(&i), "{key} cannot succeed");
+            if !dlt_keys.contains_key(&key) {
+                lost += 1;
+            }
+        } else if !ok.contains(&i) {
+            lost += 1;
+        }
+    }
+    let duplicates = lines.len() - ok.len();
+    let dlt_duplicates: usize = dlt_keys.values().map(|n| n - 1).sum();
+    println!(
+        "chaos: records={records} kills={kills} ok={} dead_lettered={} lost={lost} duplicates={duplicates} dlt_duplicates={dlt_duplicates} elapsed={:?}",
+        ok.len(),
+        dlt_keys.len(),
+        started.elapsed()
+    );
+    assert_eq!(lost, 0, "records lost");
+    assert_eq!(
+        dlt_keys.len(),
+        always.len(),
+        "exactly the always-failing records are dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_run_loses_nothing() {
+    init_tracing();
+    // This test restarts a broker it owns: it always runs on a private nisshi (sqlite
+    // storage, so data survives the restart), never on a REDRIVE_TEST_BOOTSTRAP cluster.
+    let records = if long() { 50_000u64 } else { 2_000 };
+    // nisshi reads the sqlite path relative to its working directory (the crate root).
+    let dir = PathBuf::from("target").join(unique("nisshi-sqlite"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let storage = format!("sqlite://{}", dir.join("broker.db").display());
+    let (bootstrap, broker) = start_nisshi(&storage);
+    let topic = unique("restart");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 2).await;
+    produce_n(&bootstrap, &topic, 2, 0, records).await;
+
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let s2 = seen.clone();
+    let handler = service_fn(move |r: Record| {
+        let s2 = s2.clone();
+        async move {
+            let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+            let i: u64 = key.trim_start_matches("key-").parse()?;
+            // Slow enough that the restart lands mid-run.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if i % 20 == 5 && redrive::headers::attempt_of(r.headers()) == 1 {
+                return Err::<(), BoxError>("fails once".into());
+            }
+            s2.lock().unwrap().push(i);
+            Ok(())
+        }
+    });
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(200)))
+        .route(
+            Route::new(&topic, handler).retry(
+                RetryPolicy::new()
+                    .attempts(3)
+                    .fixed(Duration::from_millis(300)),
+            ),
+        )
+        .build()
+        .unwrap();
+    let h = worker.handle();
+    let run = tokio::spawn(worker.run());
+    eventually(Duration::from_secs(60), "a third handled", || {
+        seen.lock().unwrap().len() as u64 >= records / 3
+    })
+    .await;
+    broker.crash();
+    let down_at = seen.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_b, _broker2) = start_nisshi_on(&storage, broker.port);
+    println!("broker restarted after {down_at} records handled");
+    eventually(
+        Duration::from_secs(120),
+        "every record handled after the restart",
+        || {
+            let s: BTreeSet<u64> = seen.lock().unwrap().iter().copied().collect();
+            s.len() as u64 == records
+        },
+    )
+    .await;
+    // The worker rejoined by itself: its commits reach the end of the topic while it runs
+    // (records handled while the broker was down are handled again: at-least-once).
+    let ends = high_watermarks(&bootstrap, &topic, 2);
+    let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
+    eventually(
+        Duration::from_secs(120),
+        "commits reach the end after the restart",
+        || {
+            committed(&b, &g, &t, 2)
+                .iter()
+                .all(|(p, o)| *o == Some(ends[p]))
+        },
+    )
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    let all = seen.lock().unwrap().clone();
+    let unique_n = all.iter().copied().collect::<BTreeSet<_>>().len();
+    println!(
+        "broker restart: records={records} handled={} unique={unique_n} duplicates={} lost=0",
+        all.len(),
+        all.len() - unique_n
+    );
+    let c = committed(&bootstrap, &group, &topic, 2);
+    assert!(
+        c.iter().all(|(p, o)| *o == Some(ends[p])),
+        "committed to the end after the restart: {c:?} vs {ends:?}"
+    );
+}
