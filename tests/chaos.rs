@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,7 +48,7 @@ impl Rng {
     }
 }
 
-fn spawn(bin: &PathBuf, bootstrap: &str, topic: &str, group: &str, log: &PathBuf) -> Child {
+fn spawn(bin: &Path, bootstrap: &str, topic: &str, group: &str, log: &Path) -> Child {
     Command::new(bin)
         .env("CHAOS_HANDLER_MS", if long() { "1" } else { "5" })
         .args([bootstrap, topic, group, log.to_str().unwrap()])
@@ -58,7 +58,7 @@ fn spawn(bin: &PathBuf, bootstrap: &str, topic: &str, group: &str, log: &PathBuf
         .expect("spawn the chaos worker")
 }
 
-fn ok_lines(log: &PathBuf) -> Vec<u64> {
+fn ok_lines(log: &Path) -> Vec<u64> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
