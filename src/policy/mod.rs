@@ -51,7 +51,9 @@ pub struct Backoff {
     #[serde(with = "duration")]
     pub max: Duration,
     /// Random spread of each due time, as a fraction of the delay: 0.1 = +/-10 %. Topic names
-    /// use the nominal delay. Default 0.
+    /// use the nominal delay. Default 0. A retry topic is read in order, so with jitter a
+    /// record may wait behind an earlier copy due later: it can start up to
+    /// `2 * jitter * delay` late, never early.
     #[serde(deserialize_with = "duration::fraction")]
     pub jitter: f64,
 }
