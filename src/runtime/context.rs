@@ -41,6 +41,7 @@ pub(crate) struct DispatchState {
     bursts_at_commit: u64,
     last_commit: Option<Instant>,
     last_gauges: Option<Instant>,
+    last_verify: Option<Instant>,
 }
 
 /// The consumer context handed to rdkafka.
@@ -181,7 +182,7 @@ impl RuntimeContext {
                 slot.task.abort();
             }
         }
-        let res = commit_slots(consumer, gone.iter_mut(), CommitMode::Sync, false);
+        let res = commit_slots(consumer, gone.iter_mut(), CommitMode::Sync, false, true);
         for slot in &gone {
             tracing::info!(topic = %slot.shared.topic, partition = slot.shared.partition, committed = ?slot.shared.committable(), "partition released");
         }
@@ -225,11 +226,20 @@ impl RuntimeContext {
                 due
             }
         };
-        if due || self.rt.commit_resend.load(Ordering::Acquire) {
+        // An asynchronous commit whose result never came back (e.g. lost while the
+        // coordinator moved) is sent again: positions not confirmed after 5 s are resent.
+        let verify = st
+            .last_verify
+            .is_none_or(|t| now - t >= Duration::from_secs(5));
+        if verify {
+            st.last_verify = Some(now);
+        }
+        if due || verify || self.rt.commit_resend.load(Ordering::Acquire) {
             st.finished_at_commit = finished;
             st.last_commit = Some(now);
             let resend = self.rt.commit_resend.swap(false, Ordering::AcqRel);
-            if let Err(e) = commit_slots(consumer, st.slots.values_mut(), policy.mode, resend) {
+            let slots = st.slots.values_mut();
+            if let Err(e) = commit_slots(consumer, slots, policy.mode, resend, verify) {
                 self.rt.commit_resend.store(true, Ordering::Release);
                 tracing::warn!(error = %e, "offset commit failed; the next commit sends these offsets again");
             }
@@ -264,18 +274,21 @@ impl DispatchState {
     }
 }
 
-/// Commits the positions of `slots` that moved (all of them with `resend`).
+/// Commits the positions of `slots` that moved (all of them with `resend`; with
+/// `unconfirmed`, also those the broker has not confirmed yet).
 fn commit_slots<'a>(
     consumer: &BaseConsumer<RuntimeContext>,
     slots: impl Iterator<Item = &'a mut Slot>,
     mode: CommitMode,
     resend: bool,
+    unconfirmed: bool,
 ) -> KafkaResult<()> {
     let mut tpl = TopicPartitionList::new();
     let mut moved: Vec<(&'a mut Slot, i64)> = Vec::new();
     for slot in slots {
         if let Some(pos) = slot.shared.committable() {
-            if resend || slot.last_committed != Some(pos) {
+            let unconfirmed = unconfirmed && slot.shared.committed() != Some(pos);
+            if resend || unconfirmed || slot.last_committed != Some(pos) {
                 tpl.add_partition_offset(
                     &slot.shared.topic,
                     slot.shared.partition,
@@ -303,7 +316,10 @@ fn commit_slots<'a>(
         Ok(()) => {
             for (slot, pos) in moved {
                 slot.last_committed = Some(pos);
-                slot.shared.set_committed(pos);
+                // A synchronous commit is confirmed here; an asynchronous one by its callback.
+                if mode == CommitMode::Sync {
+                    slot.shared.set_committed(pos);
+                }
             }
             Ok(())
         }
@@ -346,6 +362,29 @@ impl ConsumerContext for RuntimeContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        // A commit can succeed as a request and still fail for some partitions.
+        let result = result.and_then(|()| {
+            offsets
+                .elements()
+                .iter()
+                .map(|e| e.error())
+                .find(Result::is_err)
+                .unwrap_or(Ok(()))
+        });
+        // try_lock: never wait here for the state this thread may hold (a sync commit).
+        if let (true, Ok(st)) = (result.is_ok(), self.state.try_lock()) {
+            for e in offsets.elements() {
+                if let (Some(slot), Offset::Offset(o)) = (
+                    st.slots
+                        .iter()
+                        .find(|((t, p), _)| **t == *e.topic() && *p == e.partition())
+                        .map(|(_, s)| s),
+                    e.offset(),
+                ) {
+                    slot.shared.set_committed(o);
+                }
+            }
+        }
         if let Err(e) = result {
             self.rt.commit_resend.store(true, Ordering::Release);
             let list: Vec<(String, i32, i64)> = offsets
