@@ -41,7 +41,7 @@ pub(crate) struct DispatchState {
     bursts_at_commit: u64,
     last_commit: Option<Instant>,
     last_gauges: Option<Instant>,
-    last_verify: Option<Instant>,
+    last_refresh: Option<Instant>,
 }
 
 /// The consumer context handed to rdkafka.
@@ -182,7 +182,7 @@ impl RuntimeContext {
                 slot.task.abort();
             }
         }
-        let res = commit_slots(consumer, gone.iter_mut(), CommitMode::Sync, false, true);
+        let res = commit_slots(consumer, gone.iter_mut(), CommitMode::Sync, false);
         for slot in &gone {
             tracing::info!(topic = %slot.shared.topic, partition = slot.shared.partition, committed = ?slot.shared.committable(), "partition released");
         }
@@ -226,20 +226,23 @@ impl RuntimeContext {
                 due
             }
         };
-        // An asynchronous commit whose result never came back (e.g. lost while the
-        // coordinator moved) is sent again: positions not confirmed after 5 s are resent.
-        let verify = st
-            .last_verify
-            .is_none_or(|t| now - t >= Duration::from_secs(5));
-        if verify {
-            st.last_verify = Some(now);
+        // An asynchronous commit can be lost without its failure being reported to us (its
+        // result event did not reach the commit callback in our tests), so the positions
+        // already committed are sent again every 5 s: a lost commit is repaired. Positions the
+        // policy has not committed yet are not sent early.
+        if policy.mode == CommitMode::Async
+            && st
+                .last_refresh
+                .is_none_or(|t| now - t >= Duration::from_secs(5))
+        {
+            st.last_refresh = Some(now);
+            recommit(consumer, st.slots.values());
         }
-        if due || verify || self.rt.commit_resend.load(Ordering::Acquire) {
+        if due || self.rt.commit_resend.load(Ordering::Acquire) {
             st.finished_at_commit = finished;
             st.last_commit = Some(now);
             let resend = self.rt.commit_resend.swap(false, Ordering::AcqRel);
-            let slots = st.slots.values_mut();
-            if let Err(e) = commit_slots(consumer, slots, policy.mode, resend, verify) {
+            if let Err(e) = commit_slots(consumer, st.slots.values_mut(), policy.mode, resend) {
                 self.rt.commit_resend.store(true, Ordering::Release);
                 tracing::warn!(error = %e, "offset commit failed; the next commit sends these offsets again");
             }
@@ -274,21 +277,37 @@ impl DispatchState {
     }
 }
 
-/// Commits the positions of `slots` that moved (all of them with `resend`; with
-/// `unconfirmed`, also those the broker has not confirmed yet).
+/// Sends the positions already committed once more, asynchronously.
+fn recommit<'a>(consumer: &BaseConsumer<RuntimeContext>, slots: impl Iterator<Item = &'a Slot>) {
+    let mut tpl = TopicPartitionList::new();
+    for slot in slots {
+        if let Some(pos) = slot.last_committed {
+            let _ = tpl.add_partition_offset(
+                &slot.shared.topic,
+                slot.shared.partition,
+                Offset::Offset(pos),
+            );
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, RdCommitMode::Async) {
+            tracing::debug!(error = %e, "re-sending committed positions failed; retried in 5 s");
+        }
+    }
+}
+
+/// Commits the positions of `slots` that moved (all of them with `resend`).
 fn commit_slots<'a>(
     consumer: &BaseConsumer<RuntimeContext>,
     slots: impl Iterator<Item = &'a mut Slot>,
     mode: CommitMode,
     resend: bool,
-    unconfirmed: bool,
 ) -> KafkaResult<()> {
     let mut tpl = TopicPartitionList::new();
     let mut moved: Vec<(&'a mut Slot, i64)> = Vec::new();
     for slot in slots {
         if let Some(pos) = slot.shared.committable() {
-            let unconfirmed = unconfirmed && slot.shared.committed() != Some(pos);
-            if resend || unconfirmed || slot.last_committed != Some(pos) {
+            if resend || slot.last_committed != Some(pos) {
                 tpl.add_partition_offset(
                     &slot.shared.topic,
                     slot.shared.partition,
@@ -316,10 +335,7 @@ fn commit_slots<'a>(
         Ok(()) => {
             for (slot, pos) in moved {
                 slot.last_committed = Some(pos);
-                // A synchronous commit is confirmed here; an asynchronous one by its callback.
-                if mode == CommitMode::Sync {
-                    slot.shared.set_committed(pos);
-                }
+                slot.shared.set_committed(pos);
             }
             Ok(())
         }
@@ -371,20 +387,6 @@ impl ConsumerContext for RuntimeContext {
                 .find(Result::is_err)
                 .unwrap_or(Ok(()))
         });
-        // try_lock: never wait here for the state this thread may hold (a sync commit).
-        if let (true, Ok(st)) = (result.is_ok(), self.state.try_lock()) {
-            for e in offsets.elements() {
-                if let (Some(slot), Offset::Offset(o)) = (
-                    st.slots
-                        .iter()
-                        .find(|((t, p), _)| **t == *e.topic() && *p == e.partition())
-                        .map(|(_, s)| s),
-                    e.offset(),
-                ) {
-                    slot.shared.set_committed(o);
-                }
-            }
-        }
         if let Err(e) = result {
             self.rt.commit_resend.store(true, Ordering::Release);
             let list: Vec<(String, i32, i64)> = offsets
