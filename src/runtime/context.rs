@@ -41,7 +41,6 @@ pub(crate) struct DispatchState {
     bursts_at_commit: u64,
     last_commit: Option<Instant>,
     last_gauges: Option<Instant>,
-    last_refresh: Option<Instant>,
 }
 
 /// The consumer context handed to rdkafka.
@@ -50,6 +49,8 @@ pub(crate) struct RuntimeContext {
     pub(crate) handle: OnceLock<Handle>,
     /// The consumer itself, to split partition queues from inside the rebalance callback.
     pub(crate) consumer: OnceLock<Weak<BaseConsumer<RuntimeContext>>>,
+    /// Runs asynchronous commits and surfaces their results.
+    pub(crate) committer: OnceLock<super::Committer>,
     /// Topic name -> how it is handled.
     pub(crate) routes: HashMap<String, TopicBinding>,
     state: Mutex<DispatchState>,
@@ -61,6 +62,7 @@ impl RuntimeContext {
             rt,
             handle: OnceLock::new(),
             consumer: OnceLock::new(),
+            committer: OnceLock::new(),
             routes,
             state: Mutex::new(DispatchState::default()),
         }
@@ -182,6 +184,9 @@ impl RuntimeContext {
                 slot.task.abort();
             }
         }
+        if let Some(c) = self.committer.get() {
+            c.flush();
+        }
         let res = commit_slots(consumer, gone.iter_mut(), CommitMode::Sync, false);
         for slot in &gone {
             tracing::info!(topic = %slot.shared.topic, partition = slot.shared.partition, committed = ?slot.shared.committable(), "partition released");
@@ -226,18 +231,6 @@ impl RuntimeContext {
                 due
             }
         };
-        // An asynchronous commit can be lost without its failure being reported to us (its
-        // result event did not reach the commit callback in our tests), so the positions
-        // already committed are sent again every 5 s: a lost commit is repaired. Positions the
-        // policy has not committed yet are not sent early.
-        if policy.mode == CommitMode::Async
-            && st
-                .last_refresh
-                .is_none_or(|t| now - t >= Duration::from_secs(5))
-        {
-            st.last_refresh = Some(now);
-            recommit(consumer, st.slots.values());
-        }
         if due || self.rt.commit_resend.load(Ordering::Acquire) {
             st.finished_at_commit = finished;
             st.last_commit = Some(now);
@@ -277,25 +270,6 @@ impl DispatchState {
     }
 }
 
-/// Sends the positions already committed once more, asynchronously.
-fn recommit<'a>(consumer: &BaseConsumer<RuntimeContext>, slots: impl Iterator<Item = &'a Slot>) {
-    let mut tpl = TopicPartitionList::new();
-    for slot in slots {
-        if let Some(pos) = slot.last_committed {
-            let _ = tpl.add_partition_offset(
-                &slot.shared.topic,
-                slot.shared.partition,
-                Offset::Offset(pos),
-            );
-        }
-    }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, RdCommitMode::Async) {
-            tracing::debug!(error = %e, "re-sending committed positions failed; retried in 5 s");
-        }
-    }
-}
-
 /// Commits the positions of `slots` that moved (all of them with `resend`).
 fn commit_slots<'a>(
     consumer: &BaseConsumer<RuntimeContext>,
@@ -318,6 +292,18 @@ fn commit_slots<'a>(
         }
     }
     if moved.is_empty() {
+        return Ok(());
+    }
+    if let (CommitMode::Async, Some(committer)) = (mode, consumer.context().committer.get()) {
+        // Confirmed (`set_committed`) by the committer thread when the broker accepted it.
+        let positions = moved
+            .into_iter()
+            .map(|(slot, pos)| {
+                slot.last_committed = Some(pos);
+                (slot.shared.clone(), pos)
+            })
+            .collect();
+        committer.commit(positions);
         return Ok(());
     }
     let rt = &consumer.context().rt;

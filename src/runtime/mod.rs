@@ -9,6 +9,7 @@
 //! its queue holds `partition_queue` records or 8 MiB. Records handed to handlers and not yet
 //! final are bounded worker-wide by `max_in_flight_records` and `max_in_flight_bytes`.
 
+mod committer;
 mod context;
 mod lag;
 mod partition;
@@ -23,6 +24,7 @@ use rdkafka::error::KafkaError;
 
 use crate::commit::CommitPolicy;
 
+pub(crate) use committer::Committer;
 pub(crate) use context::RuntimeContext;
 pub(crate) use lag::spawn_lag_thread;
 pub(crate) use partition::{run_partition, PartitionStart};

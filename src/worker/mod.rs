@@ -125,6 +125,20 @@ impl Worker {
             .spawn(move || {
                 let consumer = Arc::new(consumer);
                 let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+                match crate::runtime::Committer::spawn(
+                    Arc::downgrade(&consumer),
+                    consumer.context().rt.clone(),
+                ) {
+                    Ok(c) => {
+                        let _ = consumer.context().committer.set(c);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::Fatal(format!(
+                            "cannot start the commit thread: {e}"
+                        ))));
+                        return;
+                    }
+                }
                 let res = start(
                     &consumer,
                     &topics,
