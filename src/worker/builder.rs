@@ -226,7 +226,7 @@ impl WorkerBuilder {
         self
     }
 
-    /// Called (on the poll thread) when an asynchronous commit fails, with the offsets it
+    /// Called (on the commit thread) when an asynchronous commit fails, with the offsets it
     /// carried. They are sent again by the next commit either way.
     pub fn on_commit_error(
         mut self,
