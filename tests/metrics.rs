@@ -32,21 +32,10 @@ fn scrape(port: u16) -> String {
 
 /// Sum of the samples of `name` whose labels contain every `key="value"` in `labels`.
 fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
+    series(text, name, labels).iter().sum()
 }
 
+/// The samples of `name` whose labels contain every `key="value"` in `labels`.
 fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
