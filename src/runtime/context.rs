@@ -362,36 +362,8 @@ impl ConsumerContext for RuntimeContext {
             self.assign(tpl);
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        // A commit can succeed as a request and still fail for some partitions.
-        let result = result.and_then(|()| {
-            offsets
-                .elements()
-                .iter()
-                .map(|e| e.error())
-                .find(Result::is_err)
-                .unwrap_or(Ok(()))
-        });
-        if let Err(e) = result {
-            self.rt.commit_resend.store(true, Ordering::Release);
-            let list: Vec<(String, i32, i64)> = offsets
-                .elements()
-                .iter()
-                .map(|e| {
-                    (
-                        e.topic().to_owned(),
-                        e.partition(),
-                        e.offset().to_raw().unwrap_or(-1),
-                    )
-                })
-                .collect();
-            tracing::warn!(error = %e, offsets = ?list, "asynchronous offset commit failed; the next commit sends these offsets again");
-            if let Some(cb) = &self.rt.config.on_commit_error {
-                cb(&e, &list);
-            }
-        }
-    }
+    // No commit_callback: asynchronous commits run on the commit thread, which sees their
+    // results (rdkafka does not hand the results of its own async commits to the context).
 }
 
 /// Maps errors that make continuing pointless.

@@ -63,9 +63,8 @@ pub(crate) struct RuntimeConfig {
 pub(crate) struct RuntimeShared {
     pub group: Arc<str>,
     pub config: RuntimeConfig,
-    /// Records (and their bytes) whose outcome became final, over the worker's life.
+    /// Records whose outcome became final, over the worker's life.
     pub finished_records: AtomicU64,
-    pub finished_bytes: AtomicU64,
     /// Set by a failed async commit: the next commit resends every position.
     pub commit_resend: AtomicBool,
     pub shutdown: AtomicBool,
@@ -85,7 +84,6 @@ impl RuntimeShared {
         RuntimeShared {
             group,
             finished_records: AtomicU64::new(0),
-            finished_bytes: AtomicU64::new(0),
             commit_resend: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             shutdown_notify: tokio::sync::Notify::new(),
@@ -188,7 +186,6 @@ pub(crate) struct PartitionShared {
     deferred_len: std::sync::atomic::AtomicUsize,
     deferred_tx: tokio::sync::mpsc::UnboundedSender<i64>,
     finished_records: AtomicU64,
-    finished_bytes: AtomicU64,
 }
 
 /// Most records a partition may have deferred at once; beyond it layers finish inline.
@@ -229,7 +226,6 @@ impl PartitionShared {
             deferred_len: std::sync::atomic::AtomicUsize::new(0),
             deferred_tx,
             finished_records: AtomicU64::new(0),
-            finished_bytes: AtomicU64::new(0),
         };
         (shared, deferred_rx)
     }
@@ -347,11 +343,8 @@ impl PartitionShared {
             .saturating_sub(self.finished_records.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn finished(&self, rt: &RuntimeShared, bytes: usize) {
+    pub(crate) fn finished(&self, rt: &RuntimeShared) {
         self.finished_records.fetch_add(1, Ordering::Relaxed);
-        self.finished_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
         rt.finished_records.fetch_add(1, Ordering::Relaxed);
-        rt.finished_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }

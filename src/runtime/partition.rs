@@ -1,13 +1,10 @@
 //! The task that handles one partition's records.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
@@ -22,7 +19,7 @@ use super::tracker::OffsetTracker;
 use super::{PartitionShared, RuntimeContext, RuntimeShared};
 use crate::commit::Acknowledgment;
 use crate::error::{error_chain, BoxError};
-use crate::layer::{now_ms, Halt, Stage};
+use crate::layer::{guarded_call, now_ms, Halt, Panicked, Stage};
 use crate::record::{Header, Headers, Timestamp, TimestampType};
 use crate::Record;
 
@@ -39,12 +36,6 @@ pub(crate) struct PartitionStart {
     pub stage: Stage,
     pub max_wait: Duration,
     pub count_outcomes: bool,
-}
-
-/// Why a record's handling failed.
-enum Failure {
-    Error(BoxError),
-    Panic(String),
 }
 
 /// Per-partition metric handles, registered once so the hot path only bumps atomics.
@@ -103,33 +94,6 @@ async fn due_gate(
     true
 }
 
-/// Calls the service, turning a panic (in `call` or in the future) into a failure.
-fn guarded_call<S>(svc: &mut S, record: Record) -> impl Future<Output = Result<(), Failure>>
-where
-    S: Service<Record>,
-    S::Error: Into<BoxError>,
-{
-    let fut = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(record)));
-    async move {
-        let fut = fut.map_err(|p| Failure::Panic(panic_message(&*p)))?;
-        match AssertUnwindSafe(fut).catch_unwind().await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Failure::Error(e.into())),
-            Err(p) => Err(Failure::Panic(panic_message(&*p))),
-        }
-    }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
-
 /// Records a finished call; false when a layer halted the partition at this record.
 /// Errors that reach the runtime were not routed anywhere by a layer, so the runtime logs
 /// them with the record's coordinates; the record is then final.
@@ -138,7 +102,7 @@ fn report(
     m: &Meters,
     offset: i64,
     started: Instant,
-    res: Result<(), Failure>,
+    res: Result<(), BoxError>,
 ) -> bool {
     m.duration.record(started.elapsed().as_secs_f64());
     match res {
@@ -147,7 +111,7 @@ fn report(
                 c.increment(1);
             }
         }
-        Err(Failure::Error(e)) if e.is::<Halt>() => {
+        Err(e) if e.is::<Halt>() => {
             tracing::error!(
                 topic = %p.topic, partition = p.partition, offset,
                 error = %error_chain(&*e),
@@ -155,7 +119,7 @@ fn report(
             );
             return false;
         }
-        Err(Failure::Error(e)) => {
+        Err(e) if !e.is::<Panicked>() => {
             if let Some(c) = &m.error {
                 c.increment(1);
             }
@@ -165,13 +129,13 @@ fn report(
                 "handler failed and no retry route is configured; the record is logged and skipped"
             );
         }
-        Err(Failure::Panic(msg)) => {
+        Err(panic) => {
             if let Some(c) = &m.error {
                 c.increment(1);
             }
             tracing::error!(
                 topic = %p.topic, partition = p.partition, offset,
-                panic = %msg,
+                panic = %panic,
                 "handler panicked; the record counts as failed and the worker keeps running"
             );
         }
@@ -182,7 +146,6 @@ fn report(
 /// A record pulled from the partition's queue, with its share of the in-flight bounds.
 pub(crate) struct Pulled {
     record: Record,
-    bytes: usize,
     _permits: InFlight,
 }
 
@@ -259,12 +222,11 @@ impl Source {
             // Not handed over: the uncommitted record is read again later.
             _ = self.shared.stopped() => return None,
         }
-        let (record, bytes, mut permit) = self.pending.take()?;
+        let (record, _, mut permit) = self.pending.take()?;
         permit.bytes = want;
         self.shared.dispatched();
         Some(Pulled {
             record,
-            bytes,
             _permits: permit,
         })
     }
@@ -409,12 +371,7 @@ where
                 }
                 pulled = source.next() => pulled,
             };
-            let Some(Pulled {
-                record,
-                bytes,
-                _permits,
-            }) = pulled
-            else {
+            let Some(Pulled { record, _permits }) = pulled else {
                 break;
             };
             let offset = record.offset;
@@ -430,7 +387,7 @@ where
             let span = record_span(&rt, &shared, &record);
             let res = match ready {
                 Ok(svc) => guarded_call(svc, record).instrument(span).await,
-                Err(e) => Err(Failure::Error(e)),
+                Err(e) => Err(e),
             };
             if !report(&shared, &meters, offset, started, res) {
                 break;
@@ -441,7 +398,7 @@ where
                 tracker.complete(offset);
                 shared.observe(&tracker);
             }
-            shared.finished(&rt, bytes);
+            shared.finished(&rt);
         }
         // Stopped: deferred completions still count (the drain deadline bounds the wait).
         while outstanding > 0 {
@@ -475,13 +432,12 @@ where
                     shared.observe(&tracker);
                 }
             }
-            Some((offset, bytes, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                let Some((started, res)) = done else {
+            Some((offset, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Some((started, res)): Option<(Instant, Result<(), BoxError>)> = done else {
                     // Stopped while waiting for its due time: neither handled nor final.
                     open = false;
                     continue;
                 };
-                let res: Result<(), Failure> = res;
                 let failed = res.is_err();
                 if !report(&shared, &meters, offset, started, res) {
                     open = false;
@@ -493,7 +449,7 @@ where
                 } else if (!manual || failed) && tracker.complete(offset) {
                     shared.observe(&tracker);
                 }
-                shared.finished(&rt, bytes);
+                shared.finished(&rt);
             }
             res = futures_util::future::poll_fn(|cx| svc.poll_ready(cx)), if can_take && !ready => {
                 match res {
@@ -505,7 +461,7 @@ where
                 }
             }
             msg = source.next(), if can_take && ready => match msg {
-                Some(Pulled { record, bytes, _permits }) => {
+                Some(Pulled { record, _permits }) => {
                     ready = false;
                     let offset = record.offset;
                     meters.consumed.increment(1);
@@ -522,12 +478,12 @@ where
                         in_flight.push(Either::Left(async move {
                             let _permits = _permits;
                             if !due_gate(&gate_shared, &record, max_wait, &delay_error).await {
-                                return (offset, bytes, None);
+                                return (offset, None);
                             }
                             let started = Instant::now();
                             let span = record_span(&gate_rt, &gate_shared, &record);
                             let res = guarded_call(&mut ready_svc, record).instrument(span).await;
-                            (offset, bytes, Some((started, res)))
+                            (offset, Some((started, res)))
                         }));
                     } else {
                         let started = Instant::now();
@@ -535,7 +491,7 @@ where
                         let call = guarded_call(&mut svc, record).instrument(span);
                         in_flight.push(Either::Right(async move {
                             let _permits = _permits;
-                            (offset, bytes, Some((started, call.await)))
+                            (offset, Some((started, call.await)))
                         }));
                     }
                 }

@@ -7,16 +7,14 @@
 //! - `no_dlt`: there is no DLT, so there is no DLT handler either.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::FutureExt;
 use tower::{Layer, Service};
 
-use super::retry_topic::{attempt_label, failure_copy, publish_until_acked, Panicked, RetryShared};
-use super::{now_ms, Halt, Stage};
+use super::retry_topic::{attempt_label, failure_copy, publish_until_acked, RetryShared};
+use super::{guarded_call, now_ms, Halt, Stage};
 use crate::error::{error_chain, BoxError};
 use crate::policy::DltStrategy;
 use crate::Record;
@@ -61,15 +59,9 @@ where
     fn call(&mut self, record: Record) -> Self::Future {
         let shared = self.shared.clone();
         let copy = record.clone();
-        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(record)));
+        let call = guarded_call(&mut self.inner, record);
         Box::pin(async move {
-            let res: Result<(), BoxError> = match fut {
-                Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-                    Ok(r) => r.map(|_| ()).map_err(Into::into),
-                    Err(p) => Err(Box::new(Panicked::from_payload(&*p))),
-                },
-                Err(p) => Err(Box::new(Panicked::from_payload(&*p))),
-            };
+            let res = call.await;
             let Some(entry) = shared.by_topic.get(copy.topic()).cloned() else {
                 return res;
             };

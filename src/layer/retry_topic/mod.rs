@@ -27,7 +27,8 @@ use tower::Service;
 pub use future::ResponseFuture;
 pub use layer::RetryTopicLayer;
 
-use super::{now_ms, Stage};
+pub use super::Panicked;
+use super::{guarded_call, now_ms, Stage};
 use crate::error::{error_chain, BoxError};
 use crate::headers::{self, AttemptsHeader};
 use crate::policy::{Classification, FatalReason, RetryPolicy, Topology};
@@ -203,24 +204,6 @@ where
     }
 }
 
-/// A handler panicked; retried like any other error.
-#[derive(Debug, thiserror::Error)]
-#[error("handler panicked: {0}")]
-pub struct Panicked(pub String);
-
-impl Panicked {
-    pub(crate) fn from_payload(p: &(dyn std::any::Any + Send)) -> Self {
-        let msg = if let Some(s) = p.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = p.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "non-string panic payload".to_owned()
-        };
-        Panicked(msg)
-    }
-}
-
 /// The `attempt` metric label: a header written by another producer may claim any attempt,
 /// so values beyond the policy's last attempt share one label, bounding the label's values.
 pub(crate) fn attempt_label(attempt: u32, policy: &RetryPolicy) -> String {
@@ -273,19 +256,7 @@ where
             let ready: Result<(), BoxError> =
                 futures_util::future::poll_fn(|cx| inner.poll_ready(cx).map_err(Into::into)).await;
             let res = match ready {
-                Ok(()) => {
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(record.clone())))
-                    {
-                        Ok(fut) => {
-                            match futures_util::FutureExt::catch_unwind(AssertUnwindSafe(fut)).await
-                            {
-                                Ok(r) => r.map(|_| ()).map_err(Into::into),
-                                Err(p) => Err(Box::new(Panicked::from_payload(&*p)) as BoxError),
-                            }
-                        }
-                        Err(p) => Err(Box::new(Panicked::from_payload(&*p)) as BoxError),
-                    }
-                }
+                Ok(()) => guarded_call(&mut inner, record.clone()).await,
                 Err(e) => Err(e),
             };
             match res {
