@@ -382,7 +382,6 @@ pub(crate) fn failure_copy(
     due_ms: i64,
 ) -> Outgoing {
     let mut h = record.headers().clone();
-    let original = headers::Original::read(&h);
     headers::apply_failure(
         &mut h,
         &headers::Failure {
@@ -399,8 +398,6 @@ pub(crate) fn failure_copy(
     );
     let fallback = headers::derived_trace_id(record.topic(), record.partition(), record.offset());
     headers::propagate_traceparent(&mut h, &fallback, random_u64());
-    // The original coordinates are written on the first hop only.
-    debug_assert!(original.topic.is_none() || headers::Original::read(&h).topic == original.topic);
     Outgoing {
         topic: topic.to_owned(),
         partition: shared
