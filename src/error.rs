@@ -141,6 +141,52 @@ impl Fatal {
     }
 }
 
+/// A retryable error that names the earliest time to try again, e.g. from an HTTP
+/// `Retry-After` header. The next retry waits at least `after`, even when the policy's back-off
+/// is shorter; it is capped at [`RetryPolicy::max_hold`](crate::RetryPolicy::max_hold), the
+/// longest a retry topic holds a record. Matched anywhere in the `source()` chain.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use redrive::error::RetryAfter;
+/// # fn call() -> Result<(), redrive::BoxError> {
+/// let throttled = std::io::Error::other("503 Service Unavailable");
+/// return Err(RetryAfter::new(Duration::from_secs(30), throttled).into());
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{source} (retry after {after:?})")]
+pub struct RetryAfter {
+    /// The minimum delay before the next attempt.
+    pub after: std::time::Duration,
+    /// The failure itself; classification (include/exclude rules) looks through to it.
+    #[source]
+    pub source: BoxError,
+}
+
+impl RetryAfter {
+    /// `err`, to be retried no sooner than `after` from now.
+    pub fn new(after: std::time::Duration, err: impl Into<BoxError>) -> Self {
+        RetryAfter {
+            after,
+            source: err.into(),
+        }
+    }
+
+    /// The longest `RetryAfter` delay in `err`'s `source()` chain, if any.
+    pub fn find(err: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
+        let mut cur = Some(err);
+        let mut found: Option<std::time::Duration> = None;
+        while let Some(e) = cur {
+            if let Some(r) = e.downcast_ref::<RetryAfter>() {
+                found = Some(found.map_or(r.after, |f| f.max(r.after)));
+            }
+            cur = e.source();
+        }
+        found
+    }
+}
+
 impl From<crate::commit::ParseCommitPolicyError> for Error {
     fn from(e: crate::commit::ParseCommitPolicyError) -> Self {
         Error::config("commit_policy", e.to_string())

@@ -22,6 +22,8 @@ pub mod policy;
 pub mod publish;
 pub mod record;
 mod runtime;
+#[cfg(feature = "sidecar")]
+pub mod sidecar;
 mod worker;
 
 pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger};

@@ -65,29 +65,60 @@ pub const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Call it once, inside or outside a Tokio runtime, before building workers.
 #[cfg(feature = "prometheus")]
 pub fn install_prometheus(addr: std::net::SocketAddr) -> Result<(), crate::Error> {
+    prometheus_builder()?
+        .with_http_listener(addr)
+        .install()
+        .map_err(prometheus_error)
+}
+
+/// Installs the same Prometheus recorder as [`install_prometheus`] without a listener, for
+/// programs that serve `/metrics` themselves: render the text with
+/// [`PrometheusHandle::render`](metrics_exporter_prometheus::PrometheusHandle::render).
+/// Call it once.
+#[cfg(feature = "prometheus")]
+pub fn install_prometheus_recorder(
+) -> Result<metrics_exporter_prometheus::PrometheusHandle, crate::Error> {
+    let recorder = prometheus_builder()?.build_recorder();
+    let handle = recorder.handle();
+    ::metrics::set_global_recorder(recorder)
+        .map_err(|e| crate::Error::config("metrics", e.to_string()))?;
+    // The exporter's upkeep (idle gauges, histogram rolls) runs on render and on this timer.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("redrive-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| crate::Error::config("metrics", e.to_string()))?;
+    Ok(handle)
+}
+
+#[cfg(feature = "prometheus")]
+fn prometheus_error(e: metrics_exporter_prometheus::BuildError) -> crate::Error {
+    crate::Error::config("metrics", e.to_string())
+}
+
+#[cfg(feature = "prometheus")]
+fn prometheus_builder() -> Result<metrics_exporter_prometheus::PrometheusBuilder, crate::Error> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     use metrics_util::MetricKindMask;
 
-    let err =
-        |e: metrics_exporter_prometheus::BuildError| crate::Error::config("metrics", e.to_string());
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(names::HANDLER_DURATION.into()),
             &LATENCY_BUCKETS,
         )
-        .map_err(err)?
+        .map_err(prometheus_error)?
         .set_buckets_for_metric(
             Matcher::Full(names::COMMIT_DURATION.into()),
             &LATENCY_BUCKETS,
         )
-        .map_err(err)?
+        .map_err(prometheus_error)?
         .set_buckets_for_metric(
             Matcher::Full(names::RETRY_DELAY_ERROR.into()),
             &DELAY_ERROR_BUCKETS,
         )
-        .map_err(err)?
-        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT))
-        .install()
-        .map_err(err)
+        .map_err(prometheus_error)?
+        .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT)))
 }

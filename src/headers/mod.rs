@@ -308,16 +308,24 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
         Bytes::copy_from_slice(f.group.as_bytes()),
     );
 
-    let mut root: &(dyn std::error::Error + 'static) = f.error;
+    // `Fatal` and `RetryAfter` only steer the routing; the error they wrap is what failed.
+    let mut reported: &(dyn std::error::Error + 'static) = f.error;
+    while reported.is::<crate::error::Fatal>() || reported.is::<crate::error::RetryAfter>() {
+        match reported.source() {
+            Some(inner) => reported = inner,
+            None => break,
+        }
+    }
+    let mut root: &(dyn std::error::Error + 'static) = reported;
     while let Some(s) = root.source() {
         root = s;
     }
     // Spring writes `message; root message`; skip the root when the message already says it.
     let message =
-        if std::ptr::addr_eq(root, f.error) || f.error.to_string().contains(&root.to_string()) {
-            f.error.to_string()
+        if std::ptr::addr_eq(root, reported) || reported.to_string().contains(&root.to_string()) {
+            reported.to_string()
         } else {
-            format!("{}; {}", f.error, root)
+            format!("{}; {}", reported, root)
         };
     let mut trace = String::new();
     let mut cur = Some(f.error);
@@ -333,7 +341,7 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
         trace.push('\n');
         cur = e.source();
     }
-    headers.set(EXCEPTION_FQCN, type_name_of(f.error).into_bytes());
+    headers.set(EXCEPTION_FQCN, type_name_of(reported).into_bytes());
     headers.set(EXCEPTION_CAUSE_FQCN, type_name_of(root).into_bytes());
     headers.set(
         EXCEPTION_MESSAGE,

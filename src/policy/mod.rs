@@ -23,7 +23,7 @@
 //! ```
 
 mod classify;
-mod duration;
+pub(crate) mod duration;
 mod topology;
 
 use std::fmt;
@@ -361,6 +361,14 @@ impl RetryPolicy {
             .max()
             .unwrap_or_default();
         top.mul_f64(1.0 + self.backoff.jitter)
+    }
+
+    /// The longest a retry topic holds a record before handling it: the longest delay plus a
+    /// minute of slack. A `retry_topic-backoff-timestamp` further ahead than this is not
+    /// trusted (handled at once, with a warning), and a [`RetryAfter`](crate::error::RetryAfter)
+    /// longer than this is cut to it.
+    pub fn max_hold(&self) -> Duration {
+        self.max_delay() + Duration::from_secs(60)
     }
 
     /// The retry and dead-letter topics of `main_topic` under this policy.

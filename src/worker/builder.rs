@@ -495,7 +495,7 @@ impl WorkerBuilder {
             let max_wait = r
                 .retry
                 .as_ref()
-                .map_or(Duration::ZERO, |p| p.max_delay() + Duration::from_secs(60));
+                .map_or(Duration::ZERO, RetryPolicy::max_hold);
             let managed = r.retry.is_some();
             for (t, factory, stage) in (r.make)(layer) {
                 if let Some(other) = owner.insert(t.clone(), r.name.clone()) {

@@ -159,6 +159,33 @@ impl Worker {
         res
     }
 
+    /// Checks the main topics exist and creates the missing retry and dead-letter topics,
+    /// without consuming (for clusters where topics are created up front; `run` does the same
+    /// at start-up). Returns the topics it created; an existing topic with too few partitions
+    /// is an [`Error::TooFewPartitions`].
+    pub async fn create_topics(self) -> Result<Vec<String>, Error> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let _ = self.consumer.context().handle.set(handle);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Topic creation blocks on the runtime handle, so it runs off the runtime's threads.
+        std::thread::Builder::new()
+            .name("redrive-topics".into())
+            .spawn(move || {
+                let res = ensure_topics(
+                    &self.consumer,
+                    &self.topics,
+                    &self.plans,
+                    &self.admin_config,
+                    &self.bootstrap,
+                    self.startup_timeout,
+                );
+                let _ = tx.send(res);
+            })
+            .map_err(|e| Error::Fatal(format!("cannot start a thread: {e}")))?;
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Fatal("topic creation panicked".into())))
+    }
+
     /// Runs until `signal` completes, then shuts down gracefully.
     pub async fn run_until(
         self,
@@ -176,15 +203,15 @@ impl Worker {
 }
 
 /// Checks the cluster is reachable and the main topics exist, creates or checks the retry
-/// and dead-letter topics, then subscribes.
-fn start(
+/// and dead-letter topics. Returns the topics it created.
+fn ensure_topics(
     consumer: &BaseConsumer<RuntimeContext>,
     topics: &[String],
     plans: &[TopicPlan],
     admin_config: &rdkafka::config::ClientConfig,
     bootstrap: &str,
     timeout: Duration,
-) -> Result<(), Error> {
+) -> Result<Vec<String>, Error> {
     let unreachable = |source| Error::BrokerUnreachable {
         bootstrap: bootstrap.to_owned(),
         timeout,
@@ -236,6 +263,19 @@ fn start(
     if !missing.is_empty() {
         create_topics(consumer, admin_config, &missing, timeout)?;
     }
+    Ok(missing.into_iter().map(|(t, _, _)| t).collect())
+}
+
+/// [`ensure_topics`], then subscribes.
+fn start(
+    consumer: &BaseConsumer<RuntimeContext>,
+    topics: &[String],
+    plans: &[TopicPlan],
+    admin_config: &rdkafka::config::ClientConfig,
+    bootstrap: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    ensure_topics(consumer, topics, plans, admin_config, bootstrap, timeout)?;
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&refs).map_err(|e| match e {
         KafkaError::Subscription(s) => Error::config("topics", s),

@@ -288,7 +288,11 @@ where
         Classification::Fatal(FatalReason::Fatal) => Destination::Dlt { reason: "fatal" },
         Classification::Retryable => match topology.hop(attempt) {
             Some(hop) if attempt < policy.attempts => {
-                let delay = policy.jittered_delay(attempt, random_unit());
+                let mut delay = policy.jittered_delay(attempt, random_unit());
+                if let Some(after) = crate::error::RetryAfter::find(&*err) {
+                    // Never earlier than the failure asked; never longer than a retry topic holds.
+                    delay = delay.max(after.min(policy.max_hold()));
+                }
                 let due_ms = now + delay.as_millis() as i64;
                 let first = headers::original_timestamp(record.headers())
                     .or(record.timestamp().map(|t| t.millis))

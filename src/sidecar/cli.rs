@@ -1,0 +1,339 @@
+//! The `redrive` command line. Exit codes: 0 done, 1 failed, 2 invalid configuration or
+//! arguments.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::config::Config;
+use super::dlt::{self, Action, ReplaySettings, Selection};
+use crate::error::error_chain;
+
+/// Durable retries and dead-letter topics for Kafka consumers, as a sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "redrive", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume every route of the config and forward records to their HTTP endpoints, until
+    /// SIGTERM or ctrl-c (in-flight records drain, offsets are committed, exit 0).
+    Run(ConfigArg),
+    /// Validate the config and print the resolved routes and topics (secrets redacted).
+    Check(ConfigArg),
+    /// Topic administration.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Inspect and replay dead letters.
+    #[command(subcommand)]
+    Dlt(DltCommand),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The TOML config file (see examples/sidecar.toml).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create every route's missing retry and dead-letter topics (for clusters that do not
+    /// allow automatic creation), then print them.
+    Create(ConfigArg),
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The route whose dead-letter topic to read.
+    #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+    route: Option<String>,
+    /// The dead-letter topic to read, named directly.
+    #[arg(long)]
+    topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct SelectionArgs {
+    /// Only this partition (repeat for several).
+    #[arg(long = "partition")]
+    partitions: Vec<i32>,
+    /// From this DLT offset (inclusive).
+    #[arg(long)]
+    from_offset: Option<i64>,
+    /// Up to this DLT offset (inclusive).
+    #[arg(long)]
+    to_offset: Option<i64>,
+    /// Dead-lettered at or after: an RFC 3339 time or a duration ago (`2h`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Dead-lettered before: an RFC 3339 time or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only records with exactly this key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only records whose error type contains this text (case-insensitive).
+    #[arg(long)]
+    error_type: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DltCommand {
+    /// One line per dead letter: coordinates, time, key, origin, attempts, error.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Stop after this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Everything about one dead letter, headers decoded.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Its partition.
+        #[arg(long)]
+        partition: i32,
+        /// Its offset.
+        #[arg(long)]
+        offset: i64,
+    },
+    /// Send selected dead letters back to their original topic (or `--to`), attempts reset.
+    Replay {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Send them here instead of each record's original topic.
+        #[arg(long)]
+        to: Option<String>,
+        /// Most records per second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Print what would be sent; send and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The consumer group remembering the replay's position (default: derived from the
+        /// topic and the selection, printed at the end).
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+enum Failure {
+    Config(String),
+    Run(String),
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, Failure> {
+    Config::load(&arg.config).map_err(|e| Failure::Config(e.to_string()))
+}
+
+impl SelectionArgs {
+    fn resolve(&self) -> Result<Selection, Failure> {
+        let time = |s: &Option<String>, flag: &str| {
+            s.as_deref()
+                .map(dlt::parse_time)
+                .transpose()
+                .map_err(|e| Failure::Config(format!("--{flag}: {e}")))
+        };
+        Ok(Selection {
+            partitions: self.partitions.clone(),
+            from_offset: self.from_offset,
+            to_offset: self.to_offset,
+            since_ms: time(&self.since, "since")?,
+            until_ms: time(&self.until, "until")?,
+            key: self.key.clone(),
+            error_type: self.error_type.clone(),
+        })
+    }
+}
+
+impl Target {
+    fn resolve(&self) -> Result<(Config, String), Failure> {
+        let config = load(&self.config)?;
+        let topic = match (&self.topic, &self.route) {
+            (Some(t), _) => t.clone(),
+            (None, Some(name)) => {
+                let r = config
+                    .routes
+                    .iter()
+                    .find(|r| &r.name == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> =
+                            config.routes.iter().map(|r| r.name.as_str()).collect();
+                        Failure::Config(format!(
+                            "--route {name}: no such route in {} (routes: {})",
+                            config.file,
+                            names.join(", ")
+                        ))
+                    })?;
+                r.retry
+                    .topology(&r.topic)
+                    .dlt()
+                    .ok_or_else(|| {
+                        Failure::Config(format!(
+                            "route {name} has no dead-letter topic (dlt_strategy = no_dlt)"
+                        ))
+                    })?
+                    .to_owned()
+            }
+            (None, None) => return Err(Failure::Config("name --route or --topic".into())),
+        };
+        Ok((config, topic))
+    }
+}
+
+async fn execute(cmd: Command) -> Result<(), Failure> {
+    let run = |e: crate::error::BoxError| Failure::Run(error_chain(&*e));
+    match cmd {
+        Command::Check(arg) => {
+            let config = load(&arg)?;
+            print!("{}", config.describe());
+            println!(
+                "ok: {} routes in {} groups",
+                config.routes.len(),
+                config.groups().len()
+            );
+            Ok(())
+        }
+        Command::Run(arg) => {
+            let config = load(&arg)?;
+            let metrics = if config.ops.enabled {
+                Some(crate::metrics::install_prometheus_recorder().map_err(|e| run(e.into()))?)
+            } else {
+                None
+            };
+            tracing::info!(config = %config.file, routes = config.routes.len(), "starting");
+            super::run(&config, metrics).await.map_err(run)
+        }
+        Command::Topics(TopicsCommand::Create(arg)) => {
+            let config = load(&arg)?;
+            let mut created = 0;
+            for (group, worker) in super::build_workers(&config).map_err(run)? {
+                for t in worker.create_topics().await.map_err(|e| run(e.into()))? {
+                    println!("created {t} (group {group})");
+                    created += 1;
+                }
+            }
+            for r in &config.routes {
+                for t in r.retry.topology(&r.topic).derived_topics() {
+                    println!("route {}: {t}", r.name);
+                }
+            }
+            println!("ok: {created} topics created");
+            Ok(())
+        }
+        Command::Dlt(cmd) => {
+            let mut out = std::io::stdout();
+            let (target, selection, action) = match cmd {
+                DltCommand::List {
+                    target,
+                    selection,
+                    limit,
+                } => (target, selection.resolve()?, Action::List { limit }),
+                DltCommand::Show {
+                    target,
+                    partition,
+                    offset,
+                } => (
+                    target,
+                    Selection {
+                        partitions: vec![partition],
+                        from_offset: Some(offset),
+                        to_offset: Some(offset),
+                        ..Selection::default()
+                    },
+                    Action::Show,
+                ),
+                DltCommand::Replay {
+                    target,
+                    selection,
+                    to,
+                    rate,
+                    dry_run,
+                    group,
+                } => {
+                    if !(rate > 0.0) {
+                        return Err(Failure::Config("--rate must be above 0".into()));
+                    }
+                    let (config, topic) = target.resolve()?;
+                    let selection = selection.resolve()?;
+                    let summary = dlt::run(
+                        &config.kafka.0,
+                        &topic,
+                        &selection,
+                        Action::Replay(ReplaySettings {
+                            to: to.as_deref(),
+                            rate,
+                            dry_run,
+                            group,
+                        }),
+                        &mut out,
+                    )
+                    .await
+                    .map_err(run)?;
+                    let verb = if dry_run { "would replay" } else { "replayed" };
+                    println!(
+                        "{verb} {} of {} scanned records from {topic} ({} skipped)",
+                        summary.selected - summary.skipped,
+                        summary.scanned,
+                        summary.skipped
+                    );
+                    return Ok(());
+                }
+            };
+            let (config, topic) = target.resolve()?;
+            let summary = dlt::run(&config.kafka.0, &topic, &selection, action, &mut out)
+                .await
+                .map_err(run)?;
+            eprintln!(
+                "{} of {} scanned records selected from {topic}",
+                summary.selected, summary.scanned
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Parses the arguments, runs the command, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("error: invalid configuration:\n{msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The HTTP forwarder: each record becomes a `POST` to the route's endpoint, and the response
+//! decides the record's fate.
+//!
+//! | response | outcome |
+//! |---|---|
+//! | 2xx | handled |
+//! | 408, 429, 5xx | retryable ([`HttpStatusError`]); `Retry-After` is the minimum delay |
+//! | timeout, connection error | retryable ([`HttpTransportError`], tower's `Elapsed`) |
+//! | any other status (4xx, 3xx, 1xx) | fatal: straight to the DLT |
+//!
+//! The request: the record value as the body (empty for a tombstone), and these headers:
+//! `Redrive-Topic`, `Redrive-Partition`, `Redrive-Offset`, `Redrive-Timestamp` (epoch ms, when
+//! the record has one), `Redrive-Attempt` (1 = first delivery), `Redrive-Key` (absent when
+//! the record has no key), `Redrive-Tombstone: true` for a null value, `Redrive-Header-<name>`
+//! per record header (the last value of each name; null values are skipped), and
+//! `traceparent` when the record carries one. Keys, header names and values are
+//! percent-encoded (RFC 3986: letters, digits and `-._~` stay as they are), so any bytes get
+//! through and plain ASCII stays readable.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::{BoxError, Fatal, RetryAfter};
+use crate::headers::{self, AttemptsHeader};
+use crate::Record;
+
+/// Error bodies are read up to this size; their start goes into the error message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+const ERROR_BODY_IN_MESSAGE: usize = 512;
+
+/// The endpoint answered with a status that is not 2xx.
+#[derive(Debug, thiserror::Error)]
+#[error("POST {url} answered {status}{}", body_suffix(.body))]
+pub struct HttpStatusError {
+    /// The status code.
+    pub status: u16,
+    /// The endpoint (passwords redacted).
+    pub url: String,
+    /// The start of the response body.
+    pub body: String,
+}
+
+fn body_suffix(body: &str) -> String {
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    }
+}
+
+/// The request did not get a response: connection refused or reset, DNS, protocol error.
+#[derive(Debug, thiserror::Error)]
+#[error("POST {url} failed: {source}")]
+pub struct HttpTransportError {
+    /// The endpoint (passwords redacted).
+    pub url: String,
+    /// The client's error.
+    #[source]
+    pub source: BoxError,
+}
+
+/// Forwards records to one HTTP endpoint. Clones share one connection pool.
+#[derive(Clone)]
+pub struct HttpForward {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    url: std::sync::Arc<str>,
+    content_type: HeaderValue,
+}
+
+impl std::fmt::Debug for HttpForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpForward")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl HttpForward {
+    /// A forwarder to `url` (`http://` only) sending `content_type`.
+    pub fn new(url: &str, content_type: &str) -> Result<Self, BoxError> {
+        let uri: Uri = url.parse()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(HttpForward {
+            client,
+            uri,
+            url: super::config::redact_url(url).into(),
+            content_type: HeaderValue::from_str(content_type)?,
+        })
+    }
+
+    fn request(&self, record: &Record) -> Request<Full<Bytes>> {
+        let mut req = Request::post(self.uri.clone());
+        let h = req.headers_mut().expect("a fresh builder has headers");
+        h.insert(CONTENT_TYPE, self.content_type.clone());
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        };
+        put("redrive-topic", percent_encode(record.topic().as_bytes()));
+        put("redrive-partition", record.partition().to_string());
+        put("redrive-offset", record.offset().to_string());
+        if let Some(t) = record.timestamp() {
+            put("redrive-timestamp", t.millis.to_string());
+        }
+        let attempt = match headers::read_attempts(record.headers()) {
+            AttemptsHeader::Valid(n) => n,
+            _ => 1,
+        };
+        put("redrive-attempt", attempt.to_string());
+        if let Some(k) = record.key() {
+            put("redrive-key", percent_encode(k));
+        }
+        if record.value().is_none() {
+            put("redrive-tombstone", "true".into());
+        }
+        for header in record.headers().iter() {
+            let Some(value) = &header.value else { continue };
+            let Ok(v) = HeaderValue::from_str(&percent_encode(value)) else {
+                continue;
+            };
+            if header.key == headers::TRACEPARENT {
+                h.insert(HeaderName::from_static("traceparent"), v.clone());
+            }
+            let name = format!(
+                "redrive-header-{}",
+                percent_encode(header.key.as_bytes()).to_ascii_lowercase()
+            );
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                h.insert(n, v);
+            }
+        }
+        req.body(Full::new(record.value().cloned().unwrap_or_default()))
+            .expect("the request parts are valid")
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn percent_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The delay a `Retry-After` value asks for: delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// What a status means for the record (see the [module docs](self)).
+pub fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    url: &str,
+    body: String,
+) -> Result<(), BoxError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let err = HttpStatusError {
+        status: status.as_u16(),
+        url: url.to_owned(),
+        body,
+    };
+    let retryable = status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error();
+    match (retryable, retry_after) {
+        (true, Some(after)) => Err(RetryAfter::new(after, err).into()),
+        (true, None) => Err(err.into()),
+        (false, _) => Err(Fatal::new(err).into()),
+    }
+}
+
+impl tower::Service<Record> for HttpForward {
+    type Response = ();
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, record: Record) -> Self::Future {
+        let req = self.request(&record);
+        let client = self.client.clone();
+        let url = self.url.clone();
+        Box::pin(async move {
+            let res = client.request(req).await.map_err(|e| HttpTransportError {
+                url: url.to_string(),
+                source: e.into(),
+            })?;
+            let status = res.status();
+            let retry_after = res
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            // The body is drained so the connection goes back to the pool.
+            let body = match Limited::new(res.into_body(), MAX_ERROR_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) if !status.is_success() => {
+                    let b = b.to_bytes();
+                    let end = b.len().min(ERROR_BODY_IN_MESSAGE);
+                    String::from_utf8_lossy(&b[..end]).trim().to_owned()
+                }
+                Ok(_) => String::new(),
+                Err(e) if status.is_success() => {
+                    // The endpoint accepted the record; a broken body does not undo that.
+                    tracing::debug!(url = %url, error = %e, "could not read the response body");
+                    String::new()
+                }
+                Err(e) => format!("(body unreadable: {e})"),
+            };
+            classify(status, retry_after, &url, body)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Classification, FatalReason, RetryPolicy};
+
+    fn outcome(
+        code: u16,
+        retry_after: Option<Duration>,
+    ) -> (Option<Classification>, Option<Duration>) {
+        let status = StatusCode::from_u16(code).unwrap();
+        match classify(status, retry_after, "http://x", String::new()) {
+            Ok(()) => (None, None),
+            Err(e) => (
+                Some(RetryPolicy::default().classify(&*e)),
+                RetryAfter::find(&*e),
+            ),
+        }
+    }
+
+    #[test]
+    fn the_classification_table() {
+        let fatal = Some(Classification::Fatal(FatalReason::Fatal));
+        let retry = Some(Classification::Retryable);
+        for (code, want) in [
+            (200, None),
+            (201, None),
+            (204, None),
+            (301, fatal),
+            (400, fatal),
+            (401, fatal),
+            (404, fatal),
+            (408, retry),
+            (409, fatal),
+            (422, fatal),
+            (429, retry),
+            (500, retry),
+            (502, retry),
+            (503, retry),
+            (504, retry),
+        ] {
+            assert_eq!(outcome(code, None).0, want, "status {code}");
+        }
+        let s = Duration::from_secs(7);
+        assert_eq!(outcome(503, Some(s)), (retry, Some(s)));
+        assert_eq!(outcome(429, Some(s)), (retry, Some(s)));
+        // A fatal status ignores Retry-After.
+        assert_eq!(outcome(400, Some(s)), (fatal, None));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = std::time::SystemTime::now() + Duration::from_secs(100);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(
+            d > Duration::from_secs(95) && d <= Duration::from_secs(100),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn percent_encoding_keeps_ascii_readable_and_any_byte_through() {
+        assert_eq!(percent_encode(b"order-42_a.b~"), "order-42_a.b~");
+        assert_eq!(percent_encode(b"a b/\xff\x00"), "a%20b%2F%FF%00");
+    }
+}

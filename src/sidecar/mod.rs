@@ -1,0 +1,121 @@
+//! The sidecar: the runtime driven by a config file, forwarding records to HTTP services
+//! written in any language, plus the operations commands of the `redrive` binary
+//! (feature `sidecar`).
+//!
+//! ```text
+//! redrive run --config redrive.toml       consume and forward (SIGTERM drains and commits)
+//! redrive check --config redrive.toml     validate and print the resolved topology
+//! redrive topics create --config F        create retry and dead-letter topics up front
+//! redrive dlt list|show|replay ...        inspect dead letters and send them back
+//! ```
+//!
+//! Each `[[routes]]` entry reads one topic (plus its retry topics) in one consumer group and
+//! `POST`s every record to its `url`; the response decides the outcome (see [`forward`]).
+//! Routes of one group share one [`Worker`](crate::Worker). See `examples/sidecar.toml`.
+
+pub mod cli;
+pub mod config;
+pub mod dlt;
+pub mod forward;
+mod ops;
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
+
+pub use config::{Config, ConfigError, ConfigErrors};
+pub use forward::{HttpForward, HttpStatusError, HttpTransportError};
+
+use crate::error::BoxError;
+use crate::{Route, Worker, WorkerBuilder};
+
+/// The workers a configuration describes, one per consumer group, not yet running.
+pub fn build_workers(config: &Config) -> Result<Vec<(String, Worker)>, BoxError> {
+    let mut out = Vec::new();
+    for (group, routes) in config.groups() {
+        let first = &config.routes[routes[0]];
+        let mut builder = WorkerBuilder::new()
+            .properties(config.kafka.0.clone())
+            .group_id(group.clone())
+            .commit_policy(first.commit_policy(&config.worker))
+            .drain_timeout(config.worker.drain_timeout)
+            .startup_timeout(config.worker.startup_timeout);
+        for i in routes {
+            let r = &config.routes[i];
+            let forward = HttpForward::new(&r.url, &r.content_type)
+                .map_err(|e| format!("{}: routes[{i}].url: {e}", config.file))?;
+            // The limit wraps the timeout: a request waiting for a slot is not timed out.
+            let service = ServiceBuilder::new()
+                .concurrency_limit(r.concurrency)
+                .timeout(r.timeout)
+                .service(forward);
+            builder = builder.route(
+                Route::new(r.topic.clone(), service)
+                    .name(r.name.clone())
+                    .concurrency(r.partition_concurrency)
+                    .retry(r.retry.clone()),
+            );
+        }
+        out.push((group, builder.build()?));
+    }
+    Ok(out)
+}
+
+/// Runs every route of `config` until SIGTERM or ctrl-c, then drains in-flight records
+/// (up to `worker.drain_timeout`), commits, and returns. Serves the operations endpoints when
+/// `ops.enabled`, with `metrics` as `/metrics`.
+pub async fn run(config: &Config, metrics: Option<PrometheusHandle>) -> Result<(), BoxError> {
+    let workers = build_workers(config)?;
+    let handles: Vec<_> = workers
+        .iter()
+        .map(|(g, w)| (g.clone(), w.handle()))
+        .collect();
+    let ops = if config.ops.enabled {
+        let addr: SocketAddr = config.ops.listen.parse()?;
+        let probe = rdkafka::ClientConfig::from_iter(config.kafka.0.clone()).create()?;
+        Some(
+            ops::serve(addr, handles.clone(), metrics, probe)
+                .await
+                .map_err(|e| format!("cannot serve the operations endpoints on {addr}: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let all = handles.clone();
+    let signal = tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        tracing::info!("shutdown requested: draining in-flight records");
+        for (_, h) in &handles {
+            h.shutdown();
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (group, w) in workers {
+        tasks.spawn(async move { (group, w.run().await) });
+    }
+    let mut first_error: Option<BoxError> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (group, res) = joined?;
+        match res {
+            Ok(()) => tracing::info!(%group, "worker stopped"),
+            Err(e) => {
+                // One failed group stops the process (the others drain and commit first), so
+                // a supervisor restarts all of it.
+                tracing::error!(%group, error = %crate::error::error_chain(&e), "worker failed; stopping the others");
+                for (_, h) in &all {
+                    h.shutdown();
+                }
+                first_error.get_or_insert_with(|| format!("group {group}: {e}").into());
+            }
+        }
+    }
+    signal.abort();
+    if let Some(ops) = ops {
+        ops.abort();
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,714 @@
+//! The `redrive` sidecar binary against the real broker and a real HTTP server in this test
+//! (both on 127.0.0.1): the response classification table row by row, SIGTERM mid-run,
+//! `check` on bad configs, and DLT list/show/replay.
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rdkafka::message::Message;
+use redrive::headers;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_redrive");
+
+/// One request the endpoint received.
+#[derive(Clone, Debug)]
+struct Seen {
+    key: String,
+    attempt: u32,
+    at_ms: i64,
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Bytes,
+}
+
+type Script = Arc<dyn Fn(&str, u32) -> (u16, Option<&'static str>, Duration) + Send + Sync>;
+
+/// An HTTP endpoint that answers by script (record key, attempt) and records every request.
+#[derive(Clone)]
+struct Endpoint {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Endpoint {
+    async fn start(script: Script) -> Endpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/records", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (log, script) = (log.clone(), script.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (log, script) = (log.clone(), script.clone());
+                        async move {
+                            let headers: HashMap<String, String> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                                .collect();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let key = headers.get("redrive-key").cloned().unwrap_or_default();
+                            let attempt: u32 = headers["redrive-attempt"].parse().unwrap();
+                            let (status, retry_after, delay) = script(&key, attempt);
+                            log.lock().unwrap().push(Seen {
+                                key,
+                                attempt,
+                                at_ms: now_ms(),
+                                status,
+                                headers,
+                                body,
+                            });
+                            tokio::time::sleep(delay).await;
+                            let mut res = Response::builder().status(status);
+                            if let Some(ra) = retry_after {
+                                res = res.header("retry-after", ra);
+                            }
+                            Ok::<_, Infallible>(
+                                res.body(Full::new(Bytes::from(format!("answer {status}"))))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Endpoint { url, seen }
+    }
+
+    fn calls(&self, key: &str) -> Vec<Seen> {
+        let v = self.seen.lock().unwrap();
+        v.iter().filter(|s| s.key == key).cloned().collect()
+    }
+
+    fn ok_keys(&self) -> std::collections::HashSet<String> {
+        let v = self.seen.lock().unwrap();
+        v.iter()
+            .filter(|s| (200..300).contains(&s.status))
+            .map(|s| s.key.clone())
+            .collect()
+    }
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sidecar");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.toml", unique(name)));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn kafka_section(bootstrap: &str) -> String {
+    format!(
+        "[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\"session.timeout.ms\" = {SESSION_TIMEOUT_MS}\n\"sasl.password\" = \"s3cret-do-not-print\"\n\"security.protocol\" = \"plaintext\"\n"
+    )
+}
+
+/// A running `redrive run`; killed on drop.
+struct Sidecar {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    fn start(config: &PathBuf) -> Sidecar {
+        let log = config.with_extension(format!("{}.log", unique("run")));
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,redrive=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn redrive");
+        Sidecar { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status within `within`.
+    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "redrive did not exit within {within:?} of SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redrive(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run redrive")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Some((status, body))
+}
+
+async fn produce_keyed(bootstrap: &str, topic: &str, records: &[(String, i32)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let p = producer(bootstrap);
+    let payloads: Vec<String> = records
+        .iter()
+        .map(|(k, _)| format!("payload of {k}"))
+        .collect();
+    let sends = records.iter().zip(&payloads).map(|((k, part), payload)| {
+        p.send(
+            FutureRecord::to(topic)
+                .key(k)
+                .payload(payload)
+                .partition(*part)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "user-header",
+                    value: Some("user value"),
+                })),
+            Duration::from_secs(30),
+        )
+    });
+    for r in futures_util::future::join_all(sends).await {
+        r.map_err(|(e, _)| e).expect("produce");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_classification_table_row_by_row() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-orders");
+    let dead = unique("sc-dead");
+    create_topic(&bootstrap, &topic, 2).await;
+    create_topic(&bootstrap, &dead, 1).await;
+    // Retryable rows fail on the first attempt and succeed on the second; "always-500" fails
+    // every time and must end in the DLT after its 3 attempts.
+    let script: Script = Arc::new(|key: &str, attempt: u32| {
+        let row = key.rsplit_once('_').unwrap().0;
+        let first = attempt == 1;
+        match row {
+            "200" => (200, None, Duration::ZERO),
+            "201" => (201, None, Duration::ZERO),
+            "204" => (204, None, Duration::ZERO),
+            "302" => (302, None, Duration::ZERO),
+            "400" => (400, None, Duration::ZERO),
+            "404" => (404, None, Duration::ZERO),
+            "409" => (409, None, Duration::ZERO),
+            "408" if first => (408, None, Duration::ZERO),
+            "429" if first => (429, Some("3"), Duration::ZERO),
+            "500" if first => (500, None, Duration::ZERO),
+            "503" if first => (503, None, Duration::ZERO),
+            // The sidecar gives up after 1 s; 599 marks the answer it never sees.
+            "timeout" if first => (599, None, Duration::from_secs(3)),
+            "always-500" => (500, None, Duration::ZERO),
+            _ => (200, None, Duration::ZERO),
+        }
+    });
+    let endpoint = Endpoint::start(script).await;
+    let closed = free_port();
+    let group = unique("sc-group");
+    let ops = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        "table",
+        &format!(
+            "{}\n[ops]\nlisten = \"{ops}\"\n\n[[routes]]\nname = \"orders\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{}\"\ntimeout = \"1s\"\nconcurrency = 8\n[routes.retry]\nattempts = 3\nbackoff = {{ delay = \"500ms\" }}\n\n[[routes]]\nname = \"unreachable\"\ntopic = \"{dead}\"\ngroup = \"{group}\"\nurl = \"http://127.0.0.1:{closed}/nobody-listens\"\n[routes.retry]\nattempts = 2\nbackoff = {{ delay = \"200ms\" }}\n",
+            kafka_section(&bootstrap),
+            endpoint.url
+        ),
+    );
+    let rows = [
+        "200",
+        "201",
+        "204",
+        "302",
+        "400",
+        "404",
+        "409",
+        "408",
+        "429",
+        "500",
+        "503",
+        "timeout",
+        "always-500",
+    ];
+    let keys: Vec<(String, i32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("{r}_{i}"), (i % 2) as i32))
+        .collect();
+    produce_keyed(&bootstrap, &topic, &keys).await;
+    produce_keyed(&bootstrap, &dead, &[("refused_0".into(), 0)]).await;
+
+    let mut sidecar = Sidecar::start(&config);
+    let dlt = format!("{topic}-dlt");
+    let dead_dlt = format!("{dead}-dlt");
+    let expect_dlt = 5 + 1; // 302 400 404 409, always-500; plus the unreachable route's record
+    let t0 = Instant::now();
+    loop {
+        let n = watermark(&bootstrap, &dlt, 0).max(0)
+            + watermark(&bootstrap, &dlt, 1).max(0)
+            + watermark(&bootstrap, &dead_dlt, 0).max(0);
+        let ok = endpoint.ok_keys().len();
+        if n >= expect_dlt && ok >= 8 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "dead letters {n}/{expect_dlt}, ok {ok}/8 after 90 s; log:\n{}",
+            sidecar.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The readiness endpoint agrees while it runs.
+    let (status, body) = http_get(&ops, "/readyz").expect("readyz answers");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(&ops, "/healthz").unwrap().0, 200);
+    let (status, metrics) = http_get(&ops, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("redrive_dead_lettered_total"), "{metrics}");
+    // Let stray retries (there must be none) surface before judging.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(sidecar.terminate(Duration::from_secs(40)).success());
+
+    let dl: Vec<_> = read_topic(&bootstrap, &dlt);
+    let dl_keys = |k: &str| {
+        dl.iter()
+            .filter(|m| m.key().is_some_and(|x| x.starts_with(k.as_bytes())))
+            .count()
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let key = format!("{row}_{i}");
+        let calls = endpoint.calls(&key);
+        let attempts: Vec<u32> = calls.iter().map(|c| c.attempt).collect();
+        match *row {
+            // 2xx: handled once, never dead-lettered.
+            "200" | "201" | "204" => {
+                assert_eq!(attempts, [1], "{key}");
+                assert_eq!(dl_keys(row), 0, "{key}");
+            }
+            // Fatal: one call, straight to the DLT.
+            "302" | "400" | "404" | "409" => {
+                assert_eq!(attempts, [1], "{key}");
+                assert_eq!(dl_keys(row), 1, "{key}");
+                let m = with_key(&dl, &key).next().unwrap();
+                assert_eq!(
+                    header(m, headers::ATTEMPTS),
+                    Some(&2i32.to_be_bytes()[..]),
+                    "{key}"
+                );
+                let msg = String::from_utf8_lossy(header(m, headers::EXCEPTION_MESSAGE).unwrap())
+                    .into_owned();
+                assert!(msg.contains(&format!("answered {row}")), "{key}: {msg}");
+                assert!(
+                    msg.contains(&format!("answer {row}")),
+                    "body in the message: {msg}"
+                );
+            }
+            // Retryable: the retry topic, then success on attempt 2.
+            "408" | "429" | "500" | "503" | "timeout" => {
+                assert_eq!(attempts, [1, 2], "{key}");
+                assert_eq!(dl_keys(row), 0, "{key}");
+                let gap = calls[1].at_ms - calls[0].at_ms;
+                if *row == "429" {
+                    // Retry-After: 3 beats the 500 ms back-off.
+                    assert!(
+                        gap >= 3_000,
+                        "429 retried after {gap} ms despite Retry-After: 3"
+                    );
+                } else {
+                    assert!(gap >= 500, "{key} retried after {gap} ms");
+                }
+            }
+            "always-500" => {
+                assert_eq!(attempts, [1, 2, 3], "{key}");
+                assert_eq!(dl_keys(row), 1, "{key}");
+            }
+            _ => unreachable!(),
+        }
+    }
+    // What the endpoint received for a record.
+    let first = &endpoint.calls("200_0")[0];
+    assert_eq!(first.body, Bytes::from("payload of 200_0"));
+    assert_eq!(first.headers["redrive-topic"], topic);
+    assert_eq!(first.headers["redrive-partition"], "0");
+    assert_eq!(first.headers["redrive-offset"], "0");
+    assert_eq!(first.headers["redrive-header-user-header"], "user%20value");
+    assert_eq!(first.headers["content-type"], "application/octet-stream");
+    // Connection refused: retryable, then the DLT after the route's 2 attempts.
+    let refused = read_topic(&bootstrap, &dead_dlt);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        header(&refused[0], headers::ATTEMPTS),
+        Some(&3i32.to_be_bytes()[..])
+    );
+    let msg = String::from_utf8_lossy(header(&refused[0], headers::EXCEPTION_MESSAGE).unwrap())
+        .into_owned();
+    assert!(
+        msg.contains("nobody-listens") && msg.contains("failed"),
+        "{msg}"
+    );
+    // No secret in the log.
+    let log = sidecar.log();
+    assert!(
+        !log.contains("s3cret-do-not-print"),
+        "secret in the log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_loses_nothing() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-term");
+    create_topic(&bootstrap, &topic, 3).await;
+    // Every 10th record fails once; each call takes 2 ms.
+    let script: Script = Arc::new(|key: &str, attempt: u32| {
+        let n: u64 = key.trim_start_matches("key-").parse().unwrap();
+        if n % 10 == 0 && attempt == 1 {
+            (503, None, Duration::from_millis(2))
+        } else {
+            (200, None, Duration::from_millis(2))
+        }
+    });
+    let endpoint = Endpoint::start(script).await;
+    let group = unique("sc-term-group");
+    let ops = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        "term",
+        &format!(
+            "{}\n[worker]\ndrain_timeout = \"10s\"\ncommit_policy = \"async:100\"\n[ops]\nlisten = \"{ops}\"\n\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{}\"\npartition_concurrency = 4\n[routes.retry]\nattempts = 3\nbackoff = {{ delay = \"300ms\" }}\n",
+            kafka_section(&bootstrap),
+            endpoint.url
+        ),
+    );
+    let total = 3_000u64;
+    produce_n(&bootstrap, &topic, 3, 0, total).await;
+
+    let mut sidecar = Sidecar::start(&config);
+    // Not ready before it has partitions; ready once it consumes.
+    let t0 = Instant::now();
+    loop {
+        if let Some((200, _)) = http_get(&ops, "/readyz") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "never ready; log:\n{}",
+            sidecar.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(
+        Duration::from_secs(60),
+        "a third of the records handled",
+        || endpoint.ok_keys().len() as u64 >= total / 3,
+    )
+    .await;
+    let status = sidecar.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit {status:?}; log:\n{}", sidecar.log());
+    let log = sidecar.log();
+    assert!(log.contains("shutdown requested"), "{log}");
+    let handled_before = endpoint.ok_keys().len() as u64;
+    assert!(
+        handled_before < total,
+        "SIGTERM came too late to test anything"
+    );
+
+    // A second run picks up where the first committed.
+    let mut again = Sidecar::start(&config);
+    eventually(Duration::from_secs(120), "every record handled ok", || {
+        endpoint.ok_keys().len() as u64 == total
+    })
+    .await;
+    let committed_all = || {
+        committed(&bootstrap, &group, &topic, 3)
+            .values()
+            .map(|o| o.unwrap_or(0))
+            .sum::<i64>()
+            == total as i64
+    };
+    eventually(
+        Duration::from_secs(30),
+        "offsets committed to the end",
+        committed_all,
+    )
+    .await;
+    assert!(again.terminate(Duration::from_secs(20)).success());
+    let calls = endpoint.seen.lock().unwrap().len() as u64;
+    println!(
+        "sigterm: {total} records, {handled_before} handled before SIGTERM, {calls} calls in all ({} beyond one per record and retry)",
+        calls - total - total / 10
+    );
+}
+
+#[test]
+fn check_rejects_bad_configs_with_file_key_and_reason() {
+    let good = "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9\"\n\"sasl.password\" = \"s3cret-do-not-print\"\n\n[[routes]]\ntopic = \"orders\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:8080/orders\"\n[routes.retry]\nattempts = 4\nbackoff = { delay = \"1s\", multiplier = 2.0, max = \"10s\" }\n";
+    let path = write_config("good", good);
+    let out = redrive(&["check", "--config", path.to_str().unwrap()], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for want in [
+        "route orders: orders -> POST http://127.0.0.1:8080/orders",
+        "orders-retry-1000",
+        "orders-retry-4000",
+        "orders-dlt",
+        "sasl.password = ***",
+    ] {
+        assert!(stdout.contains(want), "`{want}` missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
+
+    let cases: [(&str, String, &[(&str, &str)], &str); 6] = [
+        (
+            "unknown key",
+            good.replace("attempts = 4", "atempts = 4"),
+            &[],
+            "routes[0].retry.atempts: unknown field `atempts`, expected one of",
+        ),
+        (
+            "bad duration",
+            good.replace("delay = \"1s\"", "delay = \"5 sekunds\""),
+            &[],
+            "routes[0].retry.backoff.delay: invalid duration `5 sekunds`",
+        ),
+        (
+            "missing bootstrap",
+            good.replace("\"bootstrap.servers\" = \"127.0.0.1:9\"\n", ""),
+            &[],
+            "kafka.\"bootstrap.servers\": missing",
+        ),
+        (
+            "https endpoint",
+            good.replace("http://127.0.0.1:8080", "https://127.0.0.1:8080"),
+            &[],
+            "routes[0].url: scheme `https` is not supported",
+        ),
+        (
+            "environment override",
+            good.to_owned(),
+            &[("REDRIVE_ROUTE_ORDERS__RETRY__ATTEMPTS", "0")],
+            "routes[0].retry.attempts (from $REDRIVE_ROUTE_ORDERS__RETRY__ATTEMPTS)",
+        ),
+        (
+            "two routes, one topic",
+            format!("{good}\n[[routes]]\nname = \"again\"\ntopic = \"orders\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:1/\"\n"),
+            &[],
+            "routes[1].topic: `orders` is also read by routes[0]",
+        ),
+    ];
+    for (what, text_, env, want) in cases {
+        let path = write_config("bad", &text_);
+        let out = redrive(&["check", "--config", path.to_str().unwrap()], env);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stdout}{stderr}");
+        let expected = format!("{}: {want}", path.display());
+        assert!(
+            stderr.contains(&expected),
+            "{what}: expected `{expected}` in:\n{stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{what}: secret printed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlt_replay_moves_exactly_the_selection_once() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-replay");
+    create_topic(&bootstrap, &topic, 2).await;
+    // Keys bad-* are refused (400 -> DLT) until replayed; replayed ones are accepted.
+    let script: Script = Arc::new(|key: &str, _attempt: u32| {
+        if key.starts_with("bad-") {
+            (400, None, Duration::ZERO)
+        } else {
+            (200, None, Duration::ZERO)
+        }
+    });
+    let endpoint = Endpoint::start(script).await;
+    let group = unique("sc-replay-group");
+    let config = write_config(
+        "replay",
+        &format!(
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\nname = \"orders\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{}\"\n",
+            kafka_section(&bootstrap),
+            endpoint.url
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let records: Vec<(String, i32)> = (0..20)
+        .map(|i| {
+            let k = if i % 2 == 0 {
+                format!("bad-{i}")
+            } else {
+                format!("good-{i}")
+            };
+            (k, 0)
+        })
+        .collect();
+    produce_keyed(&bootstrap, &topic, &records).await;
+    let dlt = format!("{topic}-dlt");
+    {
+        let mut sidecar = Sidecar::start(&config);
+        eventually(Duration::from_secs(60), "10 dead letters", || {
+            watermark(&bootstrap, &dlt, 0) == 10
+        })
+        .await;
+        assert!(sidecar.terminate(Duration::from_secs(30)).success());
+    }
+
+    let out = redrive(&["dlt", "list", "--config", cfg, "--route", "orders"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 10, "{stdout}");
+    let line = stdout.lines().next().unwrap();
+    assert!(
+        line.contains(&format!("{dlt}/0@0"))
+            && line.contains("key=\"bad-0\"")
+            && line.contains(&format!("from={topic}/0@0"))
+            && line.contains("HttpStatusError"),
+        "{line}"
+    );
+    assert!(
+        stderr.contains("10 of 10 scanned records selected"),
+        "{stderr}"
+    );
+
+    let out = redrive(
+        &[
+            "dlt",
+            "show",
+            "--config",
+            cfg,
+            "--topic",
+            &dlt,
+            "--partition",
+            "0",
+            "--offset",
+            "3",
+        ],
+        &[],
+    );
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("key:               \"bad-6\""), "{stdout}");
+    assert!(stdout.contains("answered 400"), "{stdout}");
+
+    // A dry run sends nothing.
+    let before = watermark(&bootstrap, &topic, 0);
+    let select = ["--from-offset", "2", "--to-offset", "5"];
+    let mut args = vec![
+        "dlt",
+        "replay",
+        "--config",
+        cfg,
+        "--route",
+        "orders",
+        "--dry-run",
+    ];
+    args.extend(select);
+    let out = redrive(&args, &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.matches("would replay").count(), 5, "{stdout}"); // 4 lines + summary
+    assert_eq!(watermark(&bootstrap, &topic, 0), before);
+
+    // The real replay moves DLT offsets 2..=5 (keys bad-4, bad-6, bad-8, bad-10), once.
+    let args: Vec<&str> = ["dlt", "replay", "--config", cfg, "--route", "orders"]
+        .into_iter()
+        .chain(select)
+        .collect();
+    let out = redrive(&args, &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("replayed 4 of 4 scanned records"),
+        "{stdout}"
+    );
+    assert_eq!(watermark(&bootstrap, &topic, 0), before + 4);
+    let again = redrive(&args, &[]);
+    let (stdout, stderr) = text(&again);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("replayed 0 of 0 scanned records"),
+        "second run: {stdout}"
+    );
+    assert_eq!(
+        watermark(&bootstrap, &topic, 0),
+        before + 4,
+        "the second run sent records"
+    );
+
+    let main = read_topic(&bootstrap, &topic);
+    let replayed: Vec<_> = main.iter().filter(|m| m.offset() >= before).collect();
+    let keys: Vec<&[u8]> = replayed.iter().map(|m| m.key().unwrap()).collect();
+    assert_eq!(keys, [&b"bad-4"[..], b"bad-6", b"bad-8", b"bad-10"]);
+    for m in replayed {
+        assert_eq!(
+            header(m, "redrive-replay-count"),
+            Some(&1i32.to_be_bytes()[..])
+        );
+        assert_eq!(header(m, headers::ATTEMPTS), None, "attempts reset");
+        assert_eq!(header(m, headers::EXCEPTION_MESSAGE), None);
+        assert_eq!(header(m, "user-header"), Some(&b"user value"[..]));
+        assert_eq!(
+            m.payload(),
+            Some(format!("payload of {}", String::from_utf8_lossy(m.key().unwrap())).as_bytes())
+        );
+    }
+}
