@@ -516,7 +516,8 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
     }
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
 
-    let cases: [(&str, String, &[(&str, &str)], &str); 6] = [
+    type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
         (
             "unknown key",
             good.replace("attempts = 4", "atempts = 4"),
@@ -711,4 +712,57 @@ async fn dlt_replay_moves_exactly_the_selection_once() {
             Some(format!("payload of {}", String::from_utf8_lossy(m.key().unwrap())).as_bytes())
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_create_makes_every_retry_and_dead_letter_topic_once() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-topics");
+    create_topic(&bootstrap, &topic, 3).await;
+    let config = write_config(
+        "topics",
+        &format!(
+            "{}\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:1/\"\n[routes.retry]\nattempts = 3\nbackoff = {{ delay = \"1s\", multiplier = 2.0 }}\n",
+            kafka_section(&bootstrap)
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let out = redrive(&["topics", "create", "--config", cfg], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("ok: 3 topics created"), "{stdout}");
+    for t in ["-retry-1000", "-retry-2000", "-dlt"] {
+        let name = format!("{topic}{t}");
+        assert!(stdout.contains(&format!("created {name}")), "{stdout}");
+        assert_eq!(
+            high_watermarks(&bootstrap, &name, 3).len(),
+            3,
+            "{name} partitions"
+        );
+    }
+    let again = redrive(&["topics", "create", "--config", cfg], &[]);
+    let (stdout, _) = text(&again);
+    assert!(
+        again.status.success() && stdout.contains("ok: 0 topics created"),
+        "{stdout}"
+    );
+    // A main topic that does not exist is an error naming it.
+    let missing = write_config(
+        "topics-missing",
+        &format!(
+            "{}\n[[routes]]\ntopic = \"no-such-topic-{}\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:1/\"\n",
+            kafka_section(&bootstrap),
+            std::process::id()
+        ),
+    );
+    let out = redrive(
+        &["topics", "create", "--config", missing.to_str().unwrap()],
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("topic `no-such-topic-") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
 }

@@ -30,7 +30,7 @@ enum Command {
     Topics(TopicsCommand),
     /// Inspect and replay dead letters.
     #[command(subcommand)]
-    Dlt(DltCommand),
+    Dlt(Box<DltCommand>),
 }
 
 #[derive(Debug, Args)]
@@ -235,7 +235,7 @@ async fn execute(cmd: Command) -> Result<(), Failure> {
         }
         Command::Dlt(cmd) => {
             let mut out = std::io::stdout();
-            let (target, selection, action) = match cmd {
+            let (target, selection, action) = match *cmd {
                 DltCommand::List {
                     target,
                     selection,
@@ -263,7 +263,7 @@ async fn execute(cmd: Command) -> Result<(), Failure> {
                     dry_run,
                     group,
                 } => {
-                    if !(rate > 0.0) {
+                    if !rate.is_finite() || rate <= 0.0 {
                         return Err(Failure::Config("--rate must be above 0".into()));
                     }
                     let (config, topic) = target.resolve()?;
