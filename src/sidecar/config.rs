@@ -194,8 +194,9 @@ impl Default for OpsSettings {
     }
 }
 
-/// `[[routes]]`: one consumed topic forwarded to one HTTP endpoint.
-#[derive(Clone, Debug, Deserialize)]
+/// `[[routes]]`: one consumed topic forwarded to one HTTP endpoint. `Debug` redacts a
+/// password in the URL.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The route's name (metrics label, environment overrides); default: the topic.
@@ -229,6 +230,24 @@ pub struct RouteConfig {
     /// 1 s fixed back-off, a DLT).
     #[serde(default)]
     pub retry: RetryPolicy,
+}
+
+impl fmt::Debug for RouteConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteConfig")
+            .field("name", &self.name)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("url", &redact_url(&self.url))
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field("partition_concurrency", &self.partition_concurrency)
+            .field("commit_policy", &self.commit_policy)
+            .field("transactional", &self.transactional)
+            .field("content_type", &self.content_type)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -703,6 +722,9 @@ backoff = { delay = "1s", multiplier = 2.0, max = "10s" }
         assert!(d.contains("sasl.password = ***"), "{d}");
         assert!(!d.contains("hunter2"), "{d}");
         assert!(!format!("{c:?}").contains("hunter2"));
+        let mut with_user = c.clone();
+        with_user.routes[0].url = "http://u:hunter2@127.0.0.1/x".into();
+        assert!(!format!("{with_user:?}").contains("hunter2"));
     }
 
     #[test]
