@@ -31,6 +31,79 @@ pub struct Outgoing {
     pub headers: Headers,
 }
 
+impl Outgoing {
+    /// A record for `topic` with no key, no value (a tombstone until [`value`](Self::value)
+    /// sets one) and no headers; the partitioner picks the partition.
+    pub fn to(topic: impl Into<String>) -> Self {
+        Outgoing {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            value: None,
+            headers: Headers::new(),
+        }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the value.
+    pub fn value(mut self, value: impl Into<Bytes>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// Sends to this partition instead of the partitioner's choice.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Appends a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push(key, Some(value.into()));
+        self
+    }
+}
+
+/// What a handler may return: nothing, or records to publish before its input counts as
+/// handled (in a transactional worker, in the input's transaction: consume-transform-produce).
+pub trait IntoOutputs: Send + 'static {
+    /// Whether this type can hold records at all (`()` cannot), so routes that never produce
+    /// cost nothing.
+    const MAY_PRODUCE: bool = true;
+    /// The records.
+    fn into_outputs(self) -> Vec<Outgoing>;
+}
+
+impl IntoOutputs for () {
+    const MAY_PRODUCE: bool = false;
+    fn into_outputs(self) -> Vec<Outgoing> {
+        Vec::new()
+    }
+}
+
+impl IntoOutputs for Outgoing {
+    fn into_outputs(self) -> Vec<Outgoing> {
+        vec![self]
+    }
+}
+
+impl IntoOutputs for Option<Outgoing> {
+    fn into_outputs(self) -> Vec<Outgoing> {
+        self.into_iter().collect()
+    }
+}
+
+impl IntoOutputs for Vec<Outgoing> {
+    fn into_outputs(self) -> Vec<Outgoing> {
+        self
+    }
+}
+
 /// A boxed future, as publish returns.
 pub type PublishFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
 

@@ -3,11 +3,14 @@
 //! - [`retry_topic`]: turns a handler failure into a retry-topic or dead-letter publication
 //!   (the heart of `@RetryableTopic`).
 //! - [`dlt`]: runs a route's dead-letter handler under its DLT strategy.
+//! - [`output`]: publishes the records a handler returns (consume-transform-produce).
 
 pub mod dlt;
+pub mod output;
 pub mod retry_topic;
 
 pub use dlt::{DltHandler, DltHandlerLayer};
+pub use output::{Output, OutputLayer};
 pub use retry_topic::{RetryTopic, RetryTopicLayer};
 
 /// Where a record was read from, relative to its route.

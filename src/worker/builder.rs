@@ -7,13 +7,13 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use tower::Service;
 
-use super::route::{IntoRoute, RouteFactory, ServiceRoute};
+use super::route::{IntoRoute, Route, RouteFactory, ServiceRoute};
 use super::Worker;
 use crate::commit::CommitPolicy;
 use crate::error::BoxError;
-use crate::layer::{RetryTopicLayer, Stage};
+use crate::layer::{Output, RetryTopicLayer, Stage};
 use crate::policy::{DltStrategy, RetryPolicy};
-use crate::publish::{KafkaPublisher, Publish};
+use crate::publish::{IntoOutputs, KafkaPublisher, Publish};
 use crate::runtime::{
     CommitErrorCallback, RuntimeConfig, RuntimeContext, RuntimeShared, TopicBinding,
 };
@@ -41,8 +41,12 @@ const SHARED_PREFIXES: [&str; 14] = [
     "log_level",
 ];
 
-type MakeBindings =
-    Box<dyn FnOnce(Option<RetryTopicLayer>) -> Vec<(String, Arc<dyn RouteFactory>, Stage)>>;
+type MakeBindings = Box<
+    dyn FnOnce(
+        Option<RetryTopicLayer>,
+        Option<Arc<dyn Publish>>,
+    ) -> Vec<(String, Arc<dyn RouteFactory>, Stage)>,
+>;
 
 struct PendingRoute {
     name: String,
@@ -51,6 +55,8 @@ struct PendingRoute {
     retry: Option<RetryPolicy>,
     has_dlt: bool,
     group: Option<String>,
+    /// The handler's response type can hold output records.
+    produces: bool,
     make: MakeBindings,
 }
 
@@ -243,11 +249,14 @@ impl WorkerBuilder {
         self
     }
 
-    /// Adds a route.
+    /// Adds a route. Its handler may return records (see
+    /// [`IntoOutputs`](crate::publish::IntoOutputs)); they are published before the input
+    /// counts as handled.
     pub fn route<R>(mut self, route: R) -> Self
     where
         R: IntoRoute,
         R::Service: Service<Record> + Clone + Send + 'static,
+        <R::Service as Service<Record>>::Response: IntoOutputs,
         <R::Service as Service<Record>>::Error: Into<BoxError>,
         <R::Service as Service<Record>>::Future: Send + 'static,
     {
@@ -257,47 +266,27 @@ impl WorkerBuilder {
         let retry = route.retry.clone();
         let has_dlt = route.dlt.is_some();
         let group = route.group.clone();
-        let make: MakeBindings = Box::new(move |layer: Option<RetryTopicLayer>| {
-            let rname: Arc<str> = Arc::from(route.name.as_str());
-            let mut out: Vec<(String, Arc<dyn RouteFactory>, Stage)> = Vec::new();
-            match layer {
-                None => {
-                    let f: Arc<dyn RouteFactory> =
-                        Arc::new(ServiceRoute::new(rname, route.concurrency, route.service));
-                    out.extend(
-                        route
-                            .topics
-                            .into_iter()
-                            .map(|t| (t, f.clone(), Stage::Main)),
-                    );
-                }
-                Some(layer) => {
-                    let policy = layer.policy().clone();
-                    let dlt_factory: Option<Arc<dyn RouteFactory>> = route.dlt.map(|d| {
-                        Arc::new(ServiceRoute::new(
-                            rname.clone(),
-                            1,
-                            tower::Layer::layer(&layer.dlt_layer(), d),
-                        )) as Arc<dyn RouteFactory>
-                    });
-                    let f: Arc<dyn RouteFactory> = Arc::new(ServiceRoute::new(
-                        rname,
-                        route.concurrency,
-                        tower::Layer::layer(&layer, route.service),
-                    ));
-                    for main in route.topics {
-                        let topology = policy.topology(&main);
-                        for t in topology.retry_topics() {
-                            out.push((t.clone(), f.clone(), Stage::Retry));
-                        }
-                        if let (Some(dlt), Some(df)) = (topology.dlt(), &dlt_factory) {
-                            out.push((dlt.to_owned(), df.clone(), Stage::Dlt));
-                        }
-                        out.push((main, f.clone(), Stage::Main));
-                    }
-                }
+        let produces = <<R::Service as Service<Record>>::Response as IntoOutputs>::MAY_PRODUCE;
+        let make: MakeBindings = Box::new(move |layer, output| {
+            let Route {
+                name,
+                topics,
+                service,
+                concurrency,
+                dlt,
+                ..
+            } = route;
+            match output.filter(|_| produces) {
+                Some(p) => bindings(
+                    &name,
+                    topics,
+                    concurrency,
+                    dlt,
+                    Output::new(service, p),
+                    layer,
+                ),
+                None => bindings(&name, topics, concurrency, dlt, service, layer),
             }
-            out
         });
         self.routes.push(PendingRoute {
             name,
@@ -306,6 +295,7 @@ impl WorkerBuilder {
             retry,
             has_dlt,
             group,
+            produces,
             make,
         });
         self
@@ -455,14 +445,15 @@ impl WorkerBuilder {
 
         let producer_config = self.shared_config(true);
         let admin_config = self.shared_config(false);
-        let publisher: Option<Arc<dyn Publish>> = if self.routes.iter().any(|r| r.retry.is_some()) {
-            match self.publisher {
-                Some(p) => Some(p),
-                None => Some(Arc::new(KafkaPublisher::new(&producer_config)?)),
-            }
-        } else {
-            None
-        };
+        let publisher: Option<Arc<dyn Publish>> =
+            if self.routes.iter().any(|r| r.retry.is_some() || r.produces) {
+                match self.publisher {
+                    Some(p) => Some(p),
+                    None => Some(Arc::new(KafkaPublisher::new(&producer_config)?)),
+                }
+            } else {
+                None
+            };
 
         let mut by_topic: HashMap<String, TopicBinding> = HashMap::new();
         let mut owner: HashMap<String, String> = HashMap::new();
@@ -497,7 +488,7 @@ impl WorkerBuilder {
                 .as_ref()
                 .map_or(Duration::ZERO, RetryPolicy::max_hold);
             let managed = r.retry.is_some();
-            for (t, factory, stage) in (r.make)(layer) {
+            for (t, factory, stage) in (r.make)(layer, publisher.clone()) {
                 if let Some(other) = owner.insert(t.clone(), r.name.clone()) {
                     return Err(Error::config(
                         "topic",
@@ -577,4 +568,55 @@ impl WorkerBuilder {
         }
         cfg
     }
+}
+
+/// The topic bindings of one route: its main topics, and with a retry policy its retry topics
+/// and (with a DLT handler) its dead-letter topic.
+fn bindings<S>(
+    name: &str,
+    topics: Vec<String>,
+    concurrency: usize,
+    dlt: Option<super::route::DltService>,
+    service: S,
+    layer: Option<RetryTopicLayer>,
+) -> Vec<(String, Arc<dyn RouteFactory>, Stage)>
+where
+    S: Service<Record> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let rname: Arc<str> = Arc::from(name);
+    let mut out: Vec<(String, Arc<dyn RouteFactory>, Stage)> = Vec::new();
+    match layer {
+        None => {
+            let f: Arc<dyn RouteFactory> = Arc::new(ServiceRoute::new(rname, concurrency, service));
+            out.extend(topics.into_iter().map(|t| (t, f.clone(), Stage::Main)));
+        }
+        Some(layer) => {
+            let policy = layer.policy().clone();
+            let dlt_factory: Option<Arc<dyn RouteFactory>> = dlt.map(|d| {
+                Arc::new(ServiceRoute::new(
+                    rname.clone(),
+                    1,
+                    tower::Layer::layer(&layer.dlt_layer(), d),
+                )) as Arc<dyn RouteFactory>
+            });
+            let f: Arc<dyn RouteFactory> = Arc::new(ServiceRoute::new(
+                rname,
+                concurrency,
+                tower::Layer::layer(&layer, service),
+            ));
+            for main in topics {
+                let topology = policy.topology(&main);
+                for t in topology.retry_topics() {
+                    out.push((t.clone(), f.clone(), Stage::Retry));
+                }
+                if let (Some(dlt), Some(df)) = (topology.dlt(), &dlt_factory) {
+                    out.push((dlt.to_owned(), df.clone(), Stage::Dlt));
+                }
+                out.push((main, f.clone(), Stage::Main));
+            }
+        }
+    }
+    out
 }
