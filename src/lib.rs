@@ -24,6 +24,7 @@ pub mod record;
 mod runtime;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;
+pub mod transaction;
 mod worker;
 
 pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger};

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub mod names {
     /// Records read, by `stage` (main, retry, dlt).
     pub const RECORDS_CONSUMED: &str = "redrive_records_consumed_total";
+    /// Transactions of a transactional worker, by `outcome` (committed, aborted).
+    pub const TRANSACTIONS: &str = "redrive_transactions_total";
     /// Records handled, by `outcome` and `attempt`.
     pub const RECORDS_HANDLED: &str = "redrive_records_handled_total";
     /// Retries published to a retry topic, by `attempt`.

@@ -149,7 +149,7 @@ impl KafkaPublisher {
 }
 
 /// The rdkafka record for `r`, borrowing its bytes.
-fn future_record(r: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
+pub(crate) fn future_record(r: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
     for h in r.headers.iter() {
         headers = headers.insert(RdHeader {

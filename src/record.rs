@@ -165,6 +165,46 @@ impl Record {
         }
     }
 
+    /// An owned copy of a consumed message, read from `topic` (interned by the caller).
+    pub(crate) fn from_message(
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+        topic: Arc<str>,
+    ) -> Self {
+        use rdkafka::message::{Headers as _, Message};
+        let headers = match msg.headers() {
+            Some(h) => h
+                .iter()
+                .map(|h| Header {
+                    key: h.key.to_owned(),
+                    value: h.value.map(Bytes::copy_from_slice),
+                })
+                .collect(),
+            None => Headers::new(),
+        };
+        let timestamp = match msg.timestamp() {
+            rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
+                millis: t,
+                kind: TimestampType::CreateTime,
+            }),
+            rdkafka::Timestamp::LogAppendTime(t) => Some(Timestamp {
+                millis: t,
+                kind: TimestampType::LogAppendTime,
+            }),
+            rdkafka::Timestamp::NotAvailable => None,
+        };
+        Record {
+            topic,
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp,
+            key: msg.key().map(Bytes::copy_from_slice),
+            value: msg.payload().map(Bytes::copy_from_slice),
+            headers,
+            ack: None,
+            partition_state: None,
+        }
+    }
+
     /// Takes over this record's completion: the runtime will not count the record final when
     /// the service returns, but when the returned token is completed (a retry-topic copy
     /// acknowledged after the handler moved on). None outside a worker, or when the

@@ -53,17 +53,24 @@ pub(crate) struct RuntimeContext {
     pub(crate) committer: OnceLock<super::Committer>,
     /// Topic name -> how it is handled.
     pub(crate) routes: HashMap<String, TopicBinding>,
+    /// Set in a transactional worker: rebalances only inform its loop.
+    pub(crate) txn: Option<Arc<super::TxnState>>,
     state: Mutex<DispatchState>,
 }
 
 impl RuntimeContext {
-    pub(crate) fn new(rt: Arc<RuntimeShared>, routes: HashMap<String, TopicBinding>) -> Self {
+    pub(crate) fn new(
+        rt: Arc<RuntimeShared>,
+        routes: HashMap<String, TopicBinding>,
+        txn: Option<Arc<super::TxnState>>,
+    ) -> Self {
         RuntimeContext {
             rt,
             handle: OnceLock::new(),
             consumer: OnceLock::new(),
             committer: OnceLock::new(),
             routes,
+            txn,
             state: Mutex::new(DispatchState::default()),
         }
     }
@@ -337,6 +344,19 @@ impl ClientContext for RuntimeContext {}
 
 impl ConsumerContext for RuntimeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Some(txn) = &self.txn {
+            // Between transactions (the loop polls only then): nothing to drain or commit.
+            if let Rebalance::Revoke(_) = rebalance {
+                ::metrics::counter!(crate::metrics::names::REBALANCES, "group" => self.rt.group.to_string())
+                    .increment(1);
+                txn.rebalanced.store(true, Ordering::Release);
+                txn.assignment
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+            }
+            return;
+        }
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 ::metrics::counter!(crate::metrics::names::REBALANCES, "group" => self.rt.group.to_string())
@@ -358,6 +378,17 @@ impl ConsumerContext for RuntimeContext {
             // librdkafka; a newly assigned partition must fetch.
             if let Err(e) = consumer.resume(tpl) {
                 tracing::warn!(error = %e, "resuming newly assigned partitions failed");
+            }
+            if let Some(txn) = &self.txn {
+                txn.rebalanced.store(true, Ordering::Release);
+                let mut a: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                a.sort();
+                *txn.assignment.lock().unwrap_or_else(|e| e.into_inner()) = a;
+                return;
             }
             self.assign(tpl);
         }

@@ -15,6 +15,7 @@ mod lag;
 mod partition;
 mod poll;
 pub(crate) mod tracker;
+mod transactional;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub(crate) use context::RuntimeContext;
 pub(crate) use lag::spawn_lag_thread;
 pub(crate) use partition::{run_partition, PartitionStart};
 pub(crate) use poll::poll_loop;
+pub(crate) use transactional::{txn_loop, TxnParts, TxnPublisher, TxnState};
 
 /// How the worker handles one topic.
 #[derive(Clone)]

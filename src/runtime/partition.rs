@@ -9,10 +9,9 @@ use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use bytes::Bytes;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::Notify;
 
 use super::tracker::OffsetTracker;
@@ -20,7 +19,6 @@ use super::{PartitionShared, RuntimeContext, RuntimeShared};
 use crate::commit::Acknowledgment;
 use crate::error::{error_chain, BoxError};
 use crate::layer::{guarded_call, now_ms, Halt, Panicked, Stage};
-use crate::record::{Header, Headers, Timestamp, TimestampType};
 use crate::Record;
 
 /// Everything a partition task needs besides its service.
@@ -295,41 +293,13 @@ fn to_record(
     shared: &Arc<PartitionShared>,
     acks: Option<&mpsc::UnboundedSender<i64>>,
 ) -> Record {
-    let headers = match msg.headers() {
-        Some(h) => h
-            .iter()
-            .map(|h| Header {
-                key: h.key.to_owned(),
-                value: h.value.map(Bytes::copy_from_slice),
-            })
-            .collect(),
-        None => Headers::new(),
-    };
-    let timestamp = match msg.timestamp() {
-        rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
-            millis: t,
-            kind: TimestampType::CreateTime,
-        }),
-        rdkafka::Timestamp::LogAppendTime(t) => Some(Timestamp {
-            millis: t,
-            kind: TimestampType::LogAppendTime,
-        }),
-        rdkafka::Timestamp::NotAvailable => None,
-    };
-    Record {
-        topic: shared.topic.clone(),
-        partition: msg.partition(),
+    let mut r = Record::from_message(msg, shared.topic.clone());
+    r.ack = acks.map(|tx| Acknowledgment {
         offset: msg.offset(),
-        timestamp,
-        key: msg.key().map(Bytes::copy_from_slice),
-        value: msg.payload().map(Bytes::copy_from_slice),
-        headers,
-        ack: acks.map(|tx| Acknowledgment {
-            offset: msg.offset(),
-            tx: tx.clone(),
-        }),
-        partition_state: Some(shared.clone()),
-    }
+        tx: tx.clone(),
+    });
+    r.partition_state = Some(shared.clone());
+    r
 }
 
 /// Handles one partition's records until its queue closes or it is told to stop.

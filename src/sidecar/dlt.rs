@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::error::BoxError;
 use crate::headers::{self, AttemptsHeader, Original};
 use crate::publish::{KafkaPublisher, Outgoing, Publish};
-use crate::record::{Header, Headers, Timestamp, TimestampType};
+use crate::record::Headers;
+#[cfg(test)]
+use crate::record::{Timestamp, TimestampType};
 use crate::Record;
 
 /// The header a replay increments: how many times the record was replayed (4-byte big-endian
@@ -134,33 +136,6 @@ fn fnv1a(s: &str) -> u64 {
 pub fn replay_group(dlt_topic: &str, selection: &Selection, to: Option<&str>) -> String {
     let h = fnv1a(&format!("{dlt_topic}|{}|{to:?}", selection.canonical()));
     format!("redrive-replay.{dlt_topic}.{h:016x}")
-}
-
-fn to_record(msg: &BorrowedMessage<'_>, topic: &Arc<str>) -> Record {
-    let mut r = Record::new(topic.clone(), msg.partition(), msg.offset());
-    if let Some(h) = msg.headers() {
-        r.headers = h
-            .iter()
-            .map(|h| Header {
-                key: h.key.to_owned(),
-                value: h.value.map(Bytes::copy_from_slice),
-            })
-            .collect();
-    }
-    r.timestamp = match msg.timestamp() {
-        rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
-            millis: t,
-            kind: TimestampType::CreateTime,
-        }),
-        rdkafka::Timestamp::LogAppendTime(t) => Some(Timestamp {
-            millis: t,
-            kind: TimestampType::LogAppendTime,
-        }),
-        rdkafka::Timestamp::NotAvailable => None,
-    };
-    r.key = msg.key().map(Bytes::copy_from_slice);
-    r.value = msg.payload().map(Bytes::copy_from_slice);
-    r
 }
 
 fn show_bytes(b: Option<&Bytes>) -> String {
@@ -609,7 +584,7 @@ pub async fn run(
         if msg.offset() + 1 >= end {
             remaining.remove(&p);
         }
-        let r = to_record(&msg, &topic);
+        let r = Record::from_message(&msg, topic.clone());
         drop(msg);
         if selection.matches(&r) {
             summary.selected += 1;

@@ -15,8 +15,10 @@ use crate::layer::{Output, RetryTopicLayer, Stage};
 use crate::policy::{DltStrategy, RetryPolicy};
 use crate::publish::{IntoOutputs, KafkaPublisher, Publish};
 use crate::runtime::{
-    CommitErrorCallback, RuntimeConfig, RuntimeContext, RuntimeShared, TopicBinding,
+    CommitErrorCallback, RuntimeConfig, RuntimeContext, RuntimeShared, TopicBinding, TxnParts,
+    TxnPublisher, TxnState,
 };
+use crate::transaction::Transactional;
 use crate::{Error, Record};
 
 /// Properties redrive owns: the commit rule cannot hold if librdkafka commits by itself.
@@ -106,6 +108,7 @@ pub struct WorkerBuilder {
     on_commit_error: Option<CommitErrorCallback>,
     routes: Vec<PendingRoute>,
     publisher: Option<Arc<dyn Publish>>,
+    transactional: Option<Transactional>,
 }
 
 impl Default for WorkerBuilder {
@@ -133,6 +136,7 @@ impl WorkerBuilder {
             on_commit_error: None,
             routes: Vec::new(),
             publisher: None,
+            transactional: None,
         }
     }
 
@@ -246,6 +250,15 @@ impl WorkerBuilder {
     /// idempotent `acks=all` producer (e.g. to share one producer between workers).
     pub fn publisher(mut self, publisher: Arc<dyn Publish>) -> Self {
         self.publisher = Some(publisher);
+        self
+    }
+
+    /// Makes the worker transactional: outputs, retry and dead-letter copies and input offsets
+    /// of each batch commit in one Kafka transaction (see [`crate::transaction`]). The commit
+    /// policy does not apply (the transaction commits the offsets); routes handle each
+    /// partition's records one at a time.
+    pub fn transactional(mut self, settings: Transactional) -> Self {
+        self.transactional = Some(settings);
         self
     }
 
@@ -443,8 +456,51 @@ impl WorkerBuilder {
             }
         }
 
-        let producer_config = self.shared_config(true);
+        let mut producer_config = self.shared_config(true);
         let admin_config = self.shared_config(false);
+        let txn = match self.transactional.take() {
+            None => None,
+            Some(t) => {
+                if t.id.trim().is_empty() {
+                    return Err(Error::config("transactional_id", "must not be empty"));
+                }
+                if t.batch_size == 0 {
+                    return Err(Error::config("batch_size", "must be at least 1"));
+                }
+                if t.timeout < Duration::from_secs(1) {
+                    return Err(Error::config("transaction_timeout", "must be at least 1s"));
+                }
+                if self.manual_ack {
+                    return Err(Error::config(
+                        "manual_ack",
+                        "a transactional worker commits offsets with its transactions; manual acknowledgement does not apply",
+                    ));
+                }
+                if self.publisher.is_some() {
+                    return Err(Error::config(
+                        "publisher",
+                        "a custom publisher cannot join the worker's transactions",
+                    ));
+                }
+                producer_config
+                    .set("transactional.id", &t.id)
+                    .set("transaction.timeout.ms", t.timeout.as_millis().to_string());
+                for (k, v) in crate::publish::DURABILITY {
+                    producer_config.set(k, v);
+                }
+                let producer: rdkafka::producer::FutureProducer = producer_config
+                    .create()
+                    .map_err(Error::from_client_config)?;
+                let publisher = Arc::new(TxnPublisher::new(producer.clone()));
+                self.publisher = Some(publisher.clone());
+                Some(TxnParts {
+                    producer,
+                    publisher,
+                    settings: t,
+                    state: Arc::new(TxnState::default()),
+                })
+            }
+        };
         let publisher: Option<Arc<dyn Publish>> =
             if self.routes.iter().any(|r| r.retry.is_some() || r.produces) {
                 match self.publisher {
@@ -528,6 +584,9 @@ impl WorkerBuilder {
         ));
         let mut cfg = ClientConfig::new();
         cfg.set("auto.offset.reset", "earliest");
+        // Outputs of transactional pipelines count only once committed (librdkafka's default,
+        // stated so a reader of the config sees it).
+        cfg.set("isolation.level", "read_committed");
         // Each partition has its own queue: these bound the prefetch per partition.
         cfg.set("queued.min.messages", self.partition_queue.to_string());
         cfg.set("queued.max.messages.kbytes", "8192");
@@ -540,7 +599,11 @@ impl WorkerBuilder {
             cfg.set(key, "false");
         }
         let consumer = cfg
-            .create_with_context(RuntimeContext::new(rt.clone(), by_topic))
+            .create_with_context(RuntimeContext::new(
+                rt.clone(),
+                by_topic,
+                txn.as_ref().map(|t| t.state.clone()),
+            ))
             .map_err(Error::from_client_config)?;
         Ok(Worker {
             consumer,
@@ -550,6 +613,7 @@ impl WorkerBuilder {
             admin_config,
             bootstrap,
             startup_timeout: self.startup_timeout,
+            txn,
         })
     }
 

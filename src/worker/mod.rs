@@ -13,7 +13,8 @@ use rdkafka::error::KafkaError;
 pub(crate) use builder::TopicPlan;
 pub use builder::WorkerBuilder;
 
-use crate::runtime::{poll_loop, RuntimeContext, RuntimeShared};
+use crate::runtime::{poll_loop, txn_loop, RuntimeContext, RuntimeShared, TxnParts, TxnState};
+use crate::transaction::TransactionStats;
 use crate::Error;
 
 /// A consumer group member that drives every record of its routes through their services.
@@ -28,12 +29,14 @@ pub struct Worker {
     admin_config: rdkafka::config::ClientConfig,
     bootstrap: String,
     startup_timeout: Duration,
+    txn: Option<TxnParts>,
 }
 
 /// Stops a running worker from elsewhere. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkerHandle {
     rt: Arc<RuntimeShared>,
+    txn: Option<Arc<TxnState>>,
 }
 
 impl WorkerHandle {
@@ -45,6 +48,13 @@ impl WorkerHandle {
 
     /// The partitions currently assigned to the worker, as (topic, partition), sorted.
     pub fn assignment(&self) -> Vec<(String, i32)> {
+        if let Some(txn) = &self.txn {
+            return txn
+                .assignment
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+        }
         self.rt
             .assignment
             .lock()
@@ -59,6 +69,11 @@ impl WorkerHandle {
         self.rt
             .finished_records
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The transaction counts of a transactional worker; `None` for an at-least-once one.
+    pub fn transactions(&self) -> Option<TransactionStats> {
+        self.txn.as_ref().map(|t| t.stats())
     }
 
     /// True once shutdown was requested.
@@ -77,6 +92,7 @@ impl Worker {
     pub fn handle(&self) -> WorkerHandle {
         WorkerHandle {
             rt: self.rt.clone(),
+            txn: self.txn.as_ref().map(|t| t.state.clone()),
         }
     }
 
@@ -119,12 +135,26 @@ impl Worker {
             admin_config,
             bootstrap,
             startup_timeout,
+            txn,
         } = self;
         std::thread::Builder::new()
             .name("redrive-poll".into())
             .spawn(move || {
                 let consumer = Arc::new(consumer);
                 let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+                if let Some(parts) = txn {
+                    let res = start(
+                        &consumer,
+                        &topics,
+                        &plans,
+                        &admin_config,
+                        &bootstrap,
+                        startup_timeout,
+                    )
+                    .and_then(|()| txn_loop(consumer, parts));
+                    let _ = tx.send(res);
+                    return;
+                }
                 match crate::runtime::Committer::spawn(
                     Arc::downgrade(&consumer),
                     consumer.context().rt.clone(),

@@ -177,6 +177,8 @@ pub(crate) trait RouteFactory: Send + Sync {
     fn name(&self) -> &Arc<str>;
     fn concurrency(&self) -> usize;
     fn spawn(&self, handle: &Handle, start: PartitionStart) -> JoinHandle<()>;
+    /// A clone of the service, for the transactional loop.
+    fn service(&self) -> tower::util::BoxService<Record, (), BoxError>;
 }
 
 /// The factory for a concrete service type, so the per-record path is monomorphized.
@@ -218,5 +220,14 @@ where
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         handle.spawn(run_partition(svc, start))
+    }
+
+    fn service(&self) -> tower::util::BoxService<Record, (), BoxError> {
+        let svc = self
+            .service
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tower::util::BoxService::new(svc.map_response(|_| ()).map_err(Into::into))
     }
 }

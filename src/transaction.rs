@@ -1,0 +1,106 @@
+//! Exactly-once consume-transform-produce (Kafka Streams' `processing.guarantee =
+//! exactly_once_v2`).
+//!
+//! A transactional worker reads a batch of records, runs each through its route (handlers
+//! return output records, see [`IntoOutputs`](crate::publish::IntoOutputs)), and puts in ONE
+//! Kafka transaction: the outputs, any retry and dead-letter copies, and the input offsets
+//! (`send_offsets_to_transaction` with the consumer group's metadata, KIP-447). Then it commits.
+//!
+//! - Any failure (a handler error no retry policy routes, a produce error, a failed commit)
+//!   aborts the transaction and rewinds the consumer to the last committed offsets: the batch
+//!   is read and handled again. Retriable client errors are retried first.
+//! - A fatal error stops the worker with [`Error::Fatal`](crate::Error::Fatal): above all a
+//!   fenced producer, which means another instance with the same `transactional.id` started
+//!   (zombie fencing) or the group moved on.
+//! - Retry-topic records not yet due end their partition's part of the batch; the partition
+//!   is paused and sought back until the record is due, while other partitions go on.
+//!
+//! What exactly-once covers: records read from Kafka and written to Kafka by this worker.
+//! Readers see the outputs of committed transactions only if they read with
+//! `isolation.level = read_committed` (librdkafka's default, and the default of every worker).
+//! It does NOT cover side effects outside Kafka: a handler that calls an HTTP service or writes
+//! to a database may do so again when a batch is aborted and handled again. Make those
+//! idempotent, or keep them out of transactional routes.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), redrive::Error> {
+//! use redrive::publish::Outgoing;
+//! use redrive::transaction::Transactional;
+//! use redrive::{BoxError, Record, Route, Worker};
+//! use tower::service_fn;
+//!
+//! let worker = Worker::builder()
+//!     .bootstrap_servers("127.0.0.1:9092")
+//!     .group_id("enricher")
+//!     .transactional(Transactional::new("enricher-0").batch_size(500))
+//!     .route(Route::new("orders", service_fn(|r: Record| async move {
+//!         let value = r.value().cloned().unwrap_or_default();
+//!         Ok::<_, BoxError>(Outgoing::to("orders-enriched").value(value))
+//!     })))
+//!     .build()?;
+//! worker.run_until(redrive::shutdown_signal()).await
+//! # }
+//! ```
+
+use std::time::Duration;
+
+/// Settings of a transactional worker. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transactional {
+    pub(crate) id: String,
+    pub(crate) batch_size: usize,
+    pub(crate) max_linger: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl Transactional {
+    /// Transactions under `transactional_id`. Give every instance its own stable id (e.g. the
+    /// pod name): a new instance with the id of a running one fences the old one.
+    pub fn new(transactional_id: impl Into<String>) -> Self {
+        Transactional {
+            id: transactional_id.into(),
+            batch_size: 500,
+            max_linger: Duration::from_millis(100),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Most records per transaction (default 500).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// How long a batch waits to fill up before it is committed anyway (default 100 ms).
+    pub fn max_linger(mut self, d: Duration) -> Self {
+        self.max_linger = d;
+        self
+    }
+
+    /// `transaction.timeout.ms`, and the deadline of each transactional call (default 60 s).
+    pub fn transaction_timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// The transactional id.
+    pub fn transactional_id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Counts of a transactional worker's transactions, from
+/// [`WorkerHandle::transactions`](crate::WorkerHandle::transactions).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransactionStats {
+    /// Transactions committed.
+    pub committed: u64,
+    /// Transactions aborted (their batches were handled again).
+    pub aborted: u64,
+    /// Input records whose offsets went out in committed transactions.
+    pub records_committed: u64,
+    /// The input positions (next offset to read) committed by the last committed transaction
+    /// of each partition, as the worker sent them: brokers that do not serve transactional
+    /// offsets back (librdkafka's mock cluster) can be checked against this.
+    pub offsets: std::collections::BTreeMap<(String, i32), i64>,
+}
