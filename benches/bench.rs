@@ -375,8 +375,188 @@ async fn memory_child(bootstrap: &str) {
     println!("PEAK_RSS={}", peak_rss());
 }
 
+/// Consume-transform-produce on librdkafka's mock cluster (nisshi refuses transactional
+/// producers): every input becomes one output record. At least once (outputs acknowledged
+/// before the input is final, 256 records in flight per partition so acks overlap) or
+/// transactional (batches of 500). Returns records/s.
+async fn transform(n: u64, transactional: bool) -> f64 {
+    use rdkafka::mocking::MockCluster;
+    use redrive::publish::Outgoing;
+    let mock = MockCluster::new(3).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let (input, output) = ("bench-in".to_owned(), "bench-out".to_owned());
+    mock.create_topic(&input, PARTITIONS, 1).unwrap();
+    mock.create_topic(&output, PARTITIONS, 1).unwrap();
+    produce(&bootstrap, &input, n).await;
+    let first: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let f2 = first.clone();
+    let out = output.clone();
+    let handler = service_fn(move |r: Record| {
+        f2.lock().unwrap().get_or_insert_with(Instant::now);
+        let o = Outgoing::to(out.clone())
+            .partition(r.partition())
+            .value(r.value().cloned().unwrap_or_default());
+        std::future::ready(Ok::<_, BoxError>(o))
+    });
+    let mut b = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(support::unique("bench-transform"))
+        .property("session.timeout.ms", "6000")
+        .commit_policy(CommitPolicy::async_every(1000));
+    let route = Route::new(&input, handler);
+    b = if transactional {
+        b.transactional(
+            redrive::transaction::Transactional::new(support::unique("bench-txn")).batch_size(
+                std::env::var("BENCH_TXN_BATCH")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(5000),
+            ),
+        )
+        .route(route)
+    } else {
+        b.route(route.concurrency(256))
+    };
+    let worker = b.build().unwrap();
+    let h = worker.handle();
+    let run = tokio::spawn(worker.run());
+    while h.records_finished() < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let end = Instant::now();
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    let t0 = first.lock().unwrap().unwrap();
+    drop(mock);
+    n as f64 / (end - t0).as_secs_f64()
+}
+
+/// The sidecar forwarding every record to a no-op HTTP server on 127.0.0.1, against an
+/// in-process no-op handler on the same topic. Returns ((in-process records/s, p99 ms),
+/// (sidecar records/s, p99 ms)); latency = handler start - record timestamp, measured on a
+/// stream of 2,000 records/s after the backlog.
+#[cfg(feature = "sidecar")]
+async fn sidecar_http(bootstrap: &str, n: u64) -> ((f64, f64), (f64, f64)) {
+    use std::convert::Infallible;
+
+    let times: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let log = times.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let ts: i64 = req
+                            .headers()
+                            .get("redrive-timestamp")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        log.lock().unwrap().push((Instant::now(), ts));
+                        async move {
+                            use http_body_util::BodyExt;
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::new(),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let mut results = Vec::new();
+    for via_http in [false, true] {
+        let topic = support::unique("bench-sidecar");
+        support::create_topic(bootstrap, &topic, PARTITIONS).await;
+        produce(bootstrap, &topic, n).await;
+        times.lock().unwrap().clear();
+        let group = support::unique("bench-sidecar-group");
+        let workers = if via_http {
+            let text = format!(
+                "[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\"session.timeout.ms\" = 6000\n[ops]\nenabled = false\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{url}\"\nconcurrency = 64\npartition_concurrency = 16\ncommit_policy = \"async:1000\"\n"
+            );
+            let config =
+                redrive::sidecar::Config::parse(&text, "bench.toml", std::iter::empty()).unwrap();
+            redrive::sidecar::build_workers(&config).unwrap()
+        } else {
+            let log = times.clone();
+            let handler = service_fn(move |r: Record| {
+                log.lock()
+                    .unwrap()
+                    .push((Instant::now(), r.timestamp().map_or(0, |t| t.millis)));
+                std::future::ready(Ok::<_, BoxError>(()))
+            });
+            vec![(
+                group.clone(),
+                Worker::builder()
+                    .bootstrap_servers(bootstrap)
+                    .group_id(&group)
+                    .property("session.timeout.ms", "6000")
+                    .commit_policy(CommitPolicy::async_every(1000))
+                    .route(Route::new(&topic, handler).concurrency(16))
+                    .build()
+                    .unwrap(),
+            )]
+        };
+        let (_, worker) = workers.into_iter().next().unwrap();
+        let h = worker.handle();
+        let run = tokio::spawn(worker.run());
+        while h.records_finished() < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let rate = {
+            let t = times.lock().unwrap();
+            n as f64 / (t[t.len() - 1].0 - t[0].0).as_secs_f64()
+        };
+        // Latency on a paced stream: 2,000 records/s for 5 s.
+        times.lock().unwrap().clear();
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        let value = [b'x'; VALUE_BYTES];
+        let mut tick = tokio::time::interval(Duration::from_micros(500));
+        for i in 0..10_000u64 {
+            tick.tick().await;
+            let _ = p.send_result(
+                FutureRecord::<str, [u8]>::to(&topic)
+                    .payload(&value[..])
+                    .partition((i % PARTITIONS as u64) as i32),
+            );
+        }
+        let _ = rdkafka::producer::Producer::flush(&p, Duration::from_secs(10));
+        while h.records_finished() < n + 10_000 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let now_ms = support::now_ms();
+        let mut lat: Vec<f64> = {
+            let t = times.lock().unwrap();
+            t.iter()
+                .map(|(at, ts)| (now_ms - at.elapsed().as_millis() as i64 - ts) as f64)
+                .collect()
+        };
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        h.shutdown();
+        run.await.unwrap().unwrap();
+        results.push((rate, quantile(&lat, 0.99)));
+    }
+    (results[0], results[1])
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        support::init_tracing();
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -515,10 +695,61 @@ async fn main() {
             extra: "unit=MiB pending_retries=10000 stream=1MB/s for 15s".into(),
         });
     }
-    for name in ["transactional", "sidecar_http"] {
-        if want(name) {
-            println!("bench {name} not-run: the feature does not exist yet (its issue is open)");
+    if want("transactional") {
+        let m: u64 = std::env::var("BENCH_TXN_RECORDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(150_000);
+        let (mut aa, mut tt) = (vec![], vec![]);
+        for round in 0..rounds {
+            let a = transform(m, false).await;
+            let t = transform(m, true).await;
+            eprintln!("round {round}: at-least-once {a:.0} rec/s, transactional {t:.0} rec/s");
+            aa.push(a);
+            tt.push(t);
         }
+        let (a, t) = (median(&mut aa), median(&mut tt));
+        lines.push(Line {
+            scenario: "transactional",
+            baseline: a,
+            redrive: t,
+            ratio: t / a,
+            target: ">=0.7".into(),
+            pass: t / a >= 0.7,
+            extra: format!("unit=records/s baseline=at-least-once broker=librdkafka-mock records={m} batch=5000"),
+        });
+    }
+    if want("sidecar_http") {
+        #[cfg(feature = "sidecar")]
+        {
+            let m = (n / 5).max(10_000);
+            let ((ir, il), (sr, sl)) = sidecar_http(&bootstrap, m).await;
+            eprintln!("sidecar: in-process {ir:.0} rec/s p99 {il:.1} ms; http {sr:.0} rec/s p99 {sl:.1} ms");
+            lines.push(Line {
+                scenario: "sidecar_http_throughput",
+                baseline: ir,
+                redrive: sr,
+                ratio: sr / ir,
+                target: "report".into(),
+                pass: true,
+                extra: format!(
+                    "unit=records/s baseline=in-process-no-op-handler records={m} concurrency=64"
+                ),
+            });
+            lines.push(Line {
+                scenario: "sidecar_http_p99_latency",
+                baseline: il,
+                redrive: sl,
+                ratio: sl / il.max(0.001),
+                target: "report".into(),
+                pass: true,
+                extra: format!("unit=ms added_p99_ms={:.1} stream=2000/s", sl - il),
+            });
+        }
+        #[cfg(not(feature = "sidecar"))]
+        println!(
+            "bench sidecar_http not-run: build with `cargo bench --bench bench --features sidecar`"
+        );
     }
     for l in &lines {
         l.print();

@@ -32,7 +32,7 @@
 //! let worker = Worker::builder()
 //!     .bootstrap_servers("127.0.0.1:9092")
 //!     .group_id("enricher")
-//!     .transactional(Transactional::new("enricher-0").batch_size(500))
+//!     .transactional(Transactional::new("enricher-0").batch_size(5000))
 //!     .route(Route::new("orders", service_fn(|r: Record| async move {
 //!         let value = r.value().cloned().unwrap_or_default();
 //!         Ok::<_, BoxError>(Outgoing::to("orders-enriched").value(value))
@@ -59,19 +59,20 @@ impl Transactional {
     pub fn new(transactional_id: impl Into<String>) -> Self {
         Transactional {
             id: transactional_id.into(),
-            batch_size: 500,
+            batch_size: 5000,
             max_linger: Duration::from_millis(100),
             timeout: Duration::from_secs(60),
         }
     }
 
-    /// Most records per transaction (default 500).
+    /// Most records per transaction (default 5,000).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n;
         self
     }
 
-    /// How long a batch waits to fill up before it is committed anyway (default 100 ms).
+    /// The longest a batch keeps collecting records while more keep arriving (default
+    /// 100 ms). A batch also ends when it is full or when no record is waiting.
     pub fn max_linger(mut self, d: Duration) -> Self {
         self.max_linger = d;
         self

@@ -220,15 +220,27 @@ pub(crate) fn txn_loop(
         }
 
         // Collect a batch.
+        let collect_start = Instant::now();
         let mut batch: Vec<Record> = Vec::new();
         let mut deadline = Instant::now() + settings.max_linger;
         loop {
+            // Once a batch has begun it takes only what is already waiting: an idle moment
+            // commits it rather than holding its records back.
             let wait = if batch.is_empty() {
                 Duration::from_millis(100)
             } else {
-                deadline.saturating_duration_since(Instant::now())
+                Duration::ZERO
             };
-            match consumer.poll(wait) {
+            let polled = consumer.poll(wait);
+            if state.rebalanced.swap(false, Ordering::AcqRel) {
+                // Positions restart from the committed offsets: drop what was collected (and
+                // the record in hand, which may predate the rebalance).
+                batch.clear();
+                waiting.clear();
+                services.clear();
+                continue;
+            }
+            match polled {
                 Some(Ok(msg)) => {
                     let topic = match topics.get(msg.topic()) {
                         Some(t) => t.clone(),
@@ -247,13 +259,8 @@ pub(crate) fn txn_loop(
                 }
                 Some(Err(e)) if super::context::is_fatal(&e) => return Err(Error::Kafka(e)),
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None if !batch.is_empty() => break,
                 None => {}
-            }
-            if state.rebalanced.swap(false, Ordering::AcqRel) {
-                // Positions restart from the committed offsets.
-                batch.clear();
-                waiting.clear();
-                services.clear();
             }
             if batch.len() >= settings.batch_size
                 || (!batch.is_empty() && Instant::now() >= deadline)
@@ -270,7 +277,8 @@ pub(crate) fn txn_loop(
         }
 
         // Handle it inside a transaction.
-        tracing::trace!(records = batch.len(), "beginning a transaction");
+        tracing::trace!(records = batch.len(), collected_in = ?collect_start.elapsed(), "beginning a transaction");
+        let handle_start = Instant::now();
         producer.begin_transaction().map_err(|e| {
             fatal(&e, &id).unwrap_or_else(|| Error::Fatal(format!("begin_transaction: {e}")))
         })?;
@@ -340,8 +348,22 @@ pub(crate) fn txn_loop(
                 ((k, svc), PartOutcome::Done(position))
             }) as Job);
         }
-        let outcomes = handle.block_on(futures_util::future::join_all(jobs));
+        // Partitions run as tasks, so the runtime's threads share the batch's work.
+        let tasks: Vec<_> = jobs.into_iter().map(|j| handle.spawn(j)).collect();
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for joined in handle.block_on(futures_util::future::join_all(tasks)) {
+            match joined {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    let _ = producer.abort_transaction(settings.timeout);
+                    return Err(Error::Fatal(format!(
+                        "a partition task of the transactional loop failed: {e}"
+                    )));
+                }
+            }
+        }
 
+        tracing::trace!(handled_in = ?handle_start.elapsed(), "batch handled");
         let mut offsets = TopicPartitionList::new();
         let mut pause: Vec<(Key, i64, i64)> = Vec::new();
         let mut failure: Option<String> = None;
@@ -469,6 +491,7 @@ fn commit(
         Some(f) => Verdict::Stop(f),
         None => Verdict::Abort(format!("commit failed: {e}")),
     };
+    let t0 = Instant::now();
     if offsets.count() > 0 {
         // Present once the consumer joined its group, which it has when it holds records.
         let Some(meta) = consumer.group_metadata() else {
@@ -480,9 +503,21 @@ fn commit(
             return failed(e);
         }
     }
-    match with_retries("commit_transaction", settings.timeout, || {
+    // rdkafka's commit_transaction flushes by polling in 100 ms steps, and the producer's own
+    // polling thread takes the events it waits for: every commit would cost 100 ms. Waiting
+    // for the queue to drain first makes that flush return at once.
+    let deadline = Instant::now() + settings.timeout;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        // A zero-timeout flush wakes the broker threads to send without lingering.
+        let _ = producer.flush(Duration::ZERO);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let t1 = Instant::now();
+    let res = with_retries("commit_transaction", settings.timeout, || {
         producer.commit_transaction(settings.timeout)
-    }) {
+    });
+    tracing::trace!(send_offsets = ?(t1 - t0), commit = ?t1.elapsed(), "transaction timings");
+    match res {
         Ok(()) => Verdict::Commit,
         Err(e) => failed(e),
     }

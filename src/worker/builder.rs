@@ -590,6 +590,9 @@ impl WorkerBuilder {
         // Each partition has its own queue: these bound the prefetch per partition.
         cfg.set("queued.min.messages", self.partition_queue.to_string());
         cfg.set("queued.max.messages.kbytes", "8192");
+        // A partition whose queue reached those bounds is fetched again only after this back-
+        // off (librdkafka's default is 1 s): short, so a drained queue refills without a stall.
+        cfg.set("fetch.queue.backoff.ms", "20");
         for (k, v) in &self.props {
             if !k.starts_with("producer.") {
                 cfg.set(k, v);
