@@ -224,3 +224,99 @@ async fn record_larger_than_the_byte_bound_is_handled() {
     run.await.unwrap().unwrap();
     assert_eq!(*sizes.lock().unwrap(), vec![200_000; 3]);
 }
+
+/// A record so large that its retry copy (value plus failure headers) exceeds the maximum
+/// record size cannot hop; it reaches the DLT without its value, with the reason and the
+/// original's coordinates, and the partition goes on. A 0-byte value is handled like any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_to_copy_reaches_the_dlt_without_its_value() {
+    use rdkafka::message::Message;
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("max-size");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    let p = producer(&bootstrap);
+    // librdkafka's default message.max.bytes is 1,000,000: this fits, its copy does not.
+    let big = vec![b'x'; 999_800];
+    for (key, value) in [
+        ("small-1", &b"s"[..]),
+        ("big", &big[..]),
+        ("empty", &b""[..]),
+        ("small-2", &b"s"[..]),
+    ] {
+        p.send(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .key(key)
+                .payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let svc = {
+        let handled = handled.clone();
+        service_fn(move |r: Record| {
+            let handled = handled.clone();
+            async move {
+                let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+                if key == "big" {
+                    return Err::<(), BoxError>("x".repeat(3000).into());
+                }
+                handled
+                    .lock()
+                    .unwrap()
+                    .push((key, r.value().map(|v| v.len())));
+                Ok(())
+            }
+        })
+    };
+    let policy = redrive::RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(100));
+    let dlt = policy.topology(&topic).dlt().unwrap().to_owned();
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .commit_policy(CommitPolicy::sync_per_record())
+        .route(Route::new(&topic, svc).retry(policy))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while committed(&bootstrap, &group, &topic, 1)[&0] != Some(4) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed {:?}, handled {:?}",
+            committed(&bootstrap, &group, &topic, 1),
+            handled.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    let mut got = handled.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("empty".to_owned(), Some(0)),
+            ("small-1".to_owned(), Some(1)),
+            ("small-2".to_owned(), Some(1))
+        ]
+    );
+    let dead = read_topic(&bootstrap, &dlt);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key(), Some(&b"big"[..]));
+    assert_eq!(dead[0].payload(), None, "the value stays behind");
+    let why =
+        String::from_utf8_lossy(header(&dead[0], "redrive-value-dropped").unwrap()).into_owned();
+    assert!(
+        why.contains("999800-byte value") && why.contains(&format!("{topic}/0@1")),
+        "{why}"
+    );
+}

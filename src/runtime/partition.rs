@@ -337,6 +337,8 @@ where
                     outstanding -= 1;
                     tracker.complete(offset);
                     shared.observe(&tracker);
+                    // Final only now: commit triggers count it now.
+                    shared.finished(&rt);
                     continue;
                 }
                 pulled = source.next() => pulled,
@@ -367,8 +369,8 @@ where
             } else {
                 tracker.complete(offset);
                 shared.observe(&tracker);
+                shared.finished(&rt);
             }
-            shared.finished(&rt);
         }
         // Stopped: deferred completions still count (the drain deadline bounds the wait).
         while outstanding > 0 {
@@ -378,6 +380,7 @@ where
             outstanding -= 1;
             tracker.complete(offset);
             shared.observe(&tracker);
+            shared.finished(&rt);
         }
         return;
     }
@@ -401,6 +404,7 @@ where
                 if tracker.complete(offset) {
                     shared.observe(&tracker);
                 }
+                shared.finished(&rt);
             }
             Some((offset, done)) = in_flight.next(), if !in_flight.is_empty() => {
                 let Some((started, res)): Option<(Instant, Result<(), BoxError>)> = done else {
@@ -416,10 +420,12 @@ where
                 // In manual mode an Ok outcome is final only once acknowledged.
                 if !failed && shared.take_deferred(offset) {
                     outstanding += 1;
-                } else if (!manual || failed) && tracker.complete(offset) {
-                    shared.observe(&tracker);
+                } else {
+                    if (!manual || failed) && tracker.complete(offset) {
+                        shared.observe(&tracker);
+                    }
+                    shared.finished(&rt);
                 }
-                shared.finished(&rt);
             }
             res = futures_util::future::poll_fn(|cx| svc.poll_ready(cx)), if can_take && !ready => {
                 match res {

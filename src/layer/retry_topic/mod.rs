@@ -415,19 +415,41 @@ pub(crate) fn failure_copy(
     }
 }
 
+/// Set on a dead-letter copy that had to leave its value behind (see [`publish_until_acked`]):
+/// why, and where the original is.
+pub const VALUE_DROPPED: &str = "redrive-value-dropped";
+
+fn too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+    matches!(
+        e.downcast_ref::<KafkaError>(),
+        Some(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize
+        ))
+    )
+}
+
 /// Publishes until the broker acknowledges, backing off between failures. Never gives up: the
 /// record is not final until its copy is durable; a revoke or shutdown that cannot wait
 /// abandons it uncommitted, to be read again.
+///
+/// A copy the broker can never take because it exceeds the maximum record size (the failure
+/// headers pushed a record near the limit over it) is not retried as is: first the error
+/// texts are dropped; if it is still too large, the dead-letter topic gets the record's key,
+/// headers and coordinates without its value, with a [`VALUE_DROPPED`] header saying why and
+/// where the original is (still in its source topic). No partition waits forever on it.
 pub(crate) async fn publish_until_acked(
     publisher: &dyn Publish,
-    out: Outgoing,
+    mut out: Outgoing,
     mut first: Option<crate::publish::PublishFuture>,
     entry: &TopicEntry,
-    target: &'static str,
+    mut target: &'static str,
     record: &Record,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
+    let mut shrunk = 0u8;
     loop {
         let attempt = first
             .take()
@@ -438,6 +460,39 @@ pub(crate) async fn publish_until_acked(
                     tracing::info!(record = %record.coordinates(), topic = %out.topic, failures, "published after failures");
                 }
                 return;
+            }
+            Err(e) if too_large(&*e) && shrunk < 2 => {
+                failures += 1;
+                shrunk += 1;
+                entry
+                    .counter(
+                        crate::metrics::names::PUBLISH_FAILURES,
+                        &[("target", target.into())],
+                    )
+                    .increment(1);
+                if shrunk == 1 {
+                    tracing::warn!(record = %record.coordinates(), topic = %out.topic, error = %error_chain(&*e), "the copy exceeds the maximum record size; sending it without the error texts");
+                    out.headers.remove(headers::EXCEPTION_STACKTRACE);
+                    out.headers.remove(headers::EXCEPTION_MESSAGE);
+                    continue;
+                }
+                let Some(dlt) = entry.topology.dlt() else {
+                    tracing::error!(record = %record.coordinates(), error = %error_chain(&*e), "the copy exceeds the maximum record size and the policy has no DLT (no_dlt): dropped");
+                    return;
+                };
+                let size = out.value.as_ref().map_or(0, |v| v.len());
+                let why = format!(
+                    "the {size}-byte value made the copy exceed the maximum record size; the original is {}/{}@{}",
+                    record.topic(),
+                    record.partition(),
+                    record.offset()
+                );
+                tracing::error!(record = %record.coordinates(), dlt, "{why}: dead-lettering it without its value");
+                out.value = None;
+                out.topic = dlt.to_owned();
+                out.headers.set(VALUE_DROPPED, why.into_bytes());
+                target = "dlt";
+                continue;
             }
             Err(e) => {
                 failures += 1;
