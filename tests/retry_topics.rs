@@ -606,6 +606,104 @@ async fn garbage_retry_headers_are_attempt_one_not_a_crash_loop() {
     }
 }
 
+/// A dead letter produced back onto a retry topic as is (attempts beyond the policy, due
+/// long ago, exception headers from its last failure): handled at once, exactly once; if it
+/// fails again it returns to the DLT as exhausted, it never loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replayed_onto_a_retry_topic_is_handled_once() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("replayed");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(300));
+    let topology = policy.topology(&topic);
+    let (retry_topic, dlt) = (
+        topology.retry_topics()[0].clone(),
+        topology.dlt().unwrap().to_owned(),
+    );
+    create_topic(&bootstrap, &retry_topic, 1).await;
+    let p = producer(&bootstrap);
+    let long_ago = headers::encode_big_integer(now_ms() - 30 * 24 * 3600 * 1000);
+    // Keys key-1 (fails again) and key-2 (succeeds now).
+    for key in ["key-1", "key-2"] {
+        let h = OwnedHeaders::new()
+            .insert(RdHeader {
+                key: headers::ATTEMPTS,
+                value: Some(&headers::encode_int(7)[..]),
+            })
+            .insert(RdHeader {
+                key: headers::BACKOFF_TIMESTAMP,
+                value: Some(&long_ago[..]),
+            })
+            .insert(RdHeader {
+                key: headers::ORIGINAL_TOPIC,
+                value: Some(topic.as_bytes()),
+            })
+            .insert(RdHeader {
+                key: headers::EXCEPTION_MESSAGE,
+                value: Some(&b"the failure that dead-lettered it"[..]),
+            });
+        p.send(
+            FutureRecord::to(&retry_topic)
+                .key(key)
+                .payload("v")
+                .headers(h),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    let ledger = Ledger::default();
+    let w = worker_with(
+        &bootstrap,
+        &group,
+        Route::new(
+            &topic,
+            scripted(ledger.clone(), |index, _| {
+                if index == 1 {
+                    Err("still failing".into())
+                } else {
+                    Ok(())
+                }
+            }),
+        )
+        .retry(policy),
+    );
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(
+        Duration::from_secs(60),
+        "the failing one back in the DLT",
+        || watermark(&bootstrap, &dlt, 0) >= 1 && ledger.all().len() >= 2,
+    )
+    .await;
+    // Give a wrong loop the time to show itself.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    let all = ledger.all();
+    assert_eq!(all["key-2"].len(), 1);
+    assert_eq!(all["key-1"].len(), 1);
+    assert_eq!(all["key-1"][0].attempt, 7);
+    let dead = read_topic(&bootstrap, &dlt);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], headers::ATTEMPTS),
+        Some(&8i32.to_be_bytes()[..])
+    );
+    let msg =
+        String::from_utf8_lossy(header(&dead[0], headers::EXCEPTION_MESSAGE).unwrap()).into_owned();
+    assert!(msg.contains("still failing"), "{msg}");
+    assert_eq!(
+        watermark(&bootstrap, &retry_topic, 0),
+        2,
+        "nothing went back to the retry topic"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_retry_topic_with_too_few_partitions_is_named() {
     init_tracing();

@@ -766,3 +766,47 @@ async fn topics_create_makes_every_retry_and_dead_letter_topic_once() {
         "{stderr}"
     );
 }
+
+/// Security: the operations endpoints bind to 127.0.0.1 unless configured; SSL/SASL settings
+/// reach librdkafka unchanged (a bad CA path is librdkafka's error, naming the property); no
+/// secret appears in `check` output, logs (at trace level) or errors.
+#[test]
+fn security_defaults_pass_through_and_no_secret_leaks() {
+    let secrets = [
+        "s3cret-sasl-password",
+        "s3cret-key-password",
+        "s3cret-url-password",
+    ];
+    let config = format!(
+        "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9\"\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"{}\"\n\"ssl.key.password\" = \"{}\"\n\"ssl.ca.location\" = \"/nonexistent/redrive-test-ca.pem\"\n\n[[routes]]\ntopic = \"orders\"\ngroup = \"g\"\nurl = \"http://user:{}@127.0.0.1:8080/orders\"\n",
+        secrets[0], secrets[1], secrets[2]
+    );
+    let path = write_config("security", &config);
+    let cfg = path.to_str().unwrap();
+
+    let out = redrive(&["check", "--config", cfg], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("ops: http://127.0.0.1:9464"), "{stdout}");
+    assert!(
+        stdout.contains("ssl.ca.location = /nonexistent/redrive-test-ca.pem"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("http://user:***@127.0.0.1:8080/orders"),
+        "{stdout}"
+    );
+
+    let out = redrive(&["run", "--config", cfg], &[("RUST_LOG", "trace")]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("ssl.ca.location"),
+        "librdkafka's own error expected: {stderr}"
+    );
+    for s in secrets {
+        for (what, output) in [("check", &stdout), ("run", &stderr)] {
+            assert!(!output.contains(s), "{what} printed a secret:\n{output}");
+        }
+    }
+}
