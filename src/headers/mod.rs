@@ -66,7 +66,8 @@ pub mod dlt_form {
 }
 
 /// Spring caps attempts at `Short.MAX_VALUE`; values outside 1..=cap read as attempt 1.
-const ATTEMPTS_HARD_CAP: i32 = i16::MAX as i32;
+/// The largest attempt count read as valid, and written: a header claiming more is garbage.
+pub const ATTEMPTS_HARD_CAP: i32 = i16::MAX as i32;
 
 /// Encodes an int as Java's `ByteBuffer.putInt` does.
 pub fn encode_int(v: i32) -> [u8; 4] {
@@ -279,7 +280,10 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
     headers.set(ORIGINAL_TIMESTAMP_RETRY, original_ts);
     headers.set(
         ATTEMPTS,
-        Bytes::copy_from_slice(&encode_int(f.attempt as i32 + 1)),
+        // Saturates at the cap, so the copy's header always reads back as valid.
+        Bytes::copy_from_slice(&encode_int(
+            f.attempt.saturating_add(1).min(ATTEMPTS_HARD_CAP as u32) as i32,
+        )),
     );
     headers.set(BACKOFF_TIMESTAMP, Bytes::from(encode_big_integer(f.due_ms)));
 
