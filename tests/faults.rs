@@ -61,12 +61,36 @@ struct Run {
     run: tokio::task::JoinHandle<Result<(), redrive::Error>>,
 }
 
-/// A worker on a fresh mock cluster over `n` records (every 10th fails once).
-async fn start(n: i64) -> Run {
+/// The metrics of this test binary, from the same Prometheus recorder the library installs.
+fn metrics_text() -> String {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| redrive::metrics::install_prometheus_recorder().unwrap())
+        .render()
+}
+
+/// The value of `name{..group="group"..}` in the exposition text, summed over label sets.
+fn metric(name: &str, group: &str) -> f64 {
+    let needle = format!("group=\"{group}\"");
+    metrics_text()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `start`, with a group named after the test and faults armed before the worker joins.
+async fn start_with(
+    n: i64,
+    name: &str,
+    before: impl FnOnce(&MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+) -> Run {
     init_tracing();
+    let _ = metrics_text();
     let mock = MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();
-    let (topic, group) = ("faults".to_owned(), "faults-group".to_owned());
+    let (topic, group) = ("faults".to_owned(), format!("{name}-group"));
     let policy = RetryPolicy::new()
         .attempts(3)
         .fixed(Duration::from_millis(200));
@@ -104,6 +128,7 @@ async fn start(n: i64) -> Run {
             Ok(())
         }
     });
+    before(&mock);
     let commit_errors = Arc::new(AtomicU64::new(0));
     let ce = commit_errors.clone();
     let worker = Worker::builder()
@@ -175,24 +200,67 @@ impl Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_offset_commits_are_reported_and_resent() {
     let n = 200;
-    let r = start(n).await;
+    let r = start_with(n, "offset-commit", |_| {}).await;
     r.mock.request_errors(
         RDKafkaApiKey::OffsetCommit,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 6],
     );
     r.wait_all(n, Duration::from_secs(60)).await;
     let errors = r.commit_errors.load(Ordering::Relaxed);
+    let group = r.group.clone();
     r.finish(n).await;
     assert!(
         errors >= 1,
         "the commit-error callback saw the injected failures"
     );
+    let counted = metric("redrive_commit_failures_total", &group);
+    assert!(
+        counted >= errors as f64,
+        "redrive_commit_failures_total = {counted}, callback saw {errors}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_group_and_heartbeat_errors_are_recovered() {
+    let n = 400;
+    // The first joins fail, then (mid-run) heartbeats answer that a rebalance is under way:
+    // the worker rejoins, its partitions are revoked and assigned again.
+    let r = start_with(n, "join-heartbeat", |m| {
+        m.request_errors(
+            RDKafkaApiKey::JoinGroup,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 3],
+        );
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while r.handled() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing handled after the join errors"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = metric("redrive_rebalances_total", &r.group);
+    r.mock.request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 2],
+    );
+    r.wait_all(n, Duration::from_secs(120)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric("redrive_rebalances_total", &r.group) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no rebalance counted after the heartbeat errors ({before})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r.finish(n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_errors_are_recovered() {
     let n = 200;
-    let r = start(n).await;
+    let r = start_with(n, "fetch", |_| {}).await;
     r.mock.request_errors(
         RDKafkaApiKey::Fetch,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 10],
@@ -204,7 +272,7 @@ async fn fetch_errors_are_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_for_ten_seconds_is_survived() {
     let n = 400;
-    let r = start(n).await;
+    let r = start_with(n, "broker-down", |_| {}).await;
     // Let part of the work happen, then take the only broker away for 10 s.
     let deadline = Instant::now() + Duration::from_secs(60);
     while r.handled() < 50 {
@@ -221,7 +289,7 @@ async fn a_broker_down_for_ten_seconds_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500ms_round_trip_slows_but_loses_nothing() {
     let n = 100;
-    let r = start(n).await;
+    let r = start_with(n, "rtt", |_| {}).await;
     r.mock
         .broker_round_trip_time(1, Duration::from_millis(500))
         .unwrap();

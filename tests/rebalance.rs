@@ -126,3 +126,118 @@ async fn two_workers_split_then_one_takes_over() {
         assert_eq!(c[&p], Some(ends[&p]), "partition {p} fully committed");
     }
 }
+
+/// One handler call of the storm test.
+#[derive(Clone, Debug)]
+struct StormCall {
+    key: String,
+    attempt: u32,
+    at_ms: i64,
+    due_ms: Option<i64>,
+}
+
+/// A rebalance storm: three workers join and leave repeatedly while retries are pending (every
+/// 5th record fails its first attempt and waits 1.5 s in the retry topic). Afterwards every
+/// record succeeded at least once, and no retry ran before its due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_storm_with_pending_retries_loses_nothing() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("storm");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 6).await;
+    let n = 900u64;
+    produce_n(&bootstrap, &topic, 6, 0, n).await;
+    let calls: Arc<Mutex<Vec<StormCall>>> = Arc::default();
+    let policy = redrive::RetryPolicy::new()
+        .attempts(3)
+        .fixed(Duration::from_millis(1500));
+    let worker = |calls: Arc<Mutex<Vec<StormCall>>>| {
+        let svc = service_fn(move |r: Record| {
+            let calls = calls.clone();
+            async move {
+                // Slow enough that the work spans the whole storm.
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+                let i: u64 = key.trim_start_matches("key-").parse().unwrap();
+                let attempt = redrive::headers::attempt_of(r.headers());
+                calls.lock().unwrap().push(StormCall {
+                    key,
+                    attempt,
+                    at_ms: now_ms(),
+                    due_ms: redrive::headers::due_at_ms(r.headers()),
+                });
+                if i % 5 == 0 && attempt == 1 {
+                    return Err::<(), BoxError>("fails once".into());
+                }
+                Ok(())
+            }
+        });
+        let w = Worker::builder()
+            .bootstrap_servers(&bootstrap)
+            .group_id(&group)
+            .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+            .property("heartbeat.interval.ms", "500")
+            .commit_policy(CommitPolicy::async_interval(Duration::from_millis(200)))
+            .route(Route::new(&topic, svc).retry(policy.clone()))
+            .build()
+            .unwrap();
+        let h = w.handle();
+        (h, tokio::spawn(w.run()))
+    };
+    let ok_keys = |calls: &Arc<Mutex<Vec<StormCall>>>| -> BTreeSet<String> {
+        let c = calls.lock().unwrap();
+        c.iter()
+            .filter(|call| {
+                let i: u64 = call.key.trim_start_matches("key-").parse().unwrap();
+                !(i % 5 == 0 && call.attempt == 1)
+            })
+            .map(|call| call.key.clone())
+            .collect()
+    };
+    // Storm: A runs throughout; B and C join and leave in turns.
+    let (a, a_run) = worker(calls.clone());
+    eventually(Duration::from_secs(60), "A consuming", || {
+        !a.assignment().is_empty()
+    })
+    .await;
+    let mut joins = 0;
+    for round in 0..3 {
+        let (b, b_run) = worker(calls.clone());
+        joins += 1;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (c, c_run) = worker(calls.clone());
+        joins += 1;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        b.shutdown();
+        b_run.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        c.shutdown();
+        c_run.await.unwrap().unwrap();
+        eprintln!(
+            "storm round {round}: {} keys ok so far",
+            ok_keys(&calls).len()
+        );
+    }
+    eventually(Duration::from_secs(120), "every record handled ok", || {
+        ok_keys(&calls).len() as u64 == n
+    })
+    .await;
+    a.shutdown();
+    a_run.await.unwrap().unwrap();
+    let all = calls.lock().unwrap().clone();
+    let early: Vec<&StormCall> = all
+        .iter()
+        .filter(|c| c.attempt > 1 && c.due_ms.is_some_and(|d| c.at_ms < d))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "retries ran before their due time: {early:?}"
+    );
+    let retried = all.iter().filter(|c| c.attempt > 1).count();
+    println!(
+        "storm: {n} records, {joins} joins and leaves of B and C, {} calls, {retried} retries, {} duplicates",
+        all.len(),
+        all.len() as u64 - n - n / 5
+    );
+}

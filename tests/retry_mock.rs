@@ -57,6 +57,7 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
         )
         .with_test_writer()
         .try_init();
+    let metrics = redrive::metrics::install_prometheus_recorder().unwrap();
     let mock = MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("orders", "billing");
@@ -178,6 +179,21 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
     assert!(
         publisher.calls.load(Ordering::SeqCst) >= 20 + 3,
         "failed publishes were retried"
+    );
+    // The metrics count the failures the publisher reported.
+    let text = metrics.render();
+    let failures: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("redrive_publish_failures_total")
+                && l.contains("target=\"retry\"")
+                && l.contains("group=\"billing\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        failures >= 3.0,
+        "redrive_publish_failures_total = {failures}:\n{text}"
     );
     for (k, v) in calls.lock().unwrap().iter() {
         assert_eq!(v[0], topic, "{k}");
