@@ -309,6 +309,27 @@ fn positions(c: &Cluster, p: &Pipeline) -> Vec<i64> {
     worker
 }
 
+/// The pipeline, once order-301 is being handled (its transaction open); store `true` in the
+/// returned flag to let it go on.
+async fn held_at_order_301(c: &Cluster, ledger: &Ledger) -> (Pipeline, Arc<AtomicBool>) {
+    let (reached, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let p = pipeline(
+        c,
+        ledger,
+        &c.name("txn"),
+        Some(("order-301".into(), reached.clone(), release.clone())),
+    )
+    .await;
+    wait_for(Duration::from_secs(60), "order-301 reached", || {
+        reached.load(Ordering::SeqCst)
+    })
+    .await;
+    (p, release)
+}
+
 async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -355,22 +376,8 @@ async fn offsets_advance_only_when_the_transaction_commits() {
     let n = 600;
     c.produce(&c.name("orders"), n).await;
     let ledger = Ledger::default();
-    let (reached, release) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
     // order-301 (partition 1, offset 150) blocks inside its transaction until released.
-    let p = pipeline(
-        &c,
-        &ledger,
-        &c.name("txn"),
-        Some(("order-301".into(), reached.clone(), release.clone())),
-    )
-    .await;
-    wait_for(Duration::from_secs(60), "order-301 reached", || {
-        reached.load(Ordering::SeqCst)
-    })
-    .await;
+    let (p, release) = held_at_order_301(&c, &ledger).await;
     // Its transaction is open: partition 1's committed offset has not passed it, although
     // records before it in the same batch were handled and their outputs sent.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -408,22 +415,8 @@ async fn abort_and_redo(name: &str, api: RDKafkaApiKey, errors: &[RDKafkaRespErr
     let n = 400;
     c.produce(&c.name("orders"), n).await;
     let ledger = Ledger::default();
-    let (reached, release) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
     // order-301 holds its transaction open while the fault is armed.
-    let p = pipeline(
-        &c,
-        &ledger,
-        &c.name("txn"),
-        Some(("order-301".into(), reached.clone(), release.clone())),
-    )
-    .await;
-    wait_for(Duration::from_secs(60), "order-301 reached", || {
-        reached.load(Ordering::SeqCst)
-    })
-    .await;
+    let (p, release) = held_at_order_301(&c, &ledger).await;
     if let Some(m) = &c.mock {
         m.request_errors(api, errors);
     }

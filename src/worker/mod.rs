@@ -142,31 +142,22 @@ impl Worker {
             .spawn(move || {
                 let consumer = Arc::new(consumer);
                 let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-                if let Some(parts) = txn {
-                    let res = start(
-                        &consumer,
-                        &topics,
-                        &plans,
-                        &admin_config,
-                        &bootstrap,
-                        startup_timeout,
-                    )
-                    .and_then(|()| txn_loop(consumer, parts));
-                    let _ = tx.send(res);
-                    return;
-                }
-                match crate::runtime::Committer::spawn(
-                    Arc::downgrade(&consumer),
-                    consumer.context().rt.clone(),
-                ) {
-                    Ok(c) => {
-                        let _ = consumer.context().committer.set(c);
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Error::Fatal(format!(
-                            "cannot start the commit thread: {e}"
-                        ))));
-                        return;
+                // Asynchronous commits run on a commit thread; a transactional worker commits
+                // with its transactions and needs none.
+                if txn.is_none() {
+                    match crate::runtime::Committer::spawn(
+                        Arc::downgrade(&consumer),
+                        consumer.context().rt.clone(),
+                    ) {
+                        Ok(c) => {
+                            let _ = consumer.context().committer.set(c);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(Error::Fatal(format!(
+                                "cannot start the commit thread: {e}"
+                            ))));
+                            return;
+                        }
                     }
                 }
                 let res = start(
@@ -177,7 +168,10 @@ impl Worker {
                     &bootstrap,
                     startup_timeout,
                 )
-                .and_then(|()| poll_loop(consumer));
+                .and_then(|()| match txn {
+                    Some(parts) => txn_loop(consumer, parts),
+                    None => poll_loop(consumer),
+                });
                 let _ = tx.send(res);
             })
             .map_err(|e| Error::Fatal(format!("cannot start the poll thread: {e}")))?;
