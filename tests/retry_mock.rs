@@ -34,6 +34,26 @@ impl Publish for Flaky {
     }
 }
 
+/// This binary's metrics (one recorder per process).
+fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| redrive::metrics::install_prometheus_recorder().unwrap())
+}
+
+/// `redrive_publish_failures_total{group, target}`.
+fn publish_failures(group: &str, target: &str) -> f64 {
+    let text = metrics().render();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("redrive_publish_failures_total")
+                && l.contains(&format!("target=\"{target}\""))
+                && l.contains(&format!("group=\"{group}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -57,7 +77,7 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
         )
         .with_test_writer()
         .try_init();
-    let metrics = redrive::metrics::install_prometheus_recorder().unwrap();
+    let _ = metrics();
     let mock = MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("orders", "billing");
@@ -181,19 +201,10 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
         "failed publishes were retried"
     );
     // The metrics count the failures the publisher reported.
-    let text = metrics.render();
-    let failures: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("redrive_publish_failures_total")
-                && l.contains("target=\"retry\"")
-                && l.contains("group=\"billing\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let failures = publish_failures(group, "retry");
     assert!(
         failures >= 3.0,
-        "redrive_publish_failures_total = {failures}:\n{text}"
+        "redrive_publish_failures_total = {failures}"
     );
     for (k, v) in calls.lock().unwrap().iter() {
         assert_eq!(v[0], topic, "{k}");
@@ -203,4 +214,98 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
             "{k} retried from the retry topic"
         );
     }
+}
+
+/// The same faults on the dead-letter path: with one attempt every failure goes straight to
+/// the DLT; its copies cannot be published for a while, the offsets wait, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_errors_on_the_dlt_hold_offsets_back_and_lose_nothing() {
+    let _ = metrics();
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let (topic, group) = ("payments", "ledger");
+    let policy = RetryPolicy::new().attempts(1);
+    let dlt = policy.topology(topic).dlt().unwrap().to_owned();
+    mock.create_topic(topic, 1, 1).unwrap();
+    mock.create_topic(&dlt, 1, 1).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..10 {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(&format!("k{i}"))
+                    .payload("v")
+                    .partition(0),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 12],
+    );
+    let calls = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let calls = calls.clone();
+        service_fn(move |_r: Record| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), BoxError>("always fails".into()) }
+        })
+    };
+    let publisher = Arc::new(Flaky {
+        inner: KafkaPublisher::new(ClientConfig::new().set("bootstrap.servers", &bootstrap))
+            .unwrap(),
+        fail_first: 3,
+        calls: AtomicU32::new(0),
+    });
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .publisher(publisher.clone())
+        .group_id(group)
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(100)))
+        .route(Route::new(topic, handler).retry(policy))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    let started = Instant::now();
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no record handled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first dead letter's copy fails 3 times (with back-off): nothing is committed yet.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(committed(&bootstrap, group, topic).unwrap_or(0), 0);
+    let started = Instant::now();
+    let dlt_end = || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        c.fetch_watermarks(&dlt, 0, Duration::from_secs(5))
+            .map_or(0, |w| w.1)
+    };
+    while dlt_end() < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "dead letters lost"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(dlt_end(), 10, "each record dead-lettered once");
+    assert_eq!(committed(&bootstrap, group, topic), Some(10));
+    let failures = publish_failures(group, "dlt");
+    assert!(
+        failures >= 3.0,
+        "redrive_publish_failures_total{{target=dlt}} = {failures}"
+    );
 }
