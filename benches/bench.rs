@@ -182,14 +182,19 @@ async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
         std::hint::black_box(r.value());
         std::future::ready(Ok::<_, BoxError>(()))
     });
-    let worker = Worker::builder()
+    let mut builder = Worker::builder()
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-redrive"))
         .property("session.timeout.ms", "6000")
         .commit_policy(CommitPolicy::async_every(1000))
-        .route(Route::new(topic, handler))
-        .build()
-        .unwrap();
+        .route(Route::new(topic, handler));
+    // BENCH_PROPS="key=value,...": extra client properties for redrive, to try settings.
+    for kv in std::env::var("BENCH_PROPS").unwrap_or_default().split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            builder = builder.property(k, v);
+        }
+    }
+    let worker = builder.build().unwrap();
     let h = worker.handle();
     let run = tokio::spawn(worker.run());
     while h.records_finished() < n {
@@ -552,8 +557,21 @@ async fn sidecar_http(bootstrap: &str, n: u64) -> ((f64, f64), (f64, f64)) {
     (results[0], results[1])
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // BENCH_WORKERS: tokio worker threads (default 2, one per core of the reference machine).
+    let workers = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench_main());
+}
+
+async fn bench_main() {
     if std::env::var_os("RUST_LOG").is_some() {
         support::init_tracing();
     }
@@ -589,12 +607,23 @@ async fn main() {
         produce(&bootstrap, &topic, n).await;
         eprintln!("produced {n} in {:.1} s", t.elapsed().as_secs_f64());
         let (mut br, mut bc, mut rr, mut rc) = (vec![], vec![], vec![], vec![]);
+        // BENCH_SIDE=baseline|redrive runs one side only (for a profiler); the ratio then
+        // compares with the other side's figure of 1.0 and is meaningless.
+        let side = std::env::var("BENCH_SIDE").unwrap_or_default();
         for round in 0..rounds {
-            let (r, c) = baseline(&bootstrap, &topic, n).await;
+            let (r, c) = if side == "redrive" {
+                (1.0, 1.0)
+            } else {
+                baseline(&bootstrap, &topic, n).await
+            };
             eprintln!("round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M");
             br.push(r);
             bc.push(c);
-            let (r, c) = redrive_happy(&bootstrap, &topic, n).await;
+            let (r, c) = if side == "baseline" {
+                (1.0, 1.0)
+            } else {
+                redrive_happy(&bootstrap, &topic, n).await
+            };
             eprintln!("round {round}: redrive  {r:.0} rec/s, {c:.2} cpu-s/M");
             rr.push(r);
             rc.push(c);

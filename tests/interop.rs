@@ -19,7 +19,26 @@ fn kcat() -> Command {
         found,
         "`kcat` is not on PATH: install it with `apt-get install -y kcat` (scripts/test does this)"
     );
-    Command::new("kcat")
+    let mut cmd = Command::new("kcat");
+    // Debian's kcat links librdkafka 2.0.2, which misreads nisshi's ApiVersion v3 response;
+    // scripts/test fetches a current librdkafka for it. Against an external Kafka
+    // (REDRIVE_TEST_BOOTSTRAP) the system library is fine.
+    if std::env::var_os("REDRIVE_TEST_BOOTSTRAP").is_none() {
+        let dir = std::env::var_os("REDRIVE_KCAT_LIBRDKAFKA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/librdkafka")
+            });
+        assert!(
+            dir.join("librdkafka.so.1").is_file(),
+            "no current librdkafka for kcat in {}: run scripts/test once (it downloads the \
+             confluent-kafka wheel from PyPI and extracts its librdkafka.so.1 there), or set \
+             REDRIVE_KCAT_LIBRDKAFKA_DIR to a directory holding librdkafka.so.1 >= 2.3",
+            dir.display()
+        );
+        cmd.env("LD_LIBRARY_PATH", dir);
+    }
+    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -758,6 +758,30 @@ async fn topics_create_makes_every_retry_and_dead_letter_topic_once() {
         stderr.contains("topic `no-such-topic-") && stderr.contains("does not exist"),
         "{stderr}"
     );
+    // With --partitions the missing main topic is created too, then its derived topics.
+    let out = redrive(
+        &[
+            "topics",
+            "create",
+            "--config",
+            missing.to_str().unwrap(),
+            "--partitions",
+            "2",
+        ],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let main = format!("no-such-topic-{}", std::process::id());
+    assert!(
+        stdout.contains(&format!("created {main} (2 partitions)")),
+        "{stdout}"
+    );
+    assert_eq!(high_watermarks(&bootstrap, &main, 2).len(), 2);
+    assert_eq!(
+        high_watermarks(&bootstrap, &format!("{main}-dlt"), 2).len(),
+        2
+    );
 }
 
 /// Security: the operations endpoints bind to 127.0.0.1 unless configured; SSL/SASL settings

@@ -124,8 +124,10 @@ impl Bound {
 
     /// Takes `n` unless that would exceed the bound; one item larger than the whole bound is
     /// let through when nothing else is in flight, so it is handled alone, not never.
-    fn try_take(&self, n: u64) -> bool {
-        let mut cur = self.used.load(Ordering::Relaxed);
+    pub(crate) fn try_take(&self, n: u64) -> bool {
+        // SeqCst with `give` and the flag in `take`: either the releaser sees the flag or
+        // the waiter's retry sees the release (a plain load on x86).
+        let mut cur = self.used.load(Ordering::SeqCst);
         loop {
             if cur > 0 && cur.saturating_add(n) > self.max {
                 return false;
@@ -149,7 +151,7 @@ impl Bound {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            self.waiting.store(true, Ordering::Release);
+            self.waiting.store(true, Ordering::SeqCst);
             // A release between the failed try and the flag is not missed: try again.
             if self.try_take(n) {
                 return;
@@ -159,8 +161,9 @@ impl Bound {
     }
 
     pub(crate) fn give(&self, n: u64) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
-        if self.waiting.swap(false, Ordering::AcqRel) {
+        self.used.fetch_sub(n, Ordering::SeqCst);
+        // Load first: an unconditional swap would write the shared flag on every release.
+        if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::AcqRel) {
             self.released.notify_waiters();
         }
     }

@@ -142,18 +142,20 @@ fn report(
 }
 
 /// A record pulled from the partition's queue, with its share of the in-flight bounds.
-pub(crate) struct Pulled {
+pub(crate) struct Pulled<'r> {
     record: Record,
-    _permits: InFlight,
+    _permits: InFlight<'r>,
 }
 
-/// A record's share of the worker-wide in-flight bounds, released when dropped.
-struct InFlight {
-    rt: Arc<RuntimeShared>,
+/// A record's share of the worker-wide in-flight bounds, released when dropped. It borrows
+/// the runtime state rather than holding an `Arc`: a shared reference count would be two
+/// contended atomic operations per record across the worker threads.
+struct InFlight<'r> {
+    rt: &'r RuntimeShared,
     bytes: u64,
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.rt.records_bound.give(1);
         if self.bytes > 0 {
@@ -164,24 +166,27 @@ impl Drop for InFlight {
 
 /// Reads one partition's own librdkafka queue. Back-pressure is natural: what the task does
 /// not read stays in librdkafka's bounded per-partition queue, which stops fetching when full.
-pub(crate) struct Source {
+pub(crate) struct Source<'r> {
     queue: PartitionQueue<RuntimeContext>,
     nonempty: Arc<Notify>,
     shared: Arc<PartitionShared>,
-    rt: Arc<RuntimeShared>,
+    /// This partition's own copy of the topic name, so the records' reference counting does
+    /// not contend with other partitions' tasks.
+    topic: Arc<str>,
+    rt: &'r RuntimeShared,
     ack_tx: Option<mpsc::UnboundedSender<i64>>,
     in_burst: usize,
     last_error: Option<Instant>,
     /// A record taken from the queue whose byte permits are still awaited: kept across a
     /// cancelled `next()` so no record is ever dropped.
-    pending: Option<(Record, usize, InFlight)>,
+    pending: Option<(Record, usize, InFlight<'r>)>,
 }
 
-impl Source {
+impl<'r> Source<'r> {
     fn new(
         mut queue: PartitionQueue<RuntimeContext>,
         shared: Arc<PartitionShared>,
-        rt: Arc<RuntimeShared>,
+        rt: &'r RuntimeShared,
         ack_tx: Option<mpsc::UnboundedSender<i64>>,
     ) -> Self {
         let nonempty = Arc::new(Notify::new());
@@ -192,6 +197,7 @@ impl Source {
         Source {
             queue,
             nonempty,
+            topic: Arc::from(&*shared.topic),
             shared,
             rt,
             ack_tx,
@@ -209,17 +215,54 @@ impl Source {
     }
 
     /// The next record, or None once the partition is stopped. Cancel-safe.
-    async fn next(&mut self) -> Option<Pulled> {
+    async fn next(&mut self) -> Option<Pulled<'r>> {
         if self.pending.is_none() {
             self.pending = Some(self.pull().await?);
         }
         let bytes = self.pending.as_ref().map_or(0, |p| p.1) as u64;
         let want = bytes.max(1);
-        tokio::select! {
-            _ = self.rt.bytes_bound.take(want) => {}
-            // Not handed over: the uncommitted record is read again later.
-            _ = self.shared.stopped() => return None,
+        // The waiting futures (which register with `Notify`s) only when the bound is full.
+        if !self.rt.bytes_bound.try_take(want) {
+            tokio::select! {
+                biased;
+                // Not handed over: the uncommitted record is read again later.
+                _ = self.shared.stopped() => return None,
+                _ = self.rt.bytes_bound.take(want) => {}
+            }
         }
+        self.hand_over(want)
+    }
+
+    /// The next record if one is waiting in the queue and the bounds have room, without
+    /// awaiting anything; None otherwise (then [`Source::next`] waits). The common case, a
+    /// partition with a backlog, so skips the per-record futures and `Notify` registrations.
+    fn try_next(&mut self) -> Option<Pulled<'r>> {
+        if self.shared.stopping() {
+            return None;
+        }
+        if self.pending.is_none() {
+            if !self.rt.records_bound.try_take(1) {
+                return None;
+            }
+            let records = InFlight {
+                rt: self.rt,
+                bytes: 0,
+            };
+            // Empty or a fetch error (logged): `next()` waits or backs off.
+            let Some(Ok((record, bytes))) = self.poll_record() else {
+                return None;
+            };
+            self.pending = Some((record, bytes, records));
+        }
+        let want = (self.pending.as_ref().map_or(0, |p| p.1) as u64).max(1);
+        if !self.rt.bytes_bound.try_take(want) {
+            return None;
+        }
+        self.hand_over(want)
+    }
+
+    /// Hands the pending record over once its `want` bytes are taken.
+    fn hand_over(&mut self, want: u64) -> Option<Pulled<'r>> {
         let (record, _, mut permit) = self.pending.take()?;
         permit.bytes = want;
         self.shared.dispatched();
@@ -229,25 +272,13 @@ impl Source {
         })
     }
 
-    /// Takes a record from the queue, with its record permit.
-    async fn pull(&mut self) -> Option<(Record, usize, InFlight)> {
-        tokio::select! {
-            _ = self.rt.records_bound.take(1) => {}
-            _ = self.shared.stopped() => return None,
-        }
-        // Gives the record slot back if no record comes out of this call.
-        let records = InFlight {
-            rt: self.rt.clone(),
-            bytes: 0,
-        };
+    /// One record from the queue with its size: None when the queue is empty (the burst
+    /// ends), `Some(Err(()))` after a fetch error (logged at most every 5 s).
+    fn poll_record(&mut self) -> Option<Result<(Record, usize), ()>> {
         loop {
-            if self.shared.stopping() {
-                return None;
-            }
-            let polled = self.queue.poll(Duration::ZERO);
-            match polled {
+            match self.queue.poll(Duration::ZERO) {
                 Some(Ok(msg)) => {
-                    let record = to_record(&msg, &self.shared, self.ack_tx.as_ref());
+                    let record = to_record(&msg, &self.topic, &self.shared, self.ack_tx.as_ref());
                     drop(msg);
                     let bytes = record.byte_len();
                     self.in_burst += 1;
@@ -258,7 +289,7 @@ impl Source {
                     if bytes as u64 > max {
                         tracing::warn!(record = %record.coordinates(), bytes, max_in_flight_bytes = max, "record is larger than max_in_flight_bytes; it is handled, alone");
                     }
-                    return Some((record, bytes, records));
+                    return Some(Ok((record, bytes)));
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
@@ -269,15 +300,47 @@ impl Source {
                         self.last_error = Some(Instant::now());
                         tracing::warn!(topic = %self.shared.topic, partition = self.shared.partition, error = %e, "partition fetch error");
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Some(Err(()));
                 }
                 None => {
                     if self.in_burst > 0 {
                         self.end_burst();
                     }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Takes a record from the queue, with its record permit.
+    async fn pull(&mut self) -> Option<(Record, usize, InFlight<'r>)> {
+        if self.shared.stopping() {
+            return None;
+        }
+        if !self.rt.records_bound.try_take(1) {
+            tokio::select! {
+                biased;
+                _ = self.shared.stopped() => return None,
+                _ = self.rt.records_bound.take(1) => {}
+            }
+        }
+        // Gives the record slot back if no record comes out of this call.
+        let records = InFlight {
+            rt: self.rt,
+            bytes: 0,
+        };
+        loop {
+            if self.shared.stopping() {
+                return None;
+            }
+            match self.poll_record() {
+                Some(Ok((record, bytes))) => return Some((record, bytes, records)),
+                Some(Err(())) => tokio::time::sleep(Duration::from_millis(50)).await,
+                None => {
                     tokio::select! {
-                        _ = self.nonempty.notified() => {}
+                        biased;
                         _ = self.shared.stopped() => return None,
+                        _ = self.nonempty.notified() => {}
                         // A safety net: the wake-up is edge-triggered.
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
@@ -290,10 +353,11 @@ impl Source {
 /// Copies a message into an owned record.
 fn to_record(
     msg: &BorrowedMessage<'_>,
+    topic: &Arc<str>,
     shared: &Arc<PartitionShared>,
     acks: Option<&mpsc::UnboundedSender<i64>>,
 ) -> Record {
-    let mut r = Record::from_message(msg, shared.topic.clone());
+    let mut r = Record::from_message(msg, topic.clone());
     r.ack = acks.map(|tx| Acknowledgment {
         offset: msg.offset(),
         tx: tx.clone(),
@@ -322,7 +386,7 @@ where
         count_outcomes,
     } = start;
     let meters = Meters::new(&rt, &shared, stage, count_outcomes);
-    let mut source = Source::new(queue, shared.clone(), rt.clone(), ack_tx);
+    let mut source = Source::new(queue, shared.clone(), &rt, ack_tx);
     let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();
 
@@ -331,9 +395,8 @@ where
     if concurrency == 1 && acks.is_none() {
         // The common case: one record at a time, final when the service returns.
         loop {
-            let pulled = tokio::select! {
-                biased;
-                Some(offset) = deferred.recv(), if outstanding > 0 => {
+            if outstanding > 0 {
+                if let Ok(offset) = deferred.try_recv() {
                     outstanding -= 1;
                     tracker.complete(offset);
                     shared.observe(&tracker);
@@ -341,7 +404,25 @@ where
                     shared.finished(&rt);
                     continue;
                 }
-                pulled = source.next() => pulled,
+            }
+            let pulled = match source.try_next() {
+                Some(p) => {
+                    // Nothing above awaited: yield now and then, so a partition with a
+                    // backlog does not starve the other tasks of its thread.
+                    tokio::task::coop::consume_budget().await;
+                    Some(p)
+                }
+                None => tokio::select! {
+                    biased;
+                    Some(offset) = deferred.recv(), if outstanding > 0 => {
+                        outstanding -= 1;
+                        tracker.complete(offset);
+                        shared.observe(&tracker);
+                        shared.finished(&rt);
+                        continue;
+                    }
+                    pulled = source.next() => pulled,
+                },
             };
             let Some(Pulled { record, _permits }) = pulled else {
                 break;

@@ -44,7 +44,17 @@ struct ConfigArg {
 enum TopicsCommand {
     /// Create every route's missing retry and dead-letter topics (for clusters that do not
     /// allow automatic creation), then print them.
-    Create(ConfigArg),
+    Create(CreateArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also create the routes' missing main topics, with this many partitions (for
+    /// development clusters; production topics are usually provisioned on their own).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    partitions: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -216,9 +226,18 @@ async fn execute(cmd: Command) -> Result<(), Failure> {
             tracing::info!(config = %config.file, routes = config.routes.len(), "starting");
             super::run(&config, metrics).await.map_err(run)
         }
-        Command::Topics(TopicsCommand::Create(arg)) => {
-            let config = load(&arg)?;
+        Command::Topics(TopicsCommand::Create(args)) => {
+            let config = load(&args.config)?;
             let mut created = 0;
+            if let Some(partitions) = args.partitions {
+                for t in super::topics::create_main_topics(&config, partitions)
+                    .await
+                    .map_err(run)?
+                {
+                    println!("created {t} ({partitions} partitions)");
+                    created += 1;
+                }
+            }
             for (group, worker) in super::build_workers(&config).map_err(run)? {
                 for t in worker.create_topics().await.map_err(|e| run(e.into()))? {
                     println!("created {t} (group {group})");

@@ -156,9 +156,11 @@ fn fmt_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn attempts_of(r: &Record) -> String {
+/// Deliveries tried before the record was dead-lettered. Like Spring, the copy's
+/// `retry_topic-attempts` holds the number the next attempt would have had, one more.
+fn tries_of(r: &Record) -> String {
     match headers::read_attempts(r.headers()) {
-        AttemptsHeader::Valid(n) => n.to_string(),
+        AttemptsHeader::Valid(n) => n.saturating_sub(1).max(1).to_string(),
         AttemptsHeader::Absent => "-".into(),
         AttemptsHeader::Malformed => "malformed".into(),
     }
@@ -177,7 +179,7 @@ pub fn summary_line(r: &Record) -> String {
         msg.push_str("...");
     }
     format!(
-        "{}/{}@{}  {}  key={}  from={}/{}@{}  attempts={}  {}: {}",
+        "{}/{}@{}  {}  key={}  from={}/{}@{}  tries={}  {}: {}",
         r.topic(),
         r.partition(),
         r.offset(),
@@ -186,7 +188,7 @@ pub fn summary_line(r: &Record) -> String {
         o.topic.as_deref().unwrap_or("?"),
         o.partition.map_or("?".into(), |p| p.to_string()),
         o.offset.map_or("?".into(), |p| p.to_string()),
-        attempts_of(r),
+        tries_of(r),
         o.exception_fqcn.as_deref().unwrap_or("?"),
         msg,
     )
@@ -229,7 +231,7 @@ pub fn detail(r: &Record) -> String {
         "consumer group:    {}",
         o.consumer_group.as_deref().unwrap_or("-")
     );
-    let _ = writeln!(s, "attempts:          {}", attempts_of(r));
+    let _ = writeln!(s, "tries:             {}", tries_of(r));
     let replays = r
         .headers()
         .last_value(REPLAY_COUNT)

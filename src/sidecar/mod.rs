@@ -18,6 +18,7 @@ pub mod config;
 pub mod dlt;
 pub mod forward;
 mod ops;
+mod topics;
 
 use std::net::SocketAddr;
 
