@@ -89,22 +89,7 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
     for t in topology.derived_topics() {
         mock.create_topic(t, 1, 1).unwrap();
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    for i in 0..20 {
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .key(&format!("k{i}"))
-                    .payload("v")
-                    .partition(0),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-    }
+    produce_keys(&bootstrap, topic, 20).await;
 
     // Every produce request fails for a while (librdkafka retries those internally), and on
     // top the publisher itself reports failure for its first attempts (redrive's own
@@ -228,22 +213,7 @@ async fn produce_errors_on_the_dlt_hold_offsets_back_and_lose_nothing() {
     let dlt = policy.topology(topic).dlt().unwrap().to_owned();
     mock.create_topic(topic, 1, 1).unwrap();
     mock.create_topic(&dlt, 1, 1).unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    for i in 0..10 {
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .key(&format!("k{i}"))
-                    .payload("v")
-                    .partition(0),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-    }
+    produce_keys(&bootstrap, topic, 10).await;
     mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 12],
@@ -308,4 +278,24 @@ async fn produce_errors_on_the_dlt_hold_offsets_back_and_lose_nothing() {
         failures >= 3.0,
         "redrive_publish_failures_total{{target=dlt}} = {failures}"
     );
+}
+
+/// Produces `n` records `k0`.. with value `v` to partition 0 of `topic`.
+async fn produce_keys(bootstrap: &str, topic: &str, n: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..n {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(&format!("k{i}"))
+                    .payload("v")
+                    .partition(0),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
 }

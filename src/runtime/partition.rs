@@ -219,8 +219,7 @@ impl<'r> Source<'r> {
         if self.pending.is_none() {
             self.pending = Some(self.pull().await?);
         }
-        let bytes = self.pending.as_ref().map_or(0, |p| p.1) as u64;
-        let want = bytes.max(1);
+        let want = self.pending_want();
         // The waiting futures (which register with `Notify`s) only when the bound is full.
         if !self.rt.bytes_bound.try_take(want) {
             tokio::select! {
@@ -254,11 +253,16 @@ impl<'r> Source<'r> {
             };
             self.pending = Some((record, bytes, records));
         }
-        let want = (self.pending.as_ref().map_or(0, |p| p.1) as u64).max(1);
+        let want = self.pending_want();
         if !self.rt.bytes_bound.try_take(want) {
             return None;
         }
         self.hand_over(want)
+    }
+
+    /// The byte permits the pending record needs (at least one, so empty records count).
+    fn pending_want(&self) -> u64 {
+        (self.pending.as_ref().map_or(0, |p| p.1) as u64).max(1)
     }
 
     /// Hands the pending record over once its `want` bytes are taken.
