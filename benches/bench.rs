@@ -59,6 +59,11 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
+enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
 struct Line {
     scenario: &'static str,
     baseline: f64,
@@ -70,6 +75,30 @@ struct Line {
 }
 
 impl Line {
+    /// A line whose target is a bound on redrive / baseline.
+    fn ratio(
+        scenario: &'static str,
+        baseline: f64,
+        redrive: f64,
+        bound: Bound,
+        extra: String,
+    ) -> Self {
+        let ratio = redrive / baseline;
+        let (target, pass) = match bound {
+            Bound::AtLeast(t) => (format!(">={t:.2}"), ratio >= t),
+            Bound::AtMost(t) => (format!("<={t:.2}"), ratio <= t),
+        };
+        Line {
+            scenario,
+            baseline,
+            redrive,
+            ratio,
+            target,
+            pass,
+            extra,
+        }
+    }
+
     fn print(&self) {
         println!(
             "bench {} baseline={:.1} redrive={:.1} ratio={:.3} target={} pass={}{}",
@@ -639,24 +668,20 @@ async fn bench_main() {
         let (b, r) = (median(&mut br), median(&mut rr));
         let (bcpu, rcpu) = (median(&mut bc), median(&mut rc));
         happy_redrive = Some(r);
-        lines.push(Line {
-            scenario: "happy_throughput",
-            baseline: b,
-            redrive: r,
-            ratio: r / b,
-            target: ">=0.95".into(),
-            pass: r / b >= 0.95,
-            extra: format!("unit=records/s rounds={rounds}"),
-        });
-        lines.push(Line {
-            scenario: "happy_cpu",
-            baseline: bcpu,
-            redrive: rcpu,
-            ratio: rcpu / bcpu,
-            target: "<=1.10".into(),
-            pass: rcpu / bcpu <= 1.10,
-            extra: "unit=cpu-seconds/million-records".into(),
-        });
+        lines.push(Line::ratio(
+            "happy_throughput",
+            b,
+            r,
+            Bound::AtLeast(0.95),
+            format!("unit=records/s rounds={rounds}"),
+        ));
+        lines.push(Line::ratio(
+            "happy_cpu",
+            bcpu,
+            rcpu,
+            Bound::AtMost(1.10),
+            "unit=cpu-seconds/million-records".into(),
+        ));
     }
     if want("retry") {
         let m = n / 5;
@@ -676,15 +701,13 @@ async fn bench_main() {
         }
         let r = median(&mut rr);
         let happy = happy_redrive.unwrap();
-        lines.push(Line {
-            scenario: "retry_path",
-            baseline: happy,
-            redrive: r,
-            ratio: r / happy,
-            target: ">=0.85".into(),
-            pass: r / happy >= 0.85,
-            extra: format!("unit=records/s baseline=redrive-happy-path records={m} retries_completed={completed}"),
-        });
+        lines.push(Line::ratio(
+            "retry_path",
+            happy,
+            r,
+            Bound::AtLeast(0.85),
+            format!("unit=records/s baseline=redrive-happy-path records={m} retries_completed={completed}"),
+        ));
     }
     if want("delay") {
         let v = delay_precision(&bootstrap, 10_000).await;
@@ -746,15 +769,13 @@ async fn bench_main() {
             tt.push(t);
         }
         let (a, t) = (median(&mut aa), median(&mut tt));
-        lines.push(Line {
-            scenario: "transactional",
-            baseline: a,
-            redrive: t,
-            ratio: t / a,
-            target: ">=0.7".into(),
-            pass: t / a >= 0.7,
-            extra: format!("unit=records/s baseline=at-least-once broker=librdkafka-mock records={m} batch=5000"),
-        });
+        lines.push(Line::ratio(
+            "transactional",
+            a,
+            t,
+            Bound::AtLeast(0.7),
+            format!("unit=records/s baseline=at-least-once broker=librdkafka-mock records={m} batch=5000"),
+        ));
     }
     if want("sidecar_http") {
         #[cfg(feature = "sidecar")]

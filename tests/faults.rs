@@ -7,47 +7,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker, WorkerHandle};
 use tower::service_fn;
 
+mod support;
+
 const PARTITIONS: i32 = 2;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
+/// Committed offsets per partition; all None while the coordinator does not answer.
 fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    match c.committed_offsets(tpl, Duration::from_secs(5)) {
-        Ok(got) => got
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-            .collect(),
-        Err(_) => vec![None; PARTITIONS as usize],
-    }
+    support::try_committed(bootstrap, group, topic, PARTITIONS).map_or_else(
+        |_| vec![None; PARTITIONS as usize],
+        |m| m.into_values().collect(),
+    )
 }
 
 struct Run {
@@ -86,7 +62,7 @@ async fn start_with(
     name: &str,
     before: impl FnOnce(&MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
 ) -> Run {
-    init_tracing();
+    support::init_tracing();
     let _ = metrics_text();
     let mock = MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();

@@ -10,13 +10,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use redrive::policy::RetryPolicy;
 use redrive::publish::{KafkaPublisher, Outgoing, Publish, PublishFuture};
 use redrive::{BoxError, CommitPolicy, Record, Route, Worker};
 use tower::service_fn;
+
+mod support;
 
 /// Fails its first `fail_first` publishes, then delegates.
 struct Flaky {
@@ -55,28 +57,12 @@ fn publish_failures(group: &str, target: &str) -> f64 {
 }
 
 fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
-    match got.elements()[0].offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    }
+    support::committed(bootstrap, group, topic, 1)[&0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    support::init_tracing();
     let _ = metrics();
     let mock = MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();
@@ -117,33 +103,14 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
             }
         })
     };
-    let publisher = Arc::new(Flaky {
-        inner: KafkaPublisher::new(ClientConfig::new().set("bootstrap.servers", &bootstrap))
-            .unwrap(),
-        fail_first: 3,
-        calls: AtomicU32::new(0),
-    });
-    let worker = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .publisher(publisher.clone())
-        .group_id(group)
-        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(100)))
-        .route(Route::new(topic, handler).retry(policy))
-        .build()
-        .unwrap();
-    let handle = worker.handle();
-    let run = tokio::spawn(worker.run());
+    let (publisher, handle, run) = start(&bootstrap, group, topic, handler, policy);
 
     // While publishing fails, the first record's copy is not acknowledged: nothing is
     // committed past it.
-    let started = Instant::now();
-    while calls.lock().unwrap().is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no record handled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::eventually(Duration::from_secs(30), "a record handled", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
     let mut held = 0;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -226,30 +193,11 @@ async fn produce_errors_on_the_dlt_hold_offsets_back_and_lose_nothing() {
             async { Err::<(), BoxError>("always fails".into()) }
         })
     };
-    let publisher = Arc::new(Flaky {
-        inner: KafkaPublisher::new(ClientConfig::new().set("bootstrap.servers", &bootstrap))
-            .unwrap(),
-        fail_first: 3,
-        calls: AtomicU32::new(0),
-    });
-    let worker = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .publisher(publisher.clone())
-        .group_id(group)
-        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(100)))
-        .route(Route::new(topic, handler).retry(policy))
-        .build()
-        .unwrap();
-    let handle = worker.handle();
-    let run = tokio::spawn(worker.run());
-    let started = Instant::now();
-    while calls.load(Ordering::SeqCst) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no record handled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_publisher, handle, run) = start(&bootstrap, group, topic, handler, policy);
+    support::eventually(Duration::from_secs(30), "a record handled", || {
+        calls.load(Ordering::SeqCst) > 0
+    })
+    .await;
     // The first dead letter's copy fails 3 times (with back-off): nothing is committed yet.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(committed(&bootstrap, group, topic).unwrap_or(0), 0);
@@ -298,4 +246,39 @@ async fn produce_keys(bootstrap: &str, topic: &str, n: usize) {
             .await
             .unwrap();
     }
+}
+
+/// A worker whose publisher fails its first 3 publications, committing every 100 ms.
+fn start<S>(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    handler: S,
+    policy: RetryPolicy,
+) -> (
+    Arc<Flaky>,
+    redrive::WorkerHandle,
+    tokio::task::JoinHandle<Result<(), redrive::Error>>,
+)
+where
+    S: tower::Service<Record, Response = ()> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let publisher = Arc::new(Flaky {
+        inner: KafkaPublisher::new(ClientConfig::new().set("bootstrap.servers", bootstrap))
+            .unwrap(),
+        fail_first: 3,
+        calls: AtomicU32::new(0),
+    });
+    let worker = Worker::builder()
+        .bootstrap_servers(bootstrap)
+        .publisher(publisher.clone())
+        .group_id(group)
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(100)))
+        .route(Route::new(topic, handler).retry(policy))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    (publisher, handle, tokio::spawn(worker.run()))
 }

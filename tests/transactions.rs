@@ -26,17 +26,9 @@ use redrive::transaction::Transactional;
 use redrive::{BoxError, Record, RetryPolicy, Route, Worker, WorkerHandle};
 use tower::service_fn;
 
-const PARTITIONS: i32 = 2;
+mod support;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+const PARTITIONS: i32 = 2;
 
 /// A cluster for one test: the mock cluster, or the external one.
 struct Cluster {
@@ -47,7 +39,7 @@ struct Cluster {
 
 impl Cluster {
     fn new(name: &str) -> Cluster {
-        init_tracing();
+        support::init_tracing();
         let prefix = format!("{name}-{}-{}", std::process::id(), rand_suffix());
         match std::env::var("REDRIVE_TEST_BOOTSTRAP") {
             Ok(b) if !b.is_empty() => Cluster {
@@ -127,26 +119,10 @@ impl Cluster {
     }
 
     fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", group)
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition(topic, p);
-        }
-        match c.committed_offsets(tpl, Duration::from_secs(5)) {
-            Ok(got) => got
-                .elements()
-                .iter()
-                .map(|e| match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                })
-                .collect(),
-            Err(_) => vec![0; PARTITIONS as usize],
-        }
+        support::try_committed(&self.bootstrap, group, topic, PARTITIONS).map_or_else(
+            |_| vec![0; PARTITIONS as usize],
+            |m| m.into_values().map(|o| o.unwrap_or(0)).collect(),
+        )
     }
 
     /// Every record of `topic` as (key, value), with the given isolation level.
@@ -321,19 +297,11 @@ async fn held_at_order_301(c: &Cluster, ledger: &Ledger) -> (Pipeline, Arc<Atomi
         Some(("order-301".into(), reached.clone(), release.clone())),
     )
     .await;
-    wait_for(Duration::from_secs(60), "order-301 reached", || {
+    support::eventually(Duration::from_secs(60), "order-301 reached", || {
         reached.load(Ordering::SeqCst)
     })
     .await;
     (p, release)
-}
-
-async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn setup(c: &Cluster) {
@@ -386,7 +354,7 @@ async fn offsets_advance_only_when_the_transaction_commits() {
     );
     let before = p.handle.transactions().unwrap();
     release.store(true, Ordering::SeqCst);
-    wait_for(Duration::from_secs(60), "every input committed", || {
+    support::eventually(Duration::from_secs(60), "every input committed", || {
         positions(&c, &p).iter().sum::<i64>() == n as i64
             && p.handle.transactions().unwrap().records_committed == n + n / 10
     })
@@ -419,7 +387,7 @@ async fn abort_and_redo(name: &str, api: RDKafkaApiKey, errors: &[RDKafkaRespErr
         m.request_errors(api, errors);
     }
     release.store(true, Ordering::SeqCst);
-    wait_for(Duration::from_secs(90), "every input committed", || {
+    support::eventually(Duration::from_secs(90), "every input committed", || {
         positions(&c, &p).iter().sum::<i64>() == n as i64
             && p.handle.transactions().unwrap().records_committed >= n + n / 10
     })
@@ -474,7 +442,7 @@ async fn a_second_instance_with_the_same_id_fences_the_first() {
     let ledger = Ledger::default();
     let id = c.name("txn");
     let p = pipeline(&c, &ledger, &id, None).await;
-    wait_for(Duration::from_secs(60), "a committed transaction", || {
+    support::eventually(Duration::from_secs(60), "a committed transaction", || {
         p.handle.transactions().unwrap().committed > 0
     })
     .await;

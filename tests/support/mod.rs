@@ -233,6 +233,17 @@ pub fn committed(
     topic: &str,
     partitions: i32,
 ) -> BTreeMap<i32, Option<i64>> {
+    try_committed(bootstrap, group, topic, partitions).expect("committed_offsets")
+}
+
+/// [`committed`], or the error when the coordinator does not answer within 10 s (tests that
+/// inject coordinator faults poll through those).
+pub fn try_committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> rdkafka::error::KafkaResult<BTreeMap<i32, Option<i64>>> {
     let c: BaseConsumer = client_config(bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -242,10 +253,9 @@ pub fn committed(
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed_offsets");
-    got.elements()
+    let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(got
+        .elements()
         .iter()
         .map(|e| {
             let o = match e.offset() {
@@ -254,7 +264,7 @@ pub fn committed(
             };
             (e.partition(), o)
         })
-        .collect()
+        .collect())
 }
 
 /// High watermarks of every partition.
