@@ -30,12 +30,28 @@ const VALUE_BYTES: usize = 100;
 
 /// Process CPU time (user + system, all threads), from /proc/self/stat.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    proc_cpu_seconds("self").expect("/proc/self/stat")
+}
+
+/// When a measured window started or ended: wall clock, this process's CPU, the broker's.
+type Mark = Arc<Mutex<Option<(Instant, f64, Option<f64>)>>>;
+
+/// The broker's process id when it runs on this machine: the one the bench started, or
+/// `BENCH_BROKER_PID` with `KAFKA_BOOTSTRAP_SERVERS`.
+static BROKER_PID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+
+/// The local broker's CPU time, to show how much of the machine it took from the consumer.
+fn broker_cpu_seconds() -> Option<f64> {
+    proc_cpu_seconds(&BROKER_PID.get().copied().flatten()?.to_string())
+}
+
+fn proc_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after ')'.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    let ticks: f64 = f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Peak resident set size of this process, bytes.
@@ -200,13 +216,13 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
 }
 
 /// redrive with a no-op handler, `async:1000`. Returns (records/s, CPU s per million).
-async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
-    let first: Arc<Mutex<Option<(Instant, f64)>>> = Arc::default();
+async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Option<f64>) {
+    let first: Mark = Arc::default();
     let f2 = first.clone();
     let seen = Arc::new(AtomicBool::new(false));
     let handler = service_fn(move |r: Record| {
         if !seen.swap(true, Ordering::Relaxed) {
-            *f2.lock().unwrap() = Some((Instant::now(), cpu_seconds()));
+            *f2.lock().unwrap() = Some((Instant::now(), cpu_seconds(), broker_cpu_seconds()));
         }
         std::hint::black_box(r.value());
         std::future::ready(Ok::<_, BoxError>(()))
@@ -229,21 +245,26 @@ async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
     while h.records_finished() < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let end = (Instant::now(), cpu_seconds());
+    let end = (Instant::now(), cpu_seconds(), broker_cpu_seconds());
     h.shutdown();
     run.await.unwrap().unwrap();
-    let (t0, c0) = first.lock().unwrap().unwrap();
+    let (t0, c0, b0) = first.lock().unwrap().unwrap();
     let secs = (end.0 - t0).as_secs_f64();
-    (n as f64 / secs, (end.1 - c0) / (n as f64 / 1e6))
+    let per_million = n as f64 / 1e6;
+    (
+        n as f64 / secs,
+        (end.1 - c0) / per_million,
+        end.2.zip(b0).map(|(b1, b0)| (b1 - b0) / per_million),
+    )
 }
 
 /// Main-topic throughput with 10 % of records failing once through a 1 s retry topic; waits
 /// until every retried record completed.
-async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, u64) {
+async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Option<f64>, u64) {
     let main_done = Arc::new(AtomicU64::new(0));
     let retried_ok = Arc::new(AtomicU64::new(0));
-    let first: Arc<Mutex<Option<(Instant, f64)>>> = Arc::default();
-    let last_main: Arc<Mutex<Option<(Instant, f64)>>> = Arc::default();
+    let first: Mark = Arc::default();
+    let last_main: Mark = Arc::default();
     let (md, ro, f2, lm) = (
         main_done.clone(),
         retried_ok.clone(),
@@ -257,10 +278,10 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, u64) 
         let res: Result<(), BoxError> = if main {
             // The same per-record work as the happy path's handler: one flag, no lock.
             if !seen.swap(true, Ordering::Relaxed) {
-                *f2.lock().unwrap() = Some((Instant::now(), cpu_seconds()));
+                *f2.lock().unwrap() = Some((Instant::now(), cpu_seconds(), broker_cpu_seconds()));
             }
             if md.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                *lm.lock().unwrap() = Some((Instant::now(), cpu_seconds()));
+                *lm.lock().unwrap() = Some((Instant::now(), cpu_seconds(), broker_cpu_seconds()));
             }
             if r.offset() % 10 == 0 {
                 Err("fails once".into())
@@ -299,14 +320,16 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, u64) 
     }
     h.shutdown();
     run.await.unwrap().unwrap();
-    let ((t1, c1), (t0, c0)) = (
+    let ((t1, c1, b1), (t0, c0, b0)) = (
         last_main.lock().unwrap().unwrap(),
         first.lock().unwrap().unwrap(),
     );
     let secs = (t1 - t0).as_secs_f64();
+    let per_million = n as f64 / 1e6;
     (
         n as f64 / secs,
-        (c1 - c0) / (n as f64 / 1e6),
+        (c1 - c0) / per_million,
+        b1.zip(b0).map(|(b1, b0)| (b1 - b0) / per_million),
         retried_ok.load(Ordering::Relaxed),
     )
 }
@@ -617,8 +640,19 @@ async fn bench_main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let bootstrap = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
-        Ok(b) if !b.is_empty() => b,
-        _ => support::start_nisshi(&format!("memory://bench-{}/", std::process::id())).0,
+        Ok(b) if !b.is_empty() => {
+            let pid = std::env::var("BENCH_BROKER_PID")
+                .ok()
+                .and_then(|p| p.parse().ok());
+            BROKER_PID.get_or_init(|| pid);
+            b
+        }
+        _ => {
+            let (b, broker) =
+                support::start_nisshi(&format!("memory://bench-{}/", std::process::id()));
+            BROKER_PID.get_or_init(|| Some(broker.pid));
+            b
+        }
     };
     if args.first().map(String::as_str) == Some("memory-child") {
         memory_child(&bootstrap).await;
@@ -656,12 +690,15 @@ async fn bench_main() {
             eprintln!("round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M");
             br.push(r);
             bc.push(c);
-            let (r, c) = if side == "baseline" {
-                (1.0, 1.0)
+            let (r, c, broker) = if side == "baseline" {
+                (1.0, 1.0, None)
             } else {
                 redrive_happy(&bootstrap, &topic, n).await
             };
-            eprintln!("round {round}: redrive  {r:.0} rec/s, {c:.2} cpu-s/M");
+            eprintln!(
+                "round {round}: redrive  {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
+                broker.map_or("not local".into(), |b| format!("{b:.2} cpu-s/M"))
+            );
             rr.push(r);
             rc.push(c);
         }
@@ -692,9 +729,10 @@ async fn bench_main() {
             let topic = support::unique("bench-retry");
             support::create_topic(&bootstrap, &topic, PARTITIONS).await;
             produce(&bootstrap, &topic, m).await;
-            let (r, cpu, done) = redrive_retry(&bootstrap, &topic, m).await;
+            let (r, cpu, broker, done) = redrive_retry(&bootstrap, &topic, m).await;
             eprintln!(
-                "round {round}: retry path main topic {r:.0} rec/s, {cpu:.2} cpu-s/M, {done} retries completed"
+                "round {round}: retry path main topic {r:.0} rec/s, {cpu:.2} cpu-s/M (broker {}), {done} retries completed",
+                broker.map_or("not local".into(), |b| format!("{b:.2} cpu-s/M"))
             );
             rr.push(r);
             completed = done;

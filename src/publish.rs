@@ -63,7 +63,11 @@ impl Outgoing {
     }
 
     /// Appends a header.
-    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn header(
+        mut self,
+        key: impl Into<std::borrow::Cow<'static, str>>,
+        value: impl Into<Bytes>,
+    ) -> Self {
         self.headers.push(key, Some(value.into()));
         self
     }
@@ -109,8 +113,9 @@ pub type PublishFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Sen
 
 /// Sends a record and resolves once the destination acknowledged it.
 pub trait Publish: Send + Sync + 'static {
-    /// Publishes `record`.
-    fn publish(&self, record: Outgoing) -> PublishFuture;
+    /// Publishes `record`. It is borrowed because a copy that must be sent again after a
+    /// failure stays with the caller; an implementation that has to keep it clones it.
+    fn publish(&self, record: &Outgoing) -> PublishFuture;
 }
 
 /// Publishes through an rdkafka producer configured for durability.
@@ -173,8 +178,8 @@ pub(crate) fn future_record(r: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
 impl Publish for KafkaPublisher {
     /// Enqueues the record at once (so copies keep the order of the calls) and returns a
     /// future of its acknowledgement. A full local queue is waited out in the future.
-    fn publish(&self, r: Outgoing) -> PublishFuture {
-        match self.producer.send_result(future_record(&r)) {
+    fn publish(&self, r: &Outgoing) -> PublishFuture {
+        match self.producer.send_result(future_record(r)) {
             Ok(delivery) => Box::pin(async move {
                 match delivery.await {
                     Ok(Ok(_)) => Ok(()),
@@ -184,6 +189,7 @@ impl Publish for KafkaPublisher {
             }),
             Err(_) => {
                 // Queue full (or another local error): the waiting send retries it.
+                let r = r.clone();
                 let producer = self.producer.clone();
                 let timeout = self.timeout;
                 Box::pin(async move {

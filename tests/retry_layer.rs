@@ -21,11 +21,11 @@ struct Memory {
 }
 
 impl Publish for Memory {
-    fn publish(&self, record: Outgoing) -> PublishFuture {
+    fn publish(&self, record: &Outgoing) -> PublishFuture {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail_first {
             return Box::pin(async { Err("broker unavailable".into()) });
         }
-        self.sent.lock().unwrap().push(record);
+        self.sent.lock().unwrap().push(record.clone());
         Box::pin(async { Ok(()) })
     }
 }

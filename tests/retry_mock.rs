@@ -28,7 +28,7 @@ struct Flaky {
 }
 
 impl Publish for Flaky {
-    fn publish(&self, record: Outgoing) -> PublishFuture {
+    fn publish(&self, record: &Outgoing) -> PublishFuture {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail_first {
             return Box::pin(async { Err("injected publish failure".into()) });
         }

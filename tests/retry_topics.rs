@@ -477,7 +477,7 @@ async fn keys_tombstones_and_user_headers_survive_every_hop() {
         r.headers()
             .iter()
             .filter(|h| !h.key.starts_with("retry_topic-") && !h.key.starts_with("kafka_"))
-            .map(|h| (h.key.clone(), h.value.as_ref().map(|v| v.to_vec())))
+            .map(|h| (h.key.to_string(), h.value.as_ref().map(|v| v.to_vec())))
             .collect()
     };
     for r in seen.iter() {

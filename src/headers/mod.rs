@@ -8,6 +8,8 @@
 //! - original partition: 4-byte int; original offset and timestamp: 8-byte longs;
 //!   topic, timestamp type, group and exception texts: UTF-8.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 use crate::record::{Headers, TimestampType};
@@ -63,6 +65,44 @@ pub mod dlt_form {
     pub const EXCEPTION_MESSAGE: &str = "kafka_dlt-exception-message";
     /// Stack trace.
     pub const EXCEPTION_STACKTRACE: &str = "kafka_dlt-exception-stacktrace";
+}
+
+/// The header names redrive writes or reads, so a consumed record's copy of them borrows a
+/// static string instead of allocating one per header.
+const KNOWN: [&str; 25] = [
+    ATTEMPTS,
+    BACKOFF_TIMESTAMP,
+    ORIGINAL_TIMESTAMP_RETRY,
+    ORIGINAL_TOPIC,
+    ORIGINAL_PARTITION,
+    ORIGINAL_OFFSET,
+    ORIGINAL_TIMESTAMP,
+    ORIGINAL_TIMESTAMP_TYPE,
+    ORIGINAL_CONSUMER_GROUP,
+    EXCEPTION_FQCN,
+    EXCEPTION_CAUSE_FQCN,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
+    TRACEPARENT,
+    dlt_form::ORIGINAL_TOPIC,
+    dlt_form::ORIGINAL_PARTITION,
+    dlt_form::ORIGINAL_OFFSET,
+    dlt_form::ORIGINAL_TIMESTAMP,
+    dlt_form::ORIGINAL_TIMESTAMP_TYPE,
+    dlt_form::EXCEPTION_FQCN,
+    dlt_form::EXCEPTION_CAUSE_FQCN,
+    dlt_form::EXCEPTION_MESSAGE,
+    dlt_form::EXCEPTION_STACKTRACE,
+    crate::layer::retry_topic::VALUE_DROPPED,
+    "redrive-replay-count",
+];
+
+/// `name` as a header key: a well-known name borrows its static string, others are copied.
+pub(crate) fn interned(name: &str) -> Cow<'static, str> {
+    match KNOWN.iter().find(|k| **k == name) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(name.to_owned()),
+    }
 }
 
 /// Spring caps attempts at `Short.MAX_VALUE`; values outside 1..=cap read as attempt 1.
@@ -287,7 +327,7 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
     );
     headers.set(BACKOFF_TIMESTAMP, Bytes::from(encode_big_integer(f.due_ms)));
 
-    let mut once = |key: &str, value: Bytes| {
+    let mut once = |key: &'static str, value: Bytes| {
         if headers.last(key).is_none() {
             headers.push(key, Some(value));
         }

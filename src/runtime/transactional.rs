@@ -85,8 +85,8 @@ impl TxnPublisher {
 }
 
 impl Publish for TxnPublisher {
-    fn publish(&self, r: Outgoing) -> PublishFuture {
-        match self.producer.send_result(future_record(&r)) {
+    fn publish(&self, r: &Outgoing) -> PublishFuture {
+        match self.producer.send_result(future_record(r)) {
             Ok(_delivery) => Box::pin(std::future::ready(Ok(()))),
             Err((e, _)) => {
                 self.fail(format!("cannot enqueue a record for `{}`: {e}", r.topic));

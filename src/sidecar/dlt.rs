@@ -325,7 +325,7 @@ pub fn replay_copy(r: &Record, to: Option<&str>) -> Result<Outgoing, String> {
         .unwrap_or(0);
     let mut h = Headers::new();
     for x in r.headers().iter() {
-        let k = x.key.as_str();
+        let k = &*x.key;
         let bookkeeping = k.starts_with("retry_topic-")
             || k.starts_with("kafka_original-")
             || k.starts_with("kafka_exception-")
@@ -623,7 +623,7 @@ pub async fn run(
                         }
                         next_send = next_send.max(now) + interval.unwrap_or_default();
                         let publisher = publisher.as_ref().expect("a replay has a publisher");
-                        pending.push(publisher.publish(copy));
+                        pending.push(publisher.publish(&copy));
                         sent += 1;
                     }
                 },
@@ -712,7 +712,7 @@ mod tests {
         let c = replay_copy(&r, None).unwrap();
         assert_eq!((c.topic.as_str(), c.partition), ("orders", Some(2)));
         assert_eq!(c.key.as_deref(), Some(&b"k1"[..]));
-        let keys: Vec<&str> = c.headers.iter().map(|h| h.key.as_str()).collect();
+        let keys: Vec<&str> = c.headers.iter().map(|h| &*h.key).collect();
         assert_eq!(keys, ["user", REPLAY_COUNT]);
         assert_eq!(c.headers.last_value(REPLAY_COUNT), Some(&[0, 0, 0, 2][..]));
         let elsewhere = replay_copy(&r, Some("orders-audit")).unwrap();

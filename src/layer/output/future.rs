@@ -55,7 +55,7 @@ where
             .into_iter()
             .map(|o| {
                 let topic = o.topic.clone();
-                let fut = this.publisher.publish(o);
+                let fut = this.publisher.publish(&o);
                 async move { fut.await.map_err(|source| OutputError { topic, source }) }
             })
             .collect();

@@ -48,7 +48,28 @@ pub(crate) struct TopicEntry {
     pub(crate) stage: Stage,
     /// `records_handled_total{outcome="ok"}` by attempt, registered once.
     ok: Vec<::metrics::Counter>,
+    /// The failure path's counters by attempt label (see [`attempt_label`]), registered once
+    /// so a failure does not build label sets: `records_handled_total` with outcome
+    /// `retryable_error` and `fatal_error`, and `retries_scheduled_total`.
+    retryable: Vec<::metrics::Counter>,
+    fatal: Vec<::metrics::Counter>,
+    scheduled: Vec<::metrics::Counter>,
+    /// `records_dead_lettered_total` by [`DLT_REASONS`].
+    dead: Vec<::metrics::Counter>,
     labels: [(&'static str, String); 3],
+}
+
+/// Why a record goes to the dead-letter topic (the `reason` label).
+const DLT_REASONS: [&str; 4] = ["decode", "fatal", "timeout", "exhausted"];
+
+/// Most attempt labels registered up front; beyond, counters are looked up per failure.
+const CACHED_ATTEMPTS: u32 = 64;
+
+/// The index of `attempt`'s counter in a by-attempt list of `len` counters, if cached.
+fn attempt_slot(attempt: u32, policy: &RetryPolicy, len: usize) -> Option<usize> {
+    let label_attempt = attempt.min(policy.attempts.saturating_add(1));
+    let i = label_attempt.max(1) as usize - 1;
+    (i < len).then_some(i)
 }
 
 impl TopicEntry {
@@ -73,10 +94,38 @@ impl TopicEntry {
                 ::metrics::counter!(crate::metrics::names::RECORDS_HANDLED, &l)
             })
             .collect();
+        let by_attempt = |name: &'static str, outcome: Option<&'static str>, shift: u32| {
+            (1..=policy.attempts.saturating_add(1).min(CACHED_ATTEMPTS))
+                .map(|a| {
+                    let mut l: Vec<(&'static str, String)> = labels.to_vec();
+                    if let Some(o) = outcome {
+                        l.push(("outcome", o.into()));
+                    }
+                    l.push(("attempt", attempt_label(a + shift, policy)));
+                    ::metrics::counter!(name, &l)
+                })
+                .collect::<Vec<_>>()
+        };
+        use crate::metrics::names::{DEAD_LETTERED, RECORDS_HANDLED, RETRIES_SCHEDULED};
+        let retryable = by_attempt(RECORDS_HANDLED, Some("retryable_error"), 0);
+        let fatal = by_attempt(RECORDS_HANDLED, Some("fatal_error"), 0);
+        let scheduled = by_attempt(RETRIES_SCHEDULED, None, 1);
+        let dead = DLT_REASONS
+            .iter()
+            .map(|r| {
+                let mut l: Vec<(&'static str, String)> = labels.to_vec();
+                l.push(("reason", (*r).into()));
+                ::metrics::counter!(DEAD_LETTERED, &l)
+            })
+            .collect();
         let entry = TopicEntry {
             topology,
             stage,
             ok,
+            retryable,
+            fatal,
+            scheduled,
+            dead,
             labels,
         };
         // Failure counters exist from the start (at 0), so dashboards show 0, not "no data".
@@ -94,6 +143,57 @@ impl TopicEntry {
     pub(crate) fn count_ok(&self, attempt: u32) {
         let i = (attempt.max(1) as usize - 1).min(self.ok.len() - 1);
         self.ok[i].increment(1);
+    }
+
+    /// `records_handled_total` for a failure of `attempt`.
+    fn count_failure(&self, fatal: bool, attempt: u32, policy: &RetryPolicy) {
+        let list = if fatal { &self.fatal } else { &self.retryable };
+        match attempt_slot(attempt, policy, list.len()) {
+            Some(i) => list[i].increment(1),
+            None => self
+                .counter(
+                    crate::metrics::names::RECORDS_HANDLED,
+                    &[
+                        (
+                            "outcome",
+                            if fatal {
+                                "fatal_error"
+                            } else {
+                                "retryable_error"
+                            }
+                            .into(),
+                        ),
+                        ("attempt", attempt_label(attempt, policy)),
+                    ],
+                )
+                .increment(1),
+        }
+    }
+
+    /// `retries_scheduled_total` for the retry after a failure of `attempt`.
+    fn count_scheduled(&self, attempt: u32, policy: &RetryPolicy) {
+        // Index by the failed attempt: slot i is labelled with attempt i + 2.
+        match attempt_slot(attempt, policy, self.scheduled.len()) {
+            Some(i) if attempt <= policy.attempts => self.scheduled[i].increment(1),
+            _ => self
+                .counter(
+                    crate::metrics::names::RETRIES_SCHEDULED,
+                    &[("attempt", attempt_label(attempt + 1, policy))],
+                )
+                .increment(1),
+        }
+    }
+
+    fn count_dead(&self, reason: &'static str) {
+        match DLT_REASONS.iter().position(|r| *r == reason) {
+            Some(i) => self.dead[i].increment(1),
+            None => self
+                .counter(
+                    crate::metrics::names::DEAD_LETTERED,
+                    &[("reason", reason.into())],
+                )
+                .increment(1),
+        }
     }
 
     pub(crate) fn counter(
@@ -244,7 +344,6 @@ where
         inner,
     } = ctx;
     let policy = &shared.policy;
-    let attempt_pair = || ("attempt", attempt_label(attempt, policy));
 
     if let Some(mut inner) = inner {
         for _ in 0..policy.in_memory.attempts {
@@ -270,16 +369,7 @@ where
     }
 
     let class = policy.classify(&*err);
-    let outcome = match class {
-        Classification::Retryable => "retryable_error",
-        Classification::Fatal(_) => "fatal_error",
-    };
-    entry
-        .counter(
-            crate::metrics::names::RECORDS_HANDLED,
-            &[("outcome", outcome.into()), attempt_pair()],
-        )
-        .increment(1);
+    entry.count_failure(matches!(class, Classification::Fatal(_)), attempt, policy);
 
     let now = now_ms();
     let topology = &entry.topology;
@@ -317,12 +407,7 @@ where
         Destination::Retry { topic, due_ms } => (topic, due_ms, "retry"),
         Destination::Dlt { reason } => match topology.dlt() {
             Some(dlt) => {
-                entry
-                    .counter(
-                        crate::metrics::names::DEAD_LETTERED,
-                        &[("reason", reason.into())],
-                    )
-                    .increment(1);
+                entry.count_dead(reason);
                 tracing::warn!(record = %record.coordinates(), attempt, reason, dlt, error = %error_chain(&*err), "sending the record to the dead-letter topic");
                 (dlt, now, "dlt")
             }
@@ -333,19 +418,14 @@ where
         },
     };
     if target == "retry" {
-        entry
-            .counter(
-                crate::metrics::names::RETRIES_SCHEDULED,
-                &[("attempt", attempt_label(attempt + 1, policy))],
-            )
-            .increment(1);
+        entry.count_scheduled(attempt, policy);
         tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
     }
     let out = failure_copy(&shared, &record, &*err, attempt, topic, due_ms);
     // The first send is issued now, in record order; its acknowledgement is awaited off the
     // partition's path when the runtime lets this layer defer the record's completion: the
     // next records run meanwhile, and the offset still never passes an unacknowledged copy.
-    let first = shared.publisher.publish(out.clone());
+    let first = shared.publisher.publish(&out);
     match record.defer() {
         Some(deferral) => {
             tokio::spawn(async move {
@@ -451,9 +531,7 @@ pub(crate) async fn publish_until_acked(
     let mut failures = 0u32;
     let mut shrunk = 0u8;
     loop {
-        let attempt = first
-            .take()
-            .unwrap_or_else(|| publisher.publish(out.clone()));
+        let attempt = first.take().unwrap_or_else(|| publisher.publish(&out));
         match attempt.await {
             Ok(()) => {
                 if failures > 0 {
