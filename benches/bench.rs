@@ -45,6 +45,71 @@ fn broker_cpu_seconds() -> Option<f64> {
     proc_cpu_seconds(&BROKER_PID.get().copied().flatten()?.to_string())
 }
 
+/// Per thread id: name, CPU ticks, system ticks, and faults (or context switches).
+type ThreadTicks = HashMap<u32, (String, u64, u64, u64)>;
+
+/// CPU ticks of each of this process's threads, by thread id, with the thread's name.
+fn thread_ticks() -> ThreadTicks {
+    let mut out = HashMap::new();
+    for e in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        let sys = f[12].parse::<u64>().unwrap_or(0);
+        // Context switches stand in for faults here when asked (BENCH_THREADS=switches).
+        let faults = if std::env::var("BENCH_THREADS").as_deref() == Ok("switches") {
+            std::fs::read_to_string(e.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        } else {
+            f[7].parse::<u64>().unwrap_or(0)
+        };
+        if let Ok(tid) = e.file_name().to_string_lossy().parse() {
+            out.insert(tid, (name, ticks, sys, faults));
+        }
+    }
+    out
+}
+
+/// With `BENCH_THREADS=1`: the CPU each thread used since `before`, largest first.
+fn print_thread_cpu(what: &str, before: &ThreadTicks) {
+    if std::env::var_os("BENCH_THREADS").is_none() {
+        return;
+    }
+    let mut used: Vec<(u64, u64, u64, String)> = thread_ticks()
+        .into_iter()
+        .map(|(tid, (name, t, sys, faults))| {
+            let b = before.get(&tid);
+            (
+                t - b.map_or(0, |b| b.1),
+                sys - b.map_or(0, |b| b.2),
+                faults - b.map_or(0, |b| b.3),
+                name,
+            )
+        })
+        .filter(|(d, ..)| *d > 0)
+        .collect();
+    used.sort_by(|a, b| b.cmp(a));
+    let list: Vec<String> = used
+        .iter()
+        .map(|(d, sys, faults, n)| format!("{n}={}ms(sys {}ms, {faults} faults)", d * 10, sys * 10))
+        .collect();
+    eprintln!("  {what} threads: {}", list.join(" "));
+}
+
 fn proc_cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after ')'.
@@ -191,11 +256,13 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
     let mut count = 0u64;
     let mut started = None;
     let mut cpu0 = 0.0;
+    let mut ticks0 = HashMap::new();
     while count < n {
         let m = c.recv().await.expect("recv");
         if started.is_none() {
             started = Some(Instant::now());
             cpu0 = cpu_seconds();
+            ticks0 = thread_ticks();
         }
         // The same no-op work as redrive's handler: look at the payload.
         std::hint::black_box(m.payload());
@@ -212,6 +279,7 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
     }
     let secs = started.unwrap().elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    print_thread_cpu("baseline", &ticks0);
     (n as f64 / secs, cpu / (n as f64 / 1e6))
 }
 
@@ -219,10 +287,13 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
 async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Option<f64>) {
     let first: Mark = Arc::default();
     let f2 = first.clone();
+    let ticks_at_first: Arc<Mutex<ThreadTicks>> = Arc::default();
+    let t2 = ticks_at_first.clone();
     let seen = Arc::new(AtomicBool::new(false));
     let handler = service_fn(move |r: Record| {
         if !seen.swap(true, Ordering::Relaxed) {
             *f2.lock().unwrap() = Some((Instant::now(), cpu_seconds(), broker_cpu_seconds()));
+            *t2.lock().unwrap() = thread_ticks();
         }
         std::hint::black_box(r.value());
         std::future::ready(Ok::<_, BoxError>(()))
@@ -246,6 +317,7 @@ async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let end = (Instant::now(), cpu_seconds(), broker_cpu_seconds());
+    print_thread_cpu("redrive", &ticks_at_first.lock().unwrap());
     h.shutdown();
     run.await.unwrap().unwrap();
     let (t0, c0, b0) = first.lock().unwrap().unwrap();
@@ -687,7 +759,10 @@ async fn bench_main() {
             } else {
                 baseline(&bootstrap, &topic, n).await
             };
-            eprintln!("round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M");
+            eprintln!(
+                "round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M; threads {}",
+                std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+            );
             br.push(r);
             bc.push(c);
             let (r, c, broker) = if side == "baseline" {

@@ -189,33 +189,83 @@ pub(crate) struct PartitionShared {
     deferred: std::sync::Mutex<Vec<i64>>,
     /// Length of `deferred`, read without the lock on the hot path.
     deferred_len: std::sync::atomic::AtomicUsize,
-    deferred_tx: tokio::sync::mpsc::UnboundedSender<i64>,
+    deferred_tx: tokio::sync::mpsc::UnboundedSender<Tagged>,
     finished_records: AtomicU64,
 }
 
 /// Most records a partition may have deferred at once; beyond it layers finish inline.
 const MAX_DEFERRED: usize = 10_000;
 
-/// A record's completion, taken over by a layer: the record becomes final when
-/// [`Deferral::complete`] is called. Dropping it uncompleted leaves the record unfinished
-/// (redelivered after a restart or rebalance).
+/// A record's completion, taken over by a layer: the record becomes final when the future
+/// given to [`Deferral::complete_after`] finishes. Dropping it unused leaves the record
+/// unfinished (redelivered after a restart or rebalance).
 pub(crate) struct Deferral {
     offset: i64,
-    tx: tokio::sync::mpsc::UnboundedSender<i64>,
+    tx: tokio::sync::mpsc::UnboundedSender<Tagged>,
 }
 
 impl Deferral {
-    pub(crate) fn complete(self) {
-        let _ = self.tx.send(self.offset);
+    /// Completes the record when `work` finishes. The partition's own task runs it, so a
+    /// deferred acknowledgement costs no task of its own (a spawn, its scheduling, and a
+    /// wake-up from the producer's thread per failed record).
+    pub(crate) fn complete_after(self, work: futures_util::future::BoxFuture<'static, ()>) {
+        let _ = self.tx.send(Tagged(self.offset, work));
+    }
+}
+
+/// The completions a partition task waits for: the work of its deferred records.
+pub(crate) struct Completions {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Tagged>,
+    running: futures_util::stream::FuturesUnordered<Tagged>,
+}
+
+/// Deferred work, resolving to the offset it completes.
+pub(crate) struct Tagged(i64, futures_util::future::BoxFuture<'static, ()>);
+
+impl std::future::Future for Tagged {
+    type Output = i64;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<i64> {
+        let offset = self.0;
+        self.1.as_mut().poll(cx).map(|()| offset)
+    }
+}
+
+impl Completions {
+    fn new(rx: tokio::sync::mpsc::UnboundedReceiver<Tagged>) -> Self {
+        Completions {
+            rx,
+            running: futures_util::stream::FuturesUnordered::new(),
+        }
+    }
+
+    /// The next completed offset; None once no deferral can complete any more. Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Option<i64> {
+        use futures_util::StreamExt;
+        loop {
+            tokio::select! {
+                biased;
+                Some(offset) = self.running.next(), if !self.running.is_empty() => return Some(offset),
+                work = self.rx.recv() => match work {
+                    Some(work) => self.running.push(work),
+                    None if self.running.is_empty() => return None,
+                    None => return self.running.next().await,
+                },
+            }
+        }
+    }
+
+    /// A completed offset if one is ready now, without waiting.
+    pub(crate) fn try_next(&mut self) -> Option<i64> {
+        use futures_util::FutureExt;
+        self.next().now_or_never().flatten()
     }
 }
 
 impl PartitionShared {
-    pub(crate) fn new(
-        topic: Arc<str>,
-        partition: i32,
-        route: Arc<str>,
-    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<i64>) {
+    pub(crate) fn new(topic: Arc<str>, partition: i32, route: Arc<str>) -> (Self, Completions) {
         let (deferred_tx, deferred_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = PartitionShared {
             topic,
@@ -232,7 +282,7 @@ impl PartitionShared {
             deferred_tx,
             finished_records: AtomicU64::new(0),
         };
-        (shared, deferred_rx)
+        (shared, Completions::new(deferred_rx))
     }
 
     pub(crate) fn defer(self: &Arc<Self>, offset: i64) -> Option<Deferral> {

@@ -26,7 +26,7 @@ pub(crate) struct PartitionStart {
     pub shared: Arc<PartitionShared>,
     pub queue: PartitionQueue<RuntimeContext>,
     /// Completions of records whose completion a layer deferred.
-    pub deferred: mpsc::UnboundedReceiver<i64>,
+    pub deferred: super::Completions,
     pub acks: Option<mpsc::UnboundedReceiver<i64>>,
     pub ack_tx: Option<mpsc::UnboundedSender<i64>>,
     pub rt: Arc<RuntimeShared>,
@@ -400,7 +400,7 @@ where
         // The common case: one record at a time, final when the service returns.
         loop {
             if outstanding > 0 {
-                if let Ok(offset) = deferred.try_recv() {
+                if let Some(offset) = deferred.try_next() {
                     outstanding -= 1;
                     tracker.complete(offset);
                     shared.observe(&tracker);
@@ -418,7 +418,7 @@ where
                 }
                 None => tokio::select! {
                     biased;
-                    Some(offset) = deferred.recv(), if outstanding > 0 => {
+                    Some(offset) = deferred.next(), if outstanding > 0 => {
                         outstanding -= 1;
                         tracker.complete(offset);
                         shared.observe(&tracker);
@@ -459,7 +459,7 @@ where
         }
         // Stopped: deferred completions still count (the drain deadline bounds the wait).
         while outstanding > 0 {
-            let Some(offset) = deferred.recv().await else {
+            let Some(offset) = deferred.next().await else {
                 break;
             };
             outstanding -= 1;
@@ -484,7 +484,7 @@ where
                     shared.observe(&tracker);
                 }
             }
-            Some(offset) = deferred.recv(), if outstanding > 0 => {
+            Some(offset) = deferred.next(), if outstanding > 0 => {
                 outstanding -= 1;
                 if tracker.complete(offset) {
                     shared.observe(&tracker);

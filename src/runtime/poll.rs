@@ -51,6 +51,15 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
 
     // Drain: stop every partition, wait for in-flight records, final synchronous commit.
     let drained = ctx.release(&consumer, None);
+    // Records per burst says how the partition tasks were fed (small bursts: fetch-bound).
+    tracing::debug!(
+        records = ctx
+            .rt
+            .finished_records
+            .load(std::sync::atomic::Ordering::Relaxed),
+        bursts = ctx.rt.bursts.load(std::sync::atomic::Ordering::Relaxed),
+        "stopped"
+    );
     consumer.unsubscribe();
     drop(consumer);
     if let Some(e) = fatal {

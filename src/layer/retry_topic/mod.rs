@@ -427,20 +427,17 @@ where
     // next records run meanwhile, and the offset still never passes an unacknowledged copy.
     let first = shared.publisher.publish(&out);
     match record.defer() {
-        Some(deferral) => {
-            tokio::spawn(async move {
-                publish_until_acked(
-                    &*shared.publisher,
-                    out,
-                    Some(first),
-                    &entry,
-                    target,
-                    &record,
-                )
-                .await;
-                deferral.complete();
-            });
-        }
+        Some(deferral) => deferral.complete_after(Box::pin(async move {
+            publish_until_acked(
+                &*shared.publisher,
+                out,
+                Some(first),
+                &entry,
+                target,
+                &record,
+            )
+            .await;
+        })),
         None => {
             publish_until_acked(
                 &*shared.publisher,
@@ -480,8 +477,12 @@ pub(crate) fn failure_copy(
             max_text: shared.policy.max_header_text,
         },
     );
-    let fallback = headers::derived_trace_id(record.topic(), record.partition(), record.offset());
-    headers::propagate_traceparent(&mut h, &fallback, random_u64());
+    // Only a record without a valid traceparent needs the derived trace id (two hashes).
+    if headers::trace_id(&h).is_none() {
+        let fallback =
+            headers::derived_trace_id(record.topic(), record.partition(), record.offset());
+        headers::propagate_traceparent(&mut h, &fallback, random_u64());
+    }
     Outgoing {
         topic: topic.to_owned(),
         partition: shared
