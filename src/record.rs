@@ -213,6 +213,20 @@ impl Record {
                 .collect(),
             None => Headers::new(),
         };
+        // Key and value share one buffer, already shared: a clone of the record (the retry
+        // layer keeps one per call for its failure path) then only counts references instead
+        // of allocating a shared header for each on the first clone.
+        let (key, value) = match (msg.key(), msg.payload()) {
+            (Some(k), Some(v)) => {
+                let mut buf = Vec::with_capacity(k.len() + v.len());
+                buf.extend_from_slice(k);
+                buf.extend_from_slice(v);
+                let mut value = Bytes::from(buf);
+                let key = value.split_to(k.len());
+                (Some(key), Some(value))
+            }
+            (k, v) => (k.map(Bytes::copy_from_slice), v.map(Bytes::copy_from_slice)),
+        };
         let timestamp = match msg.timestamp() {
             rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
                 millis: t,
@@ -229,8 +243,8 @@ impl Record {
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp,
-            key: msg.key().map(Bytes::copy_from_slice),
-            value: msg.payload().map(Bytes::copy_from_slice),
+            key,
+            value,
             headers,
             ack: None,
             partition_state: None,
