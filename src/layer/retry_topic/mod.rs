@@ -426,29 +426,21 @@ where
     // partition's path when the runtime lets this layer defer the record's completion: the
     // next records run meanwhile, and the offset still never passes an unacknowledged copy.
     let first = shared.publisher.publish(&out);
-    match record.defer() {
-        Some(deferral) => deferral.complete_after(Box::pin(async move {
-            publish_until_acked(
-                &*shared.publisher,
-                out,
-                Some(first),
-                &entry,
-                target,
-                &record,
-            )
-            .await;
-        })),
-        None => {
-            publish_until_acked(
-                &*shared.publisher,
-                out,
-                Some(first),
-                &entry,
-                target,
-                &record,
-            )
-            .await
-        }
+    let deferral = record.defer();
+    let acked = async move {
+        publish_until_acked(
+            &*shared.publisher,
+            out,
+            Some(first),
+            &entry,
+            target,
+            &record,
+        )
+        .await
+    };
+    match deferral {
+        Some(deferral) => deferral.complete_after(Box::pin(acked)),
+        None => acked.await,
     }
     Ok(())
 }
