@@ -796,7 +796,10 @@ async fn bench_main() {
         ));
     }
     if want("retry") {
-        let m = n / 5;
+        let m = std::env::var("BENCH_RETRY_RECORDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(n);
         let mut rr = vec![];
         let mut completed = 0;
         for round in 0..rounds {
