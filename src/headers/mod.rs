@@ -94,6 +94,7 @@ const KNOWN: [&str; 25] = [
     dlt_form::EXCEPTION_MESSAGE,
     dlt_form::EXCEPTION_STACKTRACE,
     crate::layer::retry_topic::VALUE_DROPPED,
+    // `sidecar::dlt::REPLAY_COUNT`, spelled out: that module exists only with feature `sidecar`.
     "redrive-replay-count",
 ];
 
