@@ -30,7 +30,7 @@ const VALUE_BYTES: usize = 100;
 
 /// Process CPU time (user + system, all threads), from /proc/self/stat.
 fn cpu_seconds() -> f64 {
-    proc_cpu_seconds("self").expect("/proc/self/stat")
+    proc_cpu_seconds("/proc/self/stat").expect("/proc/self/stat")
 }
 
 /// When a measured window started or ended: wall clock, this process's CPU, the broker's.
@@ -42,11 +42,35 @@ static BROKER_PID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new()
 
 /// The local broker's CPU time, to show how much of the machine it took from the consumer.
 fn broker_cpu_seconds() -> Option<f64> {
-    proc_cpu_seconds(&BROKER_PID.get().copied().flatten()?.to_string())
+    let pid = BROKER_PID.get().copied().flatten()?;
+    proc_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// A `stat` file of procfs: the command name and the numeric fields after it (the name may
+/// contain spaces, so the fields start after the last ')'). Index 7 is minor faults, 11 user
+/// and 12 system time in ticks of 10 ms.
+fn read_stat(path: impl AsRef<std::path::Path>) -> Option<(String, Vec<u64>)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields = stat[close + 2..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect::<Vec<u64>>();
+    (fields.len() > 12).then(|| (stat[open + 1..close].to_string(), fields))
+}
+
+fn proc_cpu_seconds(path: &str) -> Option<f64> {
+    let (_, f) = read_stat(path)?;
+    Some((f[11] + f[12]) as f64 / 100.0)
 }
 
 /// Per thread id: name, CPU ticks, system ticks, and faults (or context switches).
 type ThreadTicks = HashMap<u32, (String, u64, u64, u64)>;
+
+/// `BENCH_THREADS=switches` counts context switches where page faults are counted otherwise.
+fn count_switches() -> bool {
+    std::env::var("BENCH_THREADS").as_deref() == Ok("switches")
+}
 
 /// CPU ticks of each of this process's threads, by thread id, with the thread's name.
 fn thread_ticks() -> ThreadTicks {
@@ -56,18 +80,13 @@ fn thread_ticks() -> ThreadTicks {
         .flatten()
         .flatten()
     {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+        let (Some((name, f)), Ok(tid)) = (
+            read_stat(e.path().join("stat")),
+            e.file_name().to_string_lossy().parse(),
+        ) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_string();
-        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let ticks = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-        let sys = f[12].parse::<u64>().unwrap_or(0);
-        // Context switches stand in for faults here when asked (BENCH_THREADS=switches).
-        let faults = if std::env::var("BENCH_THREADS").as_deref() == Ok("switches") {
+        let events = if count_switches() {
             std::fs::read_to_string(e.path().join("status"))
                 .unwrap_or_default()
                 .lines()
@@ -75,11 +94,9 @@ fn thread_ticks() -> ThreadTicks {
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum()
         } else {
-            f[7].parse::<u64>().unwrap_or(0)
+            f[7]
         };
-        if let Ok(tid) = e.file_name().to_string_lossy().parse() {
-            out.insert(tid, (name, ticks, sys, faults));
-        }
+        out.insert(tid, (name, f[11] + f[12], f[12], events));
     }
     out
 }
@@ -91,32 +108,30 @@ fn print_thread_cpu(what: &str, before: &ThreadTicks) {
     }
     let mut used: Vec<(u64, u64, u64, String)> = thread_ticks()
         .into_iter()
-        .map(|(tid, (name, t, sys, faults))| {
+        .map(|(tid, (name, t, sys, events))| {
             let b = before.get(&tid);
             (
                 t - b.map_or(0, |b| b.1),
                 sys - b.map_or(0, |b| b.2),
-                faults - b.map_or(0, |b| b.3),
+                events - b.map_or(0, |b| b.3),
                 name,
             )
         })
         .filter(|(d, ..)| *d > 0)
         .collect();
     used.sort_by(|a, b| b.cmp(a));
+    let unit = if count_switches() {
+        "switches"
+    } else {
+        "faults"
+    };
     let list: Vec<String> = used
         .iter()
-        .map(|(d, sys, faults, n)| format!("{n}={}ms(sys {}ms, {faults} faults)", d * 10, sys * 10))
+        .map(|(d, sys, n_events, n)| {
+            format!("{n}={}ms(sys {}ms, {n_events} {unit})", d * 10, sys * 10)
+        })
         .collect();
     eprintln!("  {what} threads: {}", list.join(" "));
-}
-
-fn proc_cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 /// Peak resident set size of this process, bytes.
@@ -759,10 +774,7 @@ async fn bench_main() {
             } else {
                 baseline(&bootstrap, &topic, n).await
             };
-            eprintln!(
-                "round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M; threads {}",
-                std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
-            );
+            eprintln!("round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M");
             br.push(r);
             bc.push(c);
             let (r, c, broker) = if side == "baseline" {

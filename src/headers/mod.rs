@@ -429,12 +429,21 @@ pub fn derived_trace_id(topic: &str, partition: i32, offset: i64) -> String {
 /// header like any other); a record without one gets `fallback_trace` with `span_id`, so every
 /// attempt of a record shares one trace.
 pub fn propagate_traceparent(headers: &mut Headers, fallback_trace: &str, span_id: u64) {
+    ensure_traceparent(headers, || fallback_trace.to_owned(), span_id);
+}
+
+/// [`propagate_traceparent`] with the fallback trace id computed only when it is needed.
+pub(crate) fn ensure_traceparent(
+    headers: &mut Headers,
+    fallback_trace: impl FnOnce() -> String,
+    span_id: u64,
+) {
     if trace_id(headers).is_some() {
         return;
     }
     headers.set(
         TRACEPARENT,
-        format!("00-{fallback_trace}-{:016x}-01", span_id | 1).into_bytes(),
+        format!("00-{}-{:016x}-01", fallback_trace(), span_id | 1).into_bytes(),
     );
 }
 

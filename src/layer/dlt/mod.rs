@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
-use super::retry_topic::{attempt_label, failure_copy, publish_until_acked, RetryShared};
+use super::retry_topic::{failure_copy, publish_until_acked, RetryShared};
 use super::{guarded_call, now_ms, Halt, Stage};
 use crate::error::{error_chain, BoxError};
 use crate::policy::DltStrategy;
@@ -74,15 +74,7 @@ where
                 }
                 Err(e) => e,
             };
-            entry
-                .counter(
-                    crate::metrics::names::RECORDS_HANDLED,
-                    &[
-                        ("outcome", "fatal_error".into()),
-                        ("attempt", attempt_label(attempt, &shared.policy)),
-                    ],
-                )
-                .increment(1);
+            entry.count_failure(true, attempt);
             match shared.policy.dlt_strategy {
                 DltStrategy::FailOnError | DltStrategy::NoDlt => {
                     tracing::error!(record = %copy.coordinates(), error = %error_chain(&*err), "the dead-letter handler failed (fail_on_error): this DLT partition stops here, uncommitted, until the worker restarts");

@@ -46,14 +46,13 @@ pub(crate) struct RetryShared {
 pub(crate) struct TopicEntry {
     topology: Arc<Topology>,
     pub(crate) stage: Stage,
-    /// `records_handled_total{outcome="ok"}` by attempt, registered once.
-    ok: Vec<::metrics::Counter>,
-    /// The failure path's counters by attempt label (see [`attempt_label`]), registered once
-    /// so a failure does not build label sets: `records_handled_total` with outcome
-    /// `retryable_error` and `fatal_error`, and `retries_scheduled_total`.
-    retryable: Vec<::metrics::Counter>,
-    fatal: Vec<::metrics::Counter>,
-    scheduled: Vec<::metrics::Counter>,
+    /// The policy's attempts, which bound the `attempt` label (see [`attempt_label`]).
+    attempts: u32,
+    /// `records_handled_total` by outcome and `retries_scheduled_total`, by attempt.
+    ok: ByAttempt,
+    retryable: ByAttempt,
+    fatal: ByAttempt,
+    scheduled: ByAttempt,
     /// `records_dead_lettered_total` by [`DLT_REASONS`].
     dead: Vec<::metrics::Counter>,
     labels: [(&'static str, String); 3],
@@ -62,14 +61,62 @@ pub(crate) struct TopicEntry {
 /// Why a record goes to the dead-letter topic (the `reason` label).
 const DLT_REASONS: [&str; 4] = ["decode", "fatal", "timeout", "exhausted"];
 
-/// Most attempt labels registered up front; beyond, counters are looked up per failure.
+/// Most attempt labels registered up front; beyond, counters are looked up when counted.
 const CACHED_ATTEMPTS: u32 = 64;
 
-/// The index of `attempt`'s counter in a by-attempt list of `len` counters, if cached.
-fn attempt_slot(attempt: u32, policy: &RetryPolicy, len: usize) -> Option<usize> {
-    let label_attempt = attempt.min(policy.attempts.saturating_add(1));
-    let i = label_attempt.max(1) as usize - 1;
-    (i < len).then_some(i)
+/// One counter per `attempt` label, registered once, so counting an outcome bumps an atomic
+/// instead of building a label set and looking it up in the recorder.
+struct ByAttempt {
+    name: &'static str,
+    outcome: Option<&'static str>,
+    /// Labels the attempt after the counted one (`retries_scheduled_total`).
+    next: bool,
+    cached: Vec<::metrics::Counter>,
+}
+
+impl ByAttempt {
+    fn new(
+        base: &[(&'static str, String)],
+        attempts: u32,
+        name: &'static str,
+        outcome: Option<&'static str>,
+        next: bool,
+    ) -> Self {
+        let mut c = ByAttempt {
+            name,
+            outcome,
+            next,
+            cached: Vec::new(),
+        };
+        // Attempts 1..=attempts, and one more for every attempt beyond (they share a label).
+        c.cached = (1..=attempts.saturating_add(1).min(CACHED_ATTEMPTS))
+            .map(|a| c.lookup(base, attempts, a))
+            .collect();
+        c
+    }
+
+    fn lookup(
+        &self,
+        base: &[(&'static str, String)],
+        attempts: u32,
+        attempt: u32,
+    ) -> ::metrics::Counter {
+        let mut l: Vec<(&'static str, String)> = base.to_vec();
+        if let Some(o) = self.outcome {
+            l.push(("outcome", o.into()));
+        }
+        let labelled = attempt.saturating_add(u32::from(self.next));
+        l.push(("attempt", attempt_label(labelled, attempts)));
+        ::metrics::counter!(self.name, &l)
+    }
+
+    fn increment(&self, base: &[(&'static str, String)], attempts: u32, attempt: u32) {
+        let i = attempt.clamp(1, attempts.saturating_add(1)) as usize - 1;
+        match self.cached.get(i) {
+            Some(c) => c.increment(1),
+            None => self.lookup(base, attempts, attempt).increment(1),
+        }
+    }
 }
 
 impl TopicEntry {
@@ -81,35 +128,15 @@ impl TopicEntry {
         route: &str,
         topic: &str,
     ) -> Self {
+        use crate::metrics::names::{DEAD_LETTERED, RECORDS_HANDLED, RETRIES_SCHEDULED};
         let labels = [
             ("group", group.to_owned()),
             ("topic", topic.to_owned()),
             ("route", route.to_owned()),
         ];
-        let ok = (1..=policy.attempts.clamp(1, 64))
-            .map(|a| {
-                let mut l: Vec<(&'static str, String)> = labels.to_vec();
-                l.push(("outcome", "ok".into()));
-                l.push(("attempt", a.to_string()));
-                ::metrics::counter!(crate::metrics::names::RECORDS_HANDLED, &l)
-            })
-            .collect();
-        let by_attempt = |name: &'static str, outcome: Option<&'static str>, shift: u32| {
-            (1..=policy.attempts.saturating_add(1).min(CACHED_ATTEMPTS))
-                .map(|a| {
-                    let mut l: Vec<(&'static str, String)> = labels.to_vec();
-                    if let Some(o) = outcome {
-                        l.push(("outcome", o.into()));
-                    }
-                    l.push(("attempt", attempt_label(a + shift, policy)));
-                    ::metrics::counter!(name, &l)
-                })
-                .collect::<Vec<_>>()
-        };
-        use crate::metrics::names::{DEAD_LETTERED, RECORDS_HANDLED, RETRIES_SCHEDULED};
-        let retryable = by_attempt(RECORDS_HANDLED, Some("retryable_error"), 0);
-        let fatal = by_attempt(RECORDS_HANDLED, Some("fatal_error"), 0);
-        let scheduled = by_attempt(RETRIES_SCHEDULED, None, 1);
+        let attempts = policy.attempts;
+        let handled =
+            |outcome| ByAttempt::new(&labels, attempts, RECORDS_HANDLED, Some(outcome), false);
         let dead = DLT_REASONS
             .iter()
             .map(|r| {
@@ -121,10 +148,11 @@ impl TopicEntry {
         let entry = TopicEntry {
             topology,
             stage,
-            ok,
-            retryable,
-            fatal,
-            scheduled,
+            attempts,
+            ok: handled("ok"),
+            retryable: handled("retryable_error"),
+            fatal: handled("fatal_error"),
+            scheduled: ByAttempt::new(&labels, attempts, RETRIES_SCHEDULED, None, true),
             dead,
             labels,
         };
@@ -141,47 +169,19 @@ impl TopicEntry {
     }
 
     pub(crate) fn count_ok(&self, attempt: u32) {
-        let i = (attempt.max(1) as usize - 1).min(self.ok.len() - 1);
-        self.ok[i].increment(1);
+        self.ok.increment(&self.labels, self.attempts, attempt);
     }
 
     /// `records_handled_total` for a failure of `attempt`.
-    fn count_failure(&self, fatal: bool, attempt: u32, policy: &RetryPolicy) {
-        let list = if fatal { &self.fatal } else { &self.retryable };
-        match attempt_slot(attempt, policy, list.len()) {
-            Some(i) => list[i].increment(1),
-            None => self
-                .counter(
-                    crate::metrics::names::RECORDS_HANDLED,
-                    &[
-                        (
-                            "outcome",
-                            if fatal {
-                                "fatal_error"
-                            } else {
-                                "retryable_error"
-                            }
-                            .into(),
-                        ),
-                        ("attempt", attempt_label(attempt, policy)),
-                    ],
-                )
-                .increment(1),
-        }
+    pub(crate) fn count_failure(&self, fatal: bool, attempt: u32) {
+        let c = if fatal { &self.fatal } else { &self.retryable };
+        c.increment(&self.labels, self.attempts, attempt);
     }
 
     /// `retries_scheduled_total` for the retry after a failure of `attempt`.
-    fn count_scheduled(&self, attempt: u32, policy: &RetryPolicy) {
-        // Index by the failed attempt: slot i is labelled with attempt i + 2.
-        match attempt_slot(attempt, policy, self.scheduled.len()) {
-            Some(i) if attempt <= policy.attempts => self.scheduled[i].increment(1),
-            _ => self
-                .counter(
-                    crate::metrics::names::RETRIES_SCHEDULED,
-                    &[("attempt", attempt_label(attempt + 1, policy))],
-                )
-                .increment(1),
-        }
+    fn count_scheduled(&self, attempt: u32) {
+        self.scheduled
+            .increment(&self.labels, self.attempts, attempt);
     }
 
     fn count_dead(&self, reason: &'static str) {
@@ -306,9 +306,9 @@ where
 
 /// The `attempt` metric label: a header written by another producer may claim any attempt,
 /// so values beyond the policy's last attempt share one label, bounding the label's values.
-pub(crate) fn attempt_label(attempt: u32, policy: &RetryPolicy) -> String {
-    if attempt > policy.attempts {
-        format!("{}+", policy.attempts + 1)
+fn attempt_label(attempt: u32, attempts: u32) -> String {
+    if attempt > attempts {
+        format!("{}+", attempts.saturating_add(1))
     } else {
         attempt.to_string()
     }
@@ -369,7 +369,7 @@ where
     }
 
     let class = policy.classify(&*err);
-    entry.count_failure(matches!(class, Classification::Fatal(_)), attempt, policy);
+    entry.count_failure(matches!(class, Classification::Fatal(_)), attempt);
 
     let now = now_ms();
     let topology = &entry.topology;
@@ -418,7 +418,7 @@ where
         },
     };
     if target == "retry" {
-        entry.count_scheduled(attempt, policy);
+        entry.count_scheduled(attempt);
         tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
     }
     let out = failure_copy(&shared, &record, &*err, attempt, topic, due_ms);
@@ -469,12 +469,11 @@ pub(crate) fn failure_copy(
             max_text: shared.policy.max_header_text,
         },
     );
-    // Only a record without a valid traceparent needs the derived trace id (two hashes).
-    if headers::trace_id(&h).is_none() {
-        let fallback =
-            headers::derived_trace_id(record.topic(), record.partition(), record.offset());
-        headers::propagate_traceparent(&mut h, &fallback, random_u64());
-    }
+    headers::ensure_traceparent(
+        &mut h,
+        || headers::derived_trace_id(record.topic(), record.partition(), record.offset()),
+        random_u64(),
+    );
     Outgoing {
         topic: topic.to_owned(),
         partition: shared
