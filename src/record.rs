@@ -162,6 +162,23 @@ pub struct Timestamp {
     pub kind: TimestampType,
 }
 
+impl Timestamp {
+    /// rdkafka's form; None when the message has no timestamp.
+    pub(crate) fn from_kafka(ts: rdkafka::Timestamp) -> Option<Self> {
+        match ts {
+            rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
+                millis: t,
+                kind: TimestampType::CreateTime,
+            }),
+            rdkafka::Timestamp::LogAppendTime(t) => Some(Timestamp {
+                millis: t,
+                kind: TimestampType::LogAppendTime,
+            }),
+            rdkafka::Timestamp::NotAvailable => None,
+        }
+    }
+}
+
 /// An owned Kafka record, as handed to a handler.
 ///
 /// Key, value and headers are [`Bytes`], so cloning a record is cheap and a tombstone
@@ -227,17 +244,7 @@ impl Record {
             }
             (k, v) => (k.map(Bytes::copy_from_slice), v.map(Bytes::copy_from_slice)),
         };
-        let timestamp = match msg.timestamp() {
-            rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
-                millis: t,
-                kind: TimestampType::CreateTime,
-            }),
-            rdkafka::Timestamp::LogAppendTime(t) => Some(Timestamp {
-                millis: t,
-                kind: TimestampType::LogAppendTime,
-            }),
-            rdkafka::Timestamp::NotAvailable => None,
-        };
+        let timestamp = Timestamp::from_kafka(msg.timestamp());
         Record {
             topic,
             partition: msg.partition(),

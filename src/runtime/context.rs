@@ -1,11 +1,11 @@
 //! The rdkafka consumer context: partition tasks, rebalance handling and commits.
 //!
-//! Every assigned partition gets its own librdkafka queue (`split_partition_queue`), read by
-//! its own task: records never pass through the poll thread, a slow or waiting partition
+//! Every assigned partition gets its own librdkafka queue (`split_partition_queue`), which
+//! the poll thread reads in batches for the partition's task: a slow or waiting partition
 //! stops only its own fetching (librdkafka stops prefetching a partition whose queue is full),
-//! and no record is discarded and fetched again. The poll thread serves rebalances, errors and
-//! commits. Its state lock is never contended: librdkafka runs the rebalance and commit
-//! callbacks from inside `poll`, on that thread.
+//! and no record is discarded and fetched again. The poll thread also serves rebalances,
+//! errors and commits. Its state lock is never contended: librdkafka runs the rebalance and
+//! commit callbacks from inside `poll`, on that thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -29,6 +29,7 @@ use crate::commit::{CommitMode, CommitTrigger};
 /// One assigned partition, as the poll thread sees it.
 struct Slot {
     shared: Arc<PartitionShared>,
+    feeder: super::fetch::Feeder,
     task: JoinHandle<()>,
     last_committed: Option<i64>,
 }
@@ -111,6 +112,8 @@ impl RuntimeContext {
                 tracing::error!(topic = %topic, partition = p, "cannot split the partition's queue; it is not consumed");
                 continue;
             };
+            // Runs on the poll thread (inside `poll`), whose handle the wake-ups use.
+            let (feeder, feed) = super::fetch::feed(queue);
             let (shared, deferred) = PartitionShared::new(topic.clone(), p, route.name().clone());
             let shared = Arc::new(shared);
             let (acks, acks_rx) = if cfg.manual_ack {
@@ -123,7 +126,7 @@ impl RuntimeContext {
                 self.handle(),
                 PartitionStart {
                     shared: shared.clone(),
-                    queue,
+                    feed,
                     deferred,
                     acks: acks_rx,
                     ack_tx: acks,
@@ -139,6 +142,7 @@ impl RuntimeContext {
                 (topic.clone(), p),
                 Slot {
                     shared,
+                    feeder,
                     task,
                     last_committed: None,
                 },
@@ -216,6 +220,19 @@ impl RuntimeContext {
         if let Err(e) = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
             tracing::warn!(topic, partition = p, offset, error = %e, "seek of a stray record failed; it is delivered after a restart or rebalance");
         }
+    }
+
+    /// Hands waiting records to the partition tasks with room for a batch. True when some
+    /// partition may have more right away.
+    pub(crate) fn fetch(&self, st: &mut DispatchState) -> bool {
+        let max = self.rt.config.max_poll_records;
+        let mut more = false;
+        for slot in st.slots.values_mut() {
+            more |= slot
+                .feeder
+                .fetch(max, &slot.shared.topic, slot.shared.partition);
+        }
+        more
     }
 
     /// Commits when the policy says so and refreshes gauges.

@@ -1,16 +1,19 @@
 //! The consumer runtime: one poll thread per worker, one task per assigned partition.
 //!
-//! Data flows one way: each partition task reads its partition's own librdkafka queue, runs
-//! the route's tower service and marks the outcome in the partition's offset tracker; the
-//! poll thread serves rebalances and commits what the trackers allow.
+//! Data flows one way: the poll thread takes each partition's records from the partition's
+//! own librdkafka queue in batches and hands them to the partition's task (see `fetch`);
+//! the task runs the route's tower service and marks the outcome in the partition's offset
+//! tracker; the poll thread also serves rebalances and commits what the trackers allow.
 //!
 //! Back-pressure never blocks other partitions: a task that is busy, or waits for a retry's
-//! due time, simply does not read its queue, and librdkafka stops fetching that partition once
-//! its queue holds `partition_queue` records or 8 MiB. Records handed to handlers and not yet
+//! due time, does not take its next batch, the poll thread then leaves that partition's
+//! records in librdkafka's queue, and librdkafka stops fetching the partition once its queue
+//! holds `partition_queue` records or 2 MiB. Records handed to handlers and not yet
 //! final are bounded worker-wide by `max_in_flight_records` and `max_in_flight_bytes`.
 
 mod committer;
 mod context;
+mod fetch;
 mod lag;
 mod partition;
 mod poll;
@@ -79,6 +82,10 @@ pub(crate) struct RuntimeShared {
     pub records_bound: Bound,
     /// Bound on their bytes.
     pub bytes_bound: Bound,
+    /// The poll thread, parked while it has nothing to do.
+    pub poller: std::sync::OnceLock<std::thread::Thread>,
+    /// Set when the consumer's main queue (events, not records) became non-empty.
+    pub events_waiting: AtomicBool,
 }
 
 impl RuntimeShared {
@@ -93,6 +100,8 @@ impl RuntimeShared {
             bursts: AtomicU64::new(0),
             records_bound: Bound::new(config.max_in_flight_records),
             bytes_bound: Bound::new(config.max_in_flight_bytes),
+            poller: std::sync::OnceLock::new(),
+            events_waiting: AtomicBool::new(false),
             config,
         }
     }
@@ -100,6 +109,17 @@ impl RuntimeShared {
     pub(crate) fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
         self.shutdown_notify.notify_waiters();
+        if let Some(t) = self.poller.get() {
+            t.unpark();
+        }
+    }
+
+    /// Called by librdkafka when the consumer's main queue goes from empty to non-empty.
+    pub(crate) fn wake_poller(&self) {
+        self.events_waiting.store(true, Ordering::Release);
+        if let Some(t) = self.poller.get() {
+            t.unpark();
+        }
     }
 }
 

@@ -9,13 +9,9 @@ use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
-use tokio::sync::Notify;
-
+use super::fetch::{Cursor, Feed};
 use super::tracker::OffsetTracker;
-use super::{PartitionShared, RuntimeContext, RuntimeShared};
+use super::{PartitionShared, RuntimeShared};
 use crate::commit::Acknowledgment;
 use crate::error::{error_chain, BoxError};
 use crate::layer::{guarded_call, now_ms, Halt, Panicked, Stage};
@@ -24,7 +20,8 @@ use crate::Record;
 /// Everything a partition task needs besides its service.
 pub(crate) struct PartitionStart {
     pub shared: Arc<PartitionShared>,
-    pub queue: PartitionQueue<RuntimeContext>,
+    /// Record batches from the poll thread.
+    pub feed: Feed,
     /// Completions of records whose completion a layer deferred.
     pub deferred: super::Completions,
     pub acks: Option<mpsc::UnboundedReceiver<i64>>,
@@ -164,54 +161,39 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Reads one partition's own librdkafka queue. Back-pressure is natural: what the task does
-/// not read stays in librdkafka's bounded per-partition queue, which stops fetching when full.
+/// Takes one partition's records from the batches the poll thread hands over. Back-pressure
+/// is natural: while the task does not take its batch, the poll thread leaves the partition's
+/// records in librdkafka's bounded queue, which stops fetching when full.
 pub(crate) struct Source<'r> {
-    queue: PartitionQueue<RuntimeContext>,
-    nonempty: Arc<Notify>,
+    feed: Feed,
+    batch: Option<Cursor>,
     shared: Arc<PartitionShared>,
     /// This partition's own copy of the topic name, so the records' reference counting does
     /// not contend with other partitions' tasks.
     topic: Arc<str>,
     rt: &'r RuntimeShared,
     ack_tx: Option<mpsc::UnboundedSender<i64>>,
-    in_burst: usize,
-    last_error: Option<Instant>,
-    /// A record taken from the queue whose byte permits are still awaited: kept across a
+    /// A record taken from the batch whose byte permits are still awaited: kept across a
     /// cancelled `next()` so no record is ever dropped.
     pending: Option<(Record, usize, InFlight<'r>)>,
 }
 
 impl<'r> Source<'r> {
     fn new(
-        mut queue: PartitionQueue<RuntimeContext>,
+        feed: Feed,
         shared: Arc<PartitionShared>,
         rt: &'r RuntimeShared,
         ack_tx: Option<mpsc::UnboundedSender<i64>>,
     ) -> Self {
-        let nonempty = Arc::new(Notify::new());
-        let n = nonempty.clone();
-        // Called by librdkafka when the queue goes from empty to non-empty; `notify_one`
-        // keeps the wake-up if the task is not waiting yet.
-        queue.set_nonempty_callback(move || n.notify_one());
         Source {
-            queue,
-            nonempty,
+            feed,
+            batch: None,
             topic: Arc::from(&*shared.topic),
             shared,
             rt,
             ack_tx,
-            in_burst: 0,
-            last_error: None,
             pending: None,
         }
-    }
-
-    fn end_burst(&mut self) {
-        self.in_burst = 0;
-        self.rt
-            .bursts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The next record, or None once the partition is stopped. Cancel-safe.
@@ -232,9 +214,9 @@ impl<'r> Source<'r> {
         self.hand_over(want)
     }
 
-    /// The next record if one is waiting in the queue and the bounds have room, without
-    /// awaiting anything; None otherwise (then [`Source::next`] waits). The common case, a
-    /// partition with a backlog, so skips the per-record futures and `Notify` registrations.
+    /// The next record if one is waiting and the bounds have room, without awaiting
+    /// anything; None otherwise (then [`Source::next`] waits). The common case, a partition
+    /// with a backlog, so skips the per-record futures and `Notify` registrations.
     fn try_next(&mut self) -> Option<Pulled<'r>> {
         if self.shared.stopping() {
             return None;
@@ -247,10 +229,7 @@ impl<'r> Source<'r> {
                 rt: self.rt,
                 bytes: 0,
             };
-            // Empty or a fetch error (logged): `next()` waits or backs off.
-            let Some(Ok((record, bytes))) = self.poll_record() else {
-                return None;
-            };
+            let (record, bytes) = self.poll_record()?;
             self.pending = Some((record, bytes, records));
         }
         let want = self.pending_want();
@@ -276,47 +255,35 @@ impl<'r> Source<'r> {
         })
     }
 
-    /// One record from the queue with its size: None when the queue is empty (the burst
-    /// ends), `Some(Err(()))` after a fetch error (logged at most every 5 s).
-    fn poll_record(&mut self) -> Option<Result<(Record, usize), ()>> {
+    /// The next record of the current batch, or of a batch already handed over, with its
+    /// size; None when none is waiting.
+    fn poll_record(&mut self) -> Option<(Record, usize)> {
         loop {
-            match self.queue.poll(Duration::ZERO) {
-                Some(Ok(msg)) => {
-                    let record = to_record(&msg, &self.topic, &self.shared, self.ack_tx.as_ref());
-                    drop(msg);
+            if let Some(cursor) = &mut self.batch {
+                if let Some(mut record) = cursor.next_record(&self.topic, self.shared.partition) {
+                    record.ack = self.ack_tx.as_ref().map(|tx| Acknowledgment {
+                        offset: record.offset,
+                        tx: tx.clone(),
+                    });
+                    record.partition_state = Some(self.shared.clone());
                     let bytes = record.byte_len();
-                    self.in_burst += 1;
-                    if self.in_burst >= self.rt.config.max_poll_records {
-                        self.end_burst();
-                    }
                     let max = self.rt.config.max_in_flight_bytes;
                     if bytes as u64 > max {
                         tracing::warn!(record = %record.coordinates(), bytes, max_in_flight_bytes = max, "record is larger than max_in_flight_bytes; it is handled, alone");
                     }
-                    return Some(Ok((record, bytes)));
+                    return Some((record, bytes));
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => {
-                    if self
-                        .last_error
-                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-                    {
-                        self.last_error = Some(Instant::now());
-                        tracing::warn!(topic = %self.shared.topic, partition = self.shared.partition, error = %e, "partition fetch error");
-                    }
-                    return Some(Err(()));
-                }
-                None => {
-                    if self.in_burst > 0 {
-                        self.end_burst();
-                    }
-                    return None;
-                }
+                // A batch is the unit of the per-batch commit policy.
+                self.batch = None;
+                self.rt
+                    .bursts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            self.batch = Some(self.feed.try_take()?);
         }
     }
 
-    /// Takes a record from the queue, with its record permit.
+    /// Takes a record, with its record permit.
     async fn pull(&mut self) -> Option<(Record, usize, InFlight<'r>)> {
         if self.shared.stopping() {
             return None;
@@ -337,37 +304,16 @@ impl<'r> Source<'r> {
             if self.shared.stopping() {
                 return None;
             }
-            match self.poll_record() {
-                Some(Ok((record, bytes))) => return Some((record, bytes, records)),
-                Some(Err(())) => tokio::time::sleep(Duration::from_millis(50)).await,
-                None => {
-                    tokio::select! {
-                        biased;
-                        _ = self.shared.stopped() => return None,
-                        _ = self.nonempty.notified() => {}
-                        // A safety net: the wake-up is edge-triggered.
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
+            if let Some((record, bytes)) = self.poll_record() {
+                return Some((record, bytes, records));
+            }
+            tokio::select! {
+                biased;
+                _ = self.shared.stopped() => return None,
+                batch = self.feed.take() => self.batch = Some(batch?),
             }
         }
     }
-}
-
-/// Copies a message into an owned record.
-fn to_record(
-    msg: &BorrowedMessage<'_>,
-    topic: &Arc<str>,
-    shared: &Arc<PartitionShared>,
-    acks: Option<&mpsc::UnboundedSender<i64>>,
-) -> Record {
-    let mut r = Record::from_message(msg, topic.clone());
-    r.ack = acks.map(|tx| Acknowledgment {
-        offset: msg.offset(),
-        tx: tx.clone(),
-    });
-    r.partition_state = Some(shared.clone());
-    r
 }
 
 /// Handles one partition's records until its queue closes or it is told to stop.
@@ -379,7 +325,7 @@ where
 {
     let PartitionStart {
         shared,
-        queue,
+        feed,
         mut deferred,
         acks,
         ack_tx,
@@ -390,7 +336,7 @@ where
         count_outcomes,
     } = start;
     let meters = Meters::new(&rt, &shared, stage, count_outcomes);
-    let mut source = Source::new(queue, shared.clone(), &rt, ack_tx);
+    let mut source = Source::new(feed, shared.clone(), &rt, ack_tx);
     let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();
 

@@ -1,6 +1,7 @@
-//! The poll thread: serves rebalances, errors and commits. Records are read by the partition
-//! tasks from their own queues.
+//! The poll thread: hands record batches to the partition tasks, serves rebalances, errors
+//! and commits.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,25 +28,49 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
         CommitTrigger::Interval(d) => cfg.poll_timeout.min(d / 2).max(Duration::from_millis(1)),
     };
 
-    while !rt.shutdown.load(std::sync::atomic::Ordering::Acquire) {
-        // The state lock is not held across poll: librdkafka runs rebalance callbacks in it.
-        match consumer.poll(timeout) {
-            Some(Ok(msg)) => ctx.stray(&consumer, &msg),
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) if is_fatal(&e) => {
-                tracing::error!(error = %e, "fatal consumer error; the worker stops");
-                fatal = Some(Error::Kafka(e));
-                break;
-            }
-            Some(Err(e)) => {
-                // librdkafka repeats some errors (e.g. a topic that disappeared) at every fetch.
-                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                    last_warning = Some(Instant::now());
-                    tracing::warn!(error = %e, "consumer error");
+    // Partition queues, tasks and the main queue wake this thread when it has work.
+    let _ = rt.poller.set(std::thread::current());
+    let mut busy = false;
+    while !rt.shutdown.load(Ordering::Acquire) {
+        if !busy {
+            std::thread::park_timeout(timeout);
+        }
+        // The wake-up is edge-triggered and a served rebalance looks like an empty poll: after
+        // one, poll a few times and come back without sleeping.
+        let events = rt.events_waiting.swap(false, Ordering::AcqRel);
+        let mut served = false;
+        for _ in 0..if events { 8 } else { 1 } {
+            // The state lock is not held across poll: librdkafka runs rebalance callbacks in it.
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(msg)) => ctx.stray(&consumer, &msg),
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                None => {
+                    if !events {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Err(e)) if is_fatal(&e) => {
+                    tracing::error!(error = %e, "fatal consumer error; the worker stops");
+                    fatal = Some(Error::Kafka(e));
+                    break;
+                }
+                Some(Err(e)) => {
+                    // librdkafka repeats some errors (e.g. a topic that disappeared) at every
+                    // fetch.
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                        last_warning = Some(Instant::now());
+                        tracing::warn!(error = %e, "consumer error");
+                    }
                 }
             }
+            served = true;
+        }
+        if fatal.is_some() {
+            break;
         }
         let mut st = ctx.state();
+        busy = ctx.fetch(&mut st) || served || events;
         ctx.housekeeping(&mut st, &consumer);
     }
 
@@ -53,11 +78,8 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
     let drained = ctx.release(&consumer, None);
     // Records per burst says how the partition tasks were fed (small bursts: fetch-bound).
     tracing::debug!(
-        records = ctx
-            .rt
-            .finished_records
-            .load(std::sync::atomic::Ordering::Relaxed),
-        bursts = ctx.rt.bursts.load(std::sync::atomic::Ordering::Relaxed),
+        records = ctx.rt.finished_records.load(Ordering::Relaxed),
+        bursts = ctx.rt.bursts.load(Ordering::Relaxed),
         "stopped"
     );
     consumer.unsubscribe();

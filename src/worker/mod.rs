@@ -140,6 +140,13 @@ impl Worker {
         std::thread::Builder::new()
             .name("redrive-poll".into())
             .spawn(move || {
+                let mut consumer = consumer;
+                if txn.is_none() {
+                    // The poll loop sleeps while idle: events (rebalances, errors) wake it.
+                    let rt = consumer.context().rt.clone();
+                    let _ = rt.poller.set(std::thread::current());
+                    consumer.set_nonempty_callback(move || rt.wake_poller());
+                }
                 let consumer = Arc::new(consumer);
                 let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
                 // Asynchronous commits run on a commit thread; a transactional worker commits
