@@ -292,3 +292,121 @@ impl Feed {
         Some(self.taken(b))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header as KafkaHeader, OwnedHeaders, OwnedMessage};
+
+    fn message(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> OwnedMessage {
+        OwnedMessage::new(
+            value.map(<[u8]>::to_vec),
+            key.map(<[u8]>::to_vec),
+            "orders".into(),
+            rdkafka::Timestamp::CreateTime(1_700_000_000_000 + offset),
+            3,
+            offset,
+            None,
+        )
+    }
+
+    fn records(b: BatchBuilder) -> Vec<Record> {
+        let mut c = Cursor {
+            batch: b.finish(),
+            next: 0,
+        };
+        let topic: Arc<str> = Arc::from("orders");
+        std::iter::from_fn(|| c.next_record(&topic, 3)).collect()
+    }
+
+    #[test]
+    fn records_round_trip_across_chunks() {
+        let mut b = BatchBuilder::new();
+        // 1,000 records of ~110 bytes: more than one 64 KiB chunk.
+        for i in 0..1_000i64 {
+            let value = vec![(i % 251) as u8; 100 + (i % 7) as usize];
+            b.push(&message(i, Some(i.to_string().as_bytes()), Some(&value)));
+        }
+        assert!(!b.chunks.is_empty(), "the builder started a second chunk");
+        let rs = records(b);
+        assert_eq!(rs.len(), 1_000);
+        for (i, r) in rs.iter().enumerate() {
+            let i = i as i64;
+            assert_eq!(r.offset(), i);
+            assert_eq!(r.partition(), 3);
+            assert_eq!(r.topic(), "orders");
+            assert_eq!(r.key().map(|k| &k[..]), Some(i.to_string().as_bytes()));
+            assert_eq!(
+                &r.value().unwrap()[..],
+                &vec![(i % 251) as u8; 100 + (i % 7) as usize][..]
+            );
+            assert_eq!(r.timestamp().unwrap().millis, 1_700_000_000_000 + i);
+            assert!(r.headers().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_record_larger_than_a_chunk_gets_its_own() {
+        let big = vec![7u8; CHUNK_BYTES * 3];
+        let mut b = BatchBuilder::new();
+        b.push(&message(0, None, Some(b"small")));
+        b.push(&message(1, Some(b"k"), Some(&big)));
+        b.push(&message(2, None, Some(b"after")));
+        assert_eq!(b.bytes, 5 + 1 + big.len() + 5);
+        let rs = records(b);
+        assert_eq!(rs[0].value().map(|v| &v[..]), Some(&b"small"[..]));
+        assert_eq!(rs[1].value().map(Bytes::len), Some(big.len()));
+        assert_eq!(rs[1].key().map(|k| &k[..]), Some(&b"k"[..]));
+        assert_eq!(rs[2].value().map(|v| &v[..]), Some(&b"after"[..]));
+    }
+
+    #[test]
+    fn nulls_empties_and_headers_are_kept_apart() {
+        let headers = OwnedHeaders::new()
+            .insert(KafkaHeader {
+                key: crate::headers::ORIGINAL_TOPIC,
+                value: Some("orders"),
+            })
+            .insert(KafkaHeader::<&[u8]> {
+                key: "x-null",
+                value: None,
+            })
+            .insert(KafkaHeader {
+                key: "x-empty",
+                value: Some(""),
+            });
+        let with_headers = OwnedMessage::new(
+            Some(Vec::new()),
+            None,
+            "orders".into(),
+            rdkafka::Timestamp::NotAvailable,
+            3,
+            5,
+            Some(headers),
+        );
+        let mut b = BatchBuilder::new();
+        b.push(&message(4, Some(b""), None));
+        b.push(&with_headers);
+        let rs = records(b);
+        assert_eq!(
+            rs[0].key().map(|k| &k[..]),
+            Some(&b""[..]),
+            "an empty key is not a null key"
+        );
+        assert_eq!(rs[0].value(), None, "a null value stays null");
+        assert_eq!(rs[1].key(), None);
+        assert_eq!(rs[1].value().map(|v| &v[..]), Some(&b""[..]));
+        let h = rs[1].headers().as_slice();
+        assert_eq!(h.len(), 3);
+        assert!(
+            matches!(h[0].key, std::borrow::Cow::Borrowed(_)),
+            "well-known names are interned"
+        );
+        assert_eq!(h[0].value.as_deref(), Some(&b"orders"[..]));
+        assert_eq!((&*h[1].key, h[1].value.as_deref()), ("x-null", None));
+        assert_eq!(
+            (&*h[2].key, h[2].value.as_deref()),
+            ("x-empty", Some(&b""[..]))
+        );
+    }
+}
