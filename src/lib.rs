@@ -4,9 +4,9 @@
 //! runtime.
 //!
 //! A handler is a [`tower::Service`]`<`[`Record`]`>`. A [`Worker`] (one consumer group member)
-//! runs a task per assigned partition that reads the partition's own queue and drives each
-//! record through the route's service (in order, one at a time by default), and commits
-//! offsets from its poll thread by an explicit
+//! runs a task per assigned partition that takes the partition's records in batches from the
+//! poll thread and drives each record through the route's service (in order, one at a time
+//! by default); the poll thread commits offsets by an explicit
 //! [`CommitPolicy`]. The commit rule: an offset is committed only when its record's outcome is
 //! final, so a crash means a record may be handled twice, never zero times.
 #![forbid(unsafe_code)]

@@ -9,9 +9,9 @@
 //! and headers into a few shared chunks, so it allocates nothing per record and the tasks,
 //! which drop the records, free one chunk per many records.
 //!
-//! Back-pressure is unchanged in kind: each partition holds at most one batch waiting for its
-//! task; while it waits, the fetcher leaves that partition's records in librdkafka's queue,
-//! which stops fetching the partition when full. Other partitions are not affected.
+//! Back-pressure is unchanged in kind: each partition holds at most a few batches waiting for
+//! its task; while they wait, the fetcher leaves that partition's records in librdkafka's
+//! queue, which stops fetching the partition when full. Other partitions are not affected.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +33,13 @@ use crate::Record;
 /// its chunk alive, so this bounds what one kept record can pin (besides its own size).
 const CHUNK_BYTES: usize = 64 * 1024;
 
-/// Bytes after which a batch ends even below `max_poll_records`, so a batch of large records
-/// does not hold many megabytes outside librdkafka's per-partition bound.
-const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Bytes after which a batch ends even below `max_poll_records`, so batches of large records
+/// do not hold many megabytes outside librdkafka's per-partition bound.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Batches waiting for one partition's task: enough that the task rarely waits for the poll
+/// thread; at most `BATCHES_WAITING x MAX_BATCH_BYTES` (1 MiB) of copies per partition.
+const BATCHES_WAITING: usize = 4;
 
 /// How long a partition whose queue returned an error is left alone.
 const ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -195,7 +199,7 @@ pub(crate) struct Feed {
 
 /// The hand-over of one partition. Called on the poll thread, whose handle the wake-ups use.
 pub(crate) fn feed(mut queue: PartitionQueue<RuntimeContext>) -> (Feeder, Feed) {
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(BATCHES_WAITING);
     let signal = Arc::new(AtomicBool::new(true));
     let poller = std::thread::current();
     let (s, p) = (signal.clone(), poller.clone());

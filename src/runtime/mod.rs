@@ -8,7 +8,7 @@
 //! Back-pressure never blocks other partitions: a task that is busy, or waits for a retry's
 //! due time, does not take its next batch, the poll thread then leaves that partition's
 //! records in librdkafka's queue, and librdkafka stops fetching the partition once its queue
-//! holds `partition_queue` records or 2 MiB. Records handed to handlers and not yet
+//! holds `partition_queue` records or 4 MiB. Records handed to handlers and not yet
 //! final are bounded worker-wide by `max_in_flight_records` and `max_in_flight_bytes`.
 
 mod committer;

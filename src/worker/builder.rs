@@ -204,7 +204,7 @@ impl WorkerBuilder {
 
     /// Records librdkafka prefetches per partition ahead of its handler (`queued.min.messages`;
     /// default 100,000, librdkafka's). Prefetched bytes per partition are bounded by
-    /// `queued.max.messages.kbytes`, which redrive sets to 2048 (2 MiB; librdkafka's 64 MiB
+    /// `queued.max.messages.kbytes`, which redrive sets to 4096 (4 MiB; librdkafka's 64 MiB
     /// applies per partition once each has its own queue) unless you set it.
     pub fn partition_queue(mut self, n: usize) -> Self {
         self.partition_queue = n;
@@ -212,7 +212,7 @@ impl WorkerBuilder {
     }
 
     /// Most records the poll thread hands a partition's task at once (a batch also ends after
-    /// 1 MiB); a batch is the unit of the per-batch commit policy. Default 500.
+    /// 256 KiB); a batch is the unit of the per-batch commit policy. Default 500.
     pub fn max_poll_records(mut self, n: usize) -> Self {
         self.max_poll_records = n;
         self
@@ -588,11 +588,11 @@ impl WorkerBuilder {
         // Outputs of transactional pipelines count only once committed (librdkafka's default,
         // stated so a reader of the config sees it).
         cfg.set("isolation.level", "read_committed");
-        // Each partition has its own queue: these bound the prefetch per partition. 2 MiB
-        // keeps up with the poll thread (BENCHMARKS.md: larger queues made librdkafka's broker
-        // thread page-fault fresh heap for every fetch, for no more throughput).
+        // Each partition has its own queue: these bound the prefetch per partition. 4 MiB
+        // keeps up with the poll thread; 8 MiB made librdkafka's broker thread fault in fresh
+        // heap for its fetches, for no more throughput (BENCHMARKS.md, session 6).
         cfg.set("queued.min.messages", self.partition_queue.to_string());
-        cfg.set("queued.max.messages.kbytes", "2048");
+        cfg.set("queued.max.messages.kbytes", "4096");
         // A partition whose queue reached those bounds is fetched again only after this back-
         // off (librdkafka's default is 1 s): short, so a drained queue refills without a stall.
         cfg.set("fetch.queue.backoff.ms", "20");
