@@ -28,8 +28,8 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
         CommitTrigger::Interval(d) => cfg.poll_timeout.min(d / 2).max(Duration::from_millis(1)),
     };
 
-    // Partition queues, tasks and the main queue wake this thread when it has work.
-    let _ = rt.poller.set(std::thread::current());
+    // Partition queues, tasks and the main queue wake this thread (`rt.poller`, set by the
+    // worker before subscribing) when it has work.
     let mut busy = false;
     while !rt.shutdown.load(Ordering::Acquire) {
         if !busy {
