@@ -241,13 +241,9 @@ impl Feeder {
             self.more = true;
             return false;
         }
+        let max_records = max_records.max(1);
         let mut batch = BatchBuilder::new();
-        let mut limited = false;
-        while batch.entries.len() < max_records.max(1) {
-            if batch.bytes >= MAX_BATCH_BYTES {
-                limited = true;
-                break;
-            }
+        while batch.entries.len() < max_records && batch.bytes < MAX_BATCH_BYTES {
             match self.queue.poll(Duration::ZERO) {
                 Some(Ok(msg)) => batch.push(&msg),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -265,7 +261,7 @@ impl Feeder {
                 None => break,
             }
         }
-        limited |= batch.entries.len() >= max_records.max(1);
+        let limited = batch.entries.len() >= max_records || batch.bytes >= MAX_BATCH_BYTES;
         self.more = limited || self.error_until.is_some();
         if batch.entries.is_empty() {
             return false;
