@@ -332,3 +332,77 @@ async fn out_of_order_completion_never_commits_past_an_unfinished_record() {
     run.await.unwrap().unwrap();
     assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0], Some(20));
 }
+
+/// Manual acknowledgement: a record the handler has not acknowledged holds the commit back,
+/// even after its handler returned; acknowledging it later (from anywhere) releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_ack_commits_only_what_was_acknowledged() {
+    init_tracing();
+    assert!(
+        Record::new("t", 0, 0).acknowledgment().is_none(),
+        "no handle outside a manual-ack worker"
+    );
+    let bootstrap = bootstrap();
+    let topic = unique("commit-manual");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 10).await;
+
+    let held: Arc<Mutex<Option<redrive::Acknowledgment>>> = Default::default();
+    let handled: Seen = Default::default();
+    let svc = {
+        let (held, handled) = (held.clone(), handled.clone());
+        service_fn(move |r: Record| {
+            let ack = r
+                .acknowledgment()
+                .expect("a manual-ack worker gives every record a handle");
+            assert_eq!(ack.offset(), r.offset());
+            if r.offset() == 3 {
+                *held.lock().unwrap() = Some(ack);
+            } else {
+                ack.acknowledge();
+            }
+            handled.lock().unwrap().push((r.partition(), r.offset()));
+            std::future::ready(Ok::<_, BoxError>(()))
+        })
+    };
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .commit_policy(CommitPolicy::async_per_record())
+        .manual_ack(true)
+        .route(Route::new(&topic, svc))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "all 10 records handled", || {
+        handled.lock().unwrap().len() >= 10
+    })
+    .await;
+    let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
+    eventually(
+        Duration::from_secs(10),
+        "commit reaches the unacknowledged record",
+        || committed(&b, &g, &t, 1)[&0] == Some(3),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, 1)[&0],
+        Some(3),
+        "never past the unacknowledged offset 3, though 4-9 were acknowledged"
+    );
+
+    held.lock().unwrap().take().unwrap().acknowledge();
+    eventually(
+        Duration::from_secs(10),
+        "acknowledging offset 3 late releases the rest",
+        || committed(&b, &g, &t, 1)[&0] == Some(10),
+    )
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0], Some(10));
+}

@@ -114,14 +114,15 @@ impl RuntimeContext {
             };
             // Runs on the poll thread (inside `poll`), whose handle the wake-ups use.
             let (feeder, feed) = super::fetch::feed(queue);
-            let (shared, deferred) = PartitionShared::new(topic.clone(), p, route.name().clone());
-            let shared = Arc::new(shared);
             let (acks, acks_rx) = if cfg.manual_ack {
                 let (a, b) = mpsc::unbounded_channel();
                 (Some(a), Some(b))
             } else {
                 (None, None)
             };
+            let (shared, deferred) =
+                PartitionShared::new(topic.clone(), p, route.name().clone(), acks);
+            let shared = Arc::new(shared);
             let task = route.spawn(
                 self.handle(),
                 PartitionStart {
@@ -129,7 +130,6 @@ impl RuntimeContext {
                     feed,
                     deferred,
                     acks: acks_rx,
-                    ack_tx: acks,
                     rt: self.rt.clone(),
                     concurrency: route.concurrency(),
                     stage: binding.stage,

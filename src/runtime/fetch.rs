@@ -60,6 +60,8 @@ struct Entry {
     value: Option<Range<usize>>,
     /// Its headers in [`Batch::headers`].
     headers: Range<usize>,
+    /// Key, value and headers, as [`Record::byte_len`] counts them.
+    bytes: usize,
 }
 
 struct RawHeader {
@@ -90,9 +92,12 @@ impl BatchBuilder {
 
     fn push(&mut self, msg: &impl Message) {
         let (key, value) = (msg.key(), msg.payload());
+        // Once only: librdkafka parses headers on every call when a record has none, with two
+        // allocations each time.
+        let headers = msg.headers();
         let needed = key.map_or(0, <[u8]>::len)
             + value.map_or(0, <[u8]>::len)
-            + msg.headers().map_or(0, |h| {
+            + headers.as_ref().map_or(0, |h| {
                 h.iter()
                     .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
                     .sum()
@@ -111,7 +116,7 @@ impl BatchBuilder {
             start..buf.len()
         };
         let first_header = self.headers.len();
-        if let Some(h) = msg.headers() {
+        if let Some(h) = &headers {
             for h in h.iter() {
                 self.headers.push(RawHeader {
                     key: copy(h.key.as_bytes()),
@@ -126,6 +131,7 @@ impl BatchBuilder {
             key: key.map(&mut copy),
             value: value.map(&mut copy),
             headers: first_header..self.headers.len(),
+            bytes: needed,
         };
         self.entries.push(entry);
         self.bytes += needed;
@@ -150,6 +156,11 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
+    /// The size of the next record, as [`Record::byte_len`] counts it, without taking it.
+    pub(crate) fn peek_bytes(&self) -> Option<usize> {
+        self.batch.entries.get(self.next).map(|e| e.bytes)
+    }
+
     /// The next record, without its acknowledgement or partition state (the task sets them).
     pub(crate) fn next_record(&mut self, topic: &Arc<str>, partition: i32) -> Option<Record> {
         let e = self.batch.entries.get(self.next)?;
@@ -316,7 +327,19 @@ mod tests {
             next: 0,
         };
         let topic: Arc<str> = Arc::from("orders");
-        std::iter::from_fn(|| c.next_record(&topic, 3)).collect()
+        std::iter::from_fn(|| {
+            // The size the in-flight bytes bound takes before the record is built.
+            let peeked = c.peek_bytes();
+            let r = c.next_record(&topic, 3)?;
+            assert_eq!(
+                peeked,
+                Some(r.byte_len()),
+                "peek_bytes at offset {}",
+                r.offset()
+            );
+            Some(r)
+        })
+        .collect()
     }
 
     #[test]

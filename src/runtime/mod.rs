@@ -8,7 +8,7 @@
 //! Back-pressure never blocks other partitions: a task that is busy, or waits for a retry's
 //! due time, does not take its next batch, the poll thread then leaves that partition's
 //! records in librdkafka's queue, and librdkafka stops fetching the partition once its queue
-//! holds `partition_queue` records or 4 MiB. Records handed to handlers and not yet
+//! holds `partition_queue` records or 1 MiB. Records handed to handlers and not yet
 //! final are bounded worker-wide by `max_in_flight_records` and `max_in_flight_bytes`.
 
 mod committer;
@@ -211,6 +211,8 @@ pub(crate) struct PartitionShared {
     deferred_len: std::sync::atomic::AtomicUsize,
     deferred_tx: tokio::sync::mpsc::UnboundedSender<Tagged>,
     finished_records: AtomicU64,
+    /// Where handlers' acknowledgements go, in manual-acknowledgement mode.
+    pub ack_tx: Option<tokio::sync::mpsc::UnboundedSender<i64>>,
 }
 
 /// Most records a partition may have deferred at once; beyond it layers finish inline.
@@ -285,7 +287,12 @@ impl Completions {
 }
 
 impl PartitionShared {
-    pub(crate) fn new(topic: Arc<str>, partition: i32, route: Arc<str>) -> (Self, Completions) {
+    pub(crate) fn new(
+        topic: Arc<str>,
+        partition: i32,
+        route: Arc<str>,
+        ack_tx: Option<tokio::sync::mpsc::UnboundedSender<i64>>,
+    ) -> (Self, Completions) {
         let (deferred_tx, deferred_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = PartitionShared {
             topic,
@@ -301,6 +308,7 @@ impl PartitionShared {
             deferred_len: std::sync::atomic::AtomicUsize::new(0),
             deferred_tx,
             finished_records: AtomicU64::new(0),
+            ack_tx,
         };
         (shared, Completions::new(deferred_rx))
     }
@@ -418,8 +426,8 @@ impl PartitionShared {
             .saturating_sub(self.finished_records.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn finished(&self, rt: &RuntimeShared) {
+    /// Counts a record final for this partition; the worker-wide count is the caller's.
+    pub(crate) fn finished(&self) {
         self.finished_records.fetch_add(1, Ordering::Relaxed);
-        rt.finished_records.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,5 +1,6 @@
 //! The task that handles one partition's records.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use tracing::Instrument;
 use super::fetch::{Cursor, Feed};
 use super::tracker::OffsetTracker;
 use super::{PartitionShared, RuntimeShared};
-use crate::commit::Acknowledgment;
+use crate::commit::CommitTrigger;
 use crate::error::{error_chain, BoxError};
 use crate::layer::{guarded_call, now_ms, Halt, Panicked, Stage};
 use crate::Record;
@@ -25,7 +26,6 @@ pub(crate) struct PartitionStart {
     /// Completions of records whose completion a layer deferred.
     pub deferred: super::Completions,
     pub acks: Option<mpsc::UnboundedReceiver<i64>>,
-    pub ack_tx: Option<mpsc::UnboundedSender<i64>>,
     pub rt: Arc<RuntimeShared>,
     pub concurrency: usize,
     pub stage: Stage,
@@ -96,10 +96,10 @@ fn report(
     p: &PartitionShared,
     m: &Meters,
     offset: i64,
-    started: Instant,
+    took: Duration,
     res: Result<(), BoxError>,
 ) -> bool {
-    m.duration.record(started.elapsed().as_secs_f64());
+    m.duration.record(took.as_secs_f64());
     match res {
         Ok(()) => {
             if let Some(c) = &m.ok {
@@ -138,23 +138,74 @@ fn report(
     true
 }
 
+/// Counts final records. The worker-wide count (which commit triggers read) is shared by
+/// every task, so it is bumped once per `every` records and whenever the task is about to
+/// wait, not per record: one contended atomic operation per record less.
+struct FinishedCount<'r> {
+    rt: &'r RuntimeShared,
+    unpublished: u64,
+    every: u64,
+}
+
+impl<'r> FinishedCount<'r> {
+    fn new(rt: &'r RuntimeShared) -> Self {
+        // A count trigger sees the records at most 1/16 of its count late; per record, at once.
+        let every = match rt.config.commit.trigger {
+            CommitTrigger::PerRecord => 1,
+            CommitTrigger::EveryRecords(n) => (n / 16).clamp(1, 64),
+            CommitTrigger::Interval(_) | CommitTrigger::PerBatch => 64,
+        };
+        FinishedCount {
+            rt,
+            unpublished: 0,
+            every,
+        }
+    }
+
+    fn add(&mut self, shared: &PartitionShared) {
+        shared.finished();
+        self.unpublished += 1;
+        if self.unpublished >= self.every {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        if self.unpublished > 0 {
+            self.rt
+                .finished_records
+                .fetch_add(std::mem::take(&mut self.unpublished), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for FinishedCount<'_> {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
 /// A record pulled from the partition's queue, with its share of the in-flight bounds.
 pub(crate) struct Pulled<'r> {
     record: Record,
-    _permits: InFlight<'r>,
+    permits: InFlight<'r>,
 }
 
-/// A record's share of the worker-wide in-flight bounds, released when dropped. It borrows
-/// the runtime state rather than holding an `Arc`: a shared reference count would be two
+/// A record's share of the worker-wide in-flight bounds, released when dropped (or kept by
+/// its partition's [`Source`] for the next record, see [`Source::recycle`]). It borrows the
+/// runtime state rather than holding an `Arc`: a shared reference count would be two
 /// contended atomic operations per record across the worker threads.
 struct InFlight<'r> {
     rt: &'r RuntimeShared,
+    records: u64,
     bytes: u64,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.rt.records_bound.give(1);
+        if self.records > 0 {
+            self.rt.records_bound.give(self.records);
+        }
         if self.bytes > 0 {
             self.rt.bytes_bound.give(self.bytes);
         }
@@ -164,6 +215,9 @@ impl Drop for InFlight<'_> {
 /// Takes one partition's records from the batches the poll thread hands over. Back-pressure
 /// is natural: while the task does not take its batch, the poll thread leaves the partition's
 /// records in librdkafka's bounded queue, which stops fetching when full.
+///
+/// A record is built only once its permits are taken, so nothing is held across a wait but
+/// the batch itself: every wait is cancel-safe and no record is ever dropped.
 pub(crate) struct Source<'r> {
     feed: Feed,
     batch: Option<Cursor>,
@@ -172,46 +226,69 @@ pub(crate) struct Source<'r> {
     /// not contend with other partitions' tasks.
     topic: Arc<str>,
     rt: &'r RuntimeShared,
-    ack_tx: Option<mpsc::UnboundedSender<i64>>,
-    /// A record taken from the batch whose byte permits are still awaited: kept across a
-    /// cancelled `next()` so no record is ever dropped.
-    pending: Option<(Record, usize, InFlight<'r>)>,
+    /// Permits of finished records, kept for the next one: the bounds are shared by every
+    /// task, and taking and giving back per record were four contended atomic operations.
+    /// Given back before any wait, so a partition never holds more than its last record's.
+    spare: InFlight<'r>,
 }
 
 impl<'r> Source<'r> {
-    fn new(
-        feed: Feed,
-        shared: Arc<PartitionShared>,
-        rt: &'r RuntimeShared,
-        ack_tx: Option<mpsc::UnboundedSender<i64>>,
-    ) -> Self {
+    fn new(feed: Feed, shared: Arc<PartitionShared>, rt: &'r RuntimeShared) -> Self {
         Source {
             feed,
             batch: None,
             topic: Arc::from(&*shared.topic),
             shared,
             rt,
-            ack_tx,
-            pending: None,
+            spare: InFlight {
+                rt,
+                records: 0,
+                bytes: 0,
+            },
         }
     }
 
     /// The next record, or None once the partition is stopped. Cancel-safe.
     async fn next(&mut self) -> Option<Pulled<'r>> {
-        if self.pending.is_none() {
-            self.pending = Some(self.pull().await?);
-        }
-        let want = self.pending_want();
-        // The waiting futures (which register with `Notify`s) only when the bound is full.
-        if !self.rt.bytes_bound.try_take(want) {
-            tokio::select! {
-                biased;
-                // Not handed over: the uncommitted record is read again later.
-                _ = self.shared.stopped() => return None,
-                _ = self.rt.bytes_bound.take(want) => {}
+        self.release_spare();
+        loop {
+            if self.shared.stopping() {
+                return None;
             }
+            let Some(bytes) = self.peek() else {
+                tokio::select! {
+                    biased;
+                    // Not handed over: the uncommitted records are read again later.
+                    _ = self.shared.stopped() => return None,
+                    batch = self.feed.take() => self.batch = Some(batch?),
+                }
+                continue;
+            };
+            // The waiting futures (which register with `Notify`s) only when a bound is full.
+            if !self.rt.records_bound.try_take(1) {
+                tokio::select! {
+                    biased;
+                    _ = self.shared.stopped() => return None,
+                    _ = self.rt.records_bound.take(1) => {}
+                }
+            }
+            // Gives the record permit back if the wait below is cancelled.
+            let mut permits = InFlight {
+                rt: self.rt,
+                records: 1,
+                bytes: 0,
+            };
+            let want = (bytes as u64).max(1);
+            if !self.rt.bytes_bound.try_take(want) {
+                tokio::select! {
+                    biased;
+                    _ = self.shared.stopped() => return None,
+                    _ = self.rt.bytes_bound.take(want) => {}
+                }
+            }
+            permits.bytes = want;
+            return self.take(permits);
         }
-        self.hand_over(want)
     }
 
     /// The next record if one is waiting and the bounds have room, without awaiting
@@ -221,60 +298,54 @@ impl<'r> Source<'r> {
         if self.shared.stopping() {
             return None;
         }
-        if self.pending.is_none() {
-            if !self.rt.records_bound.try_take(1) {
-                return None;
-            }
-            let records = InFlight {
-                rt: self.rt,
-                bytes: 0,
-            };
-            let (record, bytes) = self.poll_record()?;
-            self.pending = Some((record, bytes, records));
-        }
-        let want = self.pending_want();
-        if !self.rt.bytes_bound.try_take(want) {
+        let want = (self.peek()? as u64).max(1);
+        let mut permits = InFlight {
+            rt: self.rt,
+            records: 0,
+            bytes: 0,
+        };
+        if self.spare.records > 0 {
+            self.spare.records -= 1;
+        } else if !self.rt.records_bound.try_take(1) {
             return None;
         }
-        self.hand_over(want)
+        permits.records = 1;
+        if self.spare.bytes >= want {
+            self.spare.bytes -= want;
+        } else if self.rt.bytes_bound.try_take(want - self.spare.bytes) {
+            self.spare.bytes = 0;
+        } else {
+            return None;
+        }
+        permits.bytes = want;
+        self.take(permits)
     }
 
-    /// The byte permits the pending record needs (at least one, so empty records count).
-    fn pending_want(&self) -> u64 {
-        (self.pending.as_ref().map_or(0, |p| p.1) as u64).max(1)
+    /// Keeps a finished record's permits for the next record.
+    fn recycle(&mut self, mut permits: InFlight<'r>) {
+        self.spare.records += std::mem::take(&mut permits.records);
+        self.spare.bytes += std::mem::take(&mut permits.bytes);
     }
 
-    /// Hands the pending record over once its `want` bytes are taken.
-    fn hand_over(&mut self, want: u64) -> Option<Pulled<'r>> {
-        let (record, _, mut permit) = self.pending.take()?;
-        permit.bytes = want;
-        self.shared.dispatched();
-        Some(Pulled {
-            record,
-            _permits: permit,
-        })
+    /// Gives the kept permits back to the worker-wide bounds.
+    fn release_spare(&mut self) {
+        let spare = InFlight {
+            rt: self.rt,
+            records: std::mem::take(&mut self.spare.records),
+            bytes: std::mem::take(&mut self.spare.bytes),
+        };
+        drop(spare);
     }
 
-    /// The next record of the current batch, or of a batch already handed over, with its
-    /// size; None when none is waiting.
-    fn poll_record(&mut self) -> Option<(Record, usize)> {
+    /// The size of the next record of the current batch, or of a batch already handed over;
+    /// None when none is waiting.
+    fn peek(&mut self) -> Option<usize> {
         loop {
-            if let Some(cursor) = &mut self.batch {
-                if let Some(mut record) = cursor.next_record(&self.topic, self.shared.partition) {
-                    record.ack = self.ack_tx.as_ref().map(|tx| Acknowledgment {
-                        offset: record.offset,
-                        tx: tx.clone(),
-                    });
-                    record.partition_state = Some(self.shared.clone());
-                    let bytes = record.byte_len();
-                    let max = self.rt.config.max_in_flight_bytes;
-                    if bytes as u64 > max {
-                        tracing::warn!(record = %record.coordinates(), bytes, max_in_flight_bytes = max, "record is larger than max_in_flight_bytes; it is handled, alone");
-                    }
-                    return Some((record, bytes));
-                }
+            if let Some(bytes) = self.batch.as_ref().and_then(Cursor::peek_bytes) {
+                return Some(bytes);
+            }
+            if self.batch.take().is_some() {
                 // A batch is the unit of the per-batch commit policy.
-                self.batch = None;
                 self.rt
                     .bursts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -283,36 +354,17 @@ impl<'r> Source<'r> {
         }
     }
 
-    /// Takes a record, with its record permit.
-    async fn pull(&mut self) -> Option<(Record, usize, InFlight<'r>)> {
-        if self.shared.stopping() {
-            return None;
+    /// Takes the record [`Source::peek`] saw, its permits taken.
+    fn take(&mut self, permits: InFlight<'r>) -> Option<Pulled<'r>> {
+        let cursor = self.batch.as_mut()?;
+        let mut record = cursor.next_record(&self.topic, self.shared.partition)?;
+        record.partition_state = Some(self.shared.clone());
+        let max = self.rt.config.max_in_flight_bytes;
+        if permits.bytes > max {
+            tracing::warn!(record = %record.coordinates(), bytes = permits.bytes, max_in_flight_bytes = max, "record is larger than max_in_flight_bytes; it is handled, alone");
         }
-        if !self.rt.records_bound.try_take(1) {
-            tokio::select! {
-                biased;
-                _ = self.shared.stopped() => return None,
-                _ = self.rt.records_bound.take(1) => {}
-            }
-        }
-        // Gives the record slot back if no record comes out of this call.
-        let records = InFlight {
-            rt: self.rt,
-            bytes: 0,
-        };
-        loop {
-            if self.shared.stopping() {
-                return None;
-            }
-            if let Some((record, bytes)) = self.poll_record() {
-                return Some((record, bytes, records));
-            }
-            tokio::select! {
-                biased;
-                _ = self.shared.stopped() => return None,
-                batch = self.feed.take() => self.batch = Some(batch?),
-            }
-        }
+        self.shared.dispatched();
+        Some(Pulled { record, permits })
     }
 }
 
@@ -328,7 +380,6 @@ where
         feed,
         mut deferred,
         acks,
-        ack_tx,
         rt,
         concurrency,
         stage,
@@ -336,14 +387,19 @@ where
         count_outcomes,
     } = start;
     let meters = Meters::new(&rt, &shared, stage, count_outcomes);
-    let mut source = Source::new(feed, shared.clone(), &rt, ack_tx);
+    let mut source = Source::new(feed, shared.clone(), &rt);
     let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();
+    let mut finished = FinishedCount::new(&rt);
 
     // Records whose completion a layer deferred (a retry copy being acknowledged).
     let mut outstanding = 0usize;
     if concurrency == 1 && acks.is_none() {
         // The common case: one record at a time, final when the service returns.
+        // When the previous call ended: the start of a record taken without waiting. One
+        // clock read per record instead of two; the duration then also counts the few
+        // hundred nanoseconds of bookkeeping between the calls.
+        let mut ended: Option<Instant> = None;
         loop {
             if outstanding > 0 {
                 if let Some(offset) = deferred.try_next() {
@@ -351,7 +407,7 @@ where
                     tracker.complete(offset);
                     shared.observe(&tracker);
                     // Final only now: commit triggers count it now.
-                    shared.finished(&rt);
+                    finished.add(&shared);
                     continue;
                 }
             }
@@ -362,29 +418,38 @@ where
                     tokio::task::coop::consume_budget().await;
                     Some(p)
                 }
-                None => tokio::select! {
+                None => {
+                    ended = None;
+                    finished.publish();
+                    tokio::select! {
                     biased;
                     Some(offset) = deferred.next(), if outstanding > 0 => {
                         outstanding -= 1;
                         tracker.complete(offset);
                         shared.observe(&tracker);
-                        shared.finished(&rt);
+                        finished.add(&shared);
                         continue;
                     }
                     pulled = source.next() => pulled,
-                },
+                    }
+                }
             };
-            let Some(Pulled { record, _permits }) = pulled else {
+            let Some(Pulled { record, permits }) = pulled else {
                 break;
             };
             let offset = record.offset;
             meters.consumed.increment(1);
-            if gated && !due_gate(&shared, &record, max_wait, &meters.delay_error).await {
-                break;
+            if gated {
+                ended = None;
+                // Holds nothing spare while the record waits for its due time.
+                source.release_spare();
+                if !due_gate(&shared, &record, max_wait, &meters.delay_error).await {
+                    break;
+                }
             }
             tracker.dispatched(offset, record_ts(&record));
             shared.observe(&tracker);
-            let started = Instant::now();
+            let started = ended.take().unwrap_or_else(Instant::now);
             // Convert at once: the service's own error type need not be Send.
             let ready = svc.ready().await.map_err(Into::into);
             let span = record_span(&rt, &shared, &record);
@@ -392,7 +457,9 @@ where
                 Ok(svc) => guarded_call(svc, record).instrument(span).await,
                 Err(e) => Err(e),
             };
-            if !report(&shared, &meters, offset, started, res) {
+            let now = Instant::now();
+            ended = Some(now);
+            if !report(&shared, &meters, offset, now - started, res) {
                 break;
             }
             if shared.take_deferred(offset) {
@@ -400,9 +467,12 @@ where
             } else {
                 tracker.complete(offset);
                 shared.observe(&tracker);
-                shared.finished(&rt);
+                finished.add(&shared);
             }
+            source.recycle(permits);
         }
+        source.release_spare();
+        finished.publish();
         // Stopped: deferred completions still count (the drain deadline bounds the wait).
         while outstanding > 0 {
             let Some(offset) = deferred.next().await else {
@@ -411,7 +481,8 @@ where
             outstanding -= 1;
             tracker.complete(offset);
             shared.observe(&tracker);
-            shared.finished(&rt);
+            finished.add(&shared);
+            finished.publish();
         }
         return;
     }
@@ -425,17 +496,12 @@ where
         let can_take = open && !shared.stopping() && in_flight.len() < concurrency;
         tokio::select! {
             biased;
-            Some(offset) = recv_ack(&mut acks) => {
-                if tracker.complete(offset) {
-                    shared.observe(&tracker);
-                }
-            }
+            // An acknowledgement is what makes the record final, so it counts for the commit
+            // triggers now (a late one included).
+            Some(offset) = recv_ack(&mut acks) => settle(&mut tracker, &shared, &mut finished, offset),
             Some(offset) = deferred.next(), if outstanding > 0 => {
                 outstanding -= 1;
-                if tracker.complete(offset) {
-                    shared.observe(&tracker);
-                }
-                shared.finished(&rt);
+                settle(&mut tracker, &shared, &mut finished, offset);
             }
             Some((offset, done)) = in_flight.next(), if !in_flight.is_empty() => {
                 let Some((started, res)): Option<(Instant, Result<(), BoxError>)> = done else {
@@ -444,18 +510,15 @@ where
                     continue;
                 };
                 let failed = res.is_err();
-                if !report(&shared, &meters, offset, started, res) {
+                if !report(&shared, &meters, offset, started.elapsed(), res) {
                     open = false;
                     continue;
                 }
                 // In manual mode an Ok outcome is final only once acknowledged.
                 if !failed && shared.take_deferred(offset) {
                     outstanding += 1;
-                } else {
-                    if (!manual || failed) && tracker.complete(offset) {
-                        shared.observe(&tracker);
-                    }
-                    shared.finished(&rt);
+                } else if !manual || failed {
+                    settle(&mut tracker, &shared, &mut finished, offset);
                 }
             }
             res = futures_util::future::poll_fn(|cx| svc.poll_ready(cx)), if can_take && !ready => {
@@ -468,7 +531,7 @@ where
                 }
             }
             msg = source.next(), if can_take && ready => match msg {
-                Some(Pulled { record, _permits }) => {
+                Some(Pulled { record, permits }) => {
                     ready = false;
                     let offset = record.offset;
                     meters.consumed.increment(1);
@@ -483,7 +546,7 @@ where
                         let gate_rt = rt.clone();
                         let delay_error = meters.delay_error.clone();
                         in_flight.push(Either::Left(async move {
-                            let _permits = _permits;
+                            let _permits = permits;
                             if !due_gate(&gate_shared, &record, max_wait, &delay_error).await {
                                 return (offset, None);
                             }
@@ -497,7 +560,7 @@ where
                         let span = record_span(&rt, &shared, &record);
                         let call = guarded_call(&mut svc, record).instrument(span);
                         in_flight.push(Either::Right(async move {
-                            let _permits = _permits;
+                            let _permits = permits;
                             (offset, Some((started, call.await)))
                         }));
                     }
@@ -506,6 +569,8 @@ where
             },
             else => {}
         }
+        // Records finish out of order here, and the loop waits between events.
+        finished.publish();
         let draining = !open || shared.stopping();
         if draining
             && in_flight.is_empty()
@@ -514,6 +579,22 @@ where
         {
             break;
         }
+    }
+}
+
+/// Marks a record final once: an acknowledgement may come before or after its handler
+/// returned, or twice.
+fn settle(
+    tracker: &mut OffsetTracker,
+    shared: &PartitionShared,
+    finished: &mut FinishedCount<'_>,
+    offset: i64,
+) {
+    if tracker.is_unfinished(offset) {
+        if tracker.complete(offset) {
+            shared.observe(tracker);
+        }
+        finished.add(shared);
     }
 }
 

@@ -48,6 +48,13 @@ impl OffsetTracker {
         true
     }
 
+    /// True when the record at `offset` was dispatched and is not final yet.
+    pub(crate) fn is_unfinished(&self, offset: i64) -> bool {
+        self.pending
+            .binary_search_by_key(&offset, |&(o, _, _)| o)
+            .is_ok_and(|i| !self.pending[i].1)
+    }
+
     /// The offset to commit (Kafka's "next offset to read"), if any record was dispatched.
     pub(crate) fn committable(&self) -> Option<i64> {
         match self.pending.front() {
@@ -88,6 +95,10 @@ mod tests {
         for o in [5, 6, 9, 12] {
             t.dispatched(o, 0);
         }
+        assert!(
+            t.is_unfinished(9) && !t.is_unfinished(7),
+            "dispatched vs never seen"
+        );
         assert!(!t.complete(9));
         assert!(!t.complete(12));
         assert_eq!(t.committable(), Some(5));
@@ -96,6 +107,10 @@ mod tests {
         assert!(t.complete(6));
         assert_eq!(t.committable(), Some(13));
         assert!(!t.complete(6), "duplicate ack is ignored");
+        assert!(
+            !t.is_unfinished(6) && !t.is_unfinished(12),
+            "final or released"
+        );
         assert_eq!(t.unfinished(), 0);
     }
 

@@ -183,7 +183,28 @@ impl WorkerBuilder {
 
     /// Manual acknowledgement: a record's offset becomes committable only when the handler
     /// calls [`Record::acknowledgment`]`.acknowledge()` (or the record failed and its error
-    /// was handled).
+    /// was handled). The handle may be kept and acknowledged after the handler returned;
+    /// until then no offset at or after the record is committed for its partition.
+    ///
+    /// ```no_run
+    /// use redrive::{BoxError, Record, Route, Worker};
+    /// use tower::service_fn;
+    ///
+    /// let ledger = service_fn(|r: Record| async move {
+    ///     // ... write the record somewhere, then:
+    ///     if let Some(ack) = r.acknowledgment() {
+    ///         ack.acknowledge();
+    ///     }
+    ///     Ok::<_, BoxError>(())
+    /// });
+    /// let worker = Worker::builder()
+    ///     .bootstrap_servers("localhost:9092")
+    ///     .group_id("ledger")
+    ///     .manual_ack(true)
+    ///     .route(Route::new("payments", ledger))
+    ///     .build()?;
+    /// # Ok::<_, redrive::Error>(())
+    /// ```
     pub fn manual_ack(mut self, manual: bool) -> Self {
         self.manual_ack = manual;
         self
@@ -204,7 +225,7 @@ impl WorkerBuilder {
 
     /// Records librdkafka prefetches per partition ahead of its handler (`queued.min.messages`;
     /// default 100,000, librdkafka's). Prefetched bytes per partition are bounded by
-    /// `queued.max.messages.kbytes`, which redrive sets to 4096 (4 MiB; librdkafka's 64 MiB
+    /// `queued.max.messages.kbytes`, which redrive sets to 1024 (1 MiB; librdkafka's 64 MiB
     /// applies per partition once each has its own queue) unless you set it.
     pub fn partition_queue(mut self, n: usize) -> Self {
         self.partition_queue = n;
@@ -588,11 +609,12 @@ impl WorkerBuilder {
         // Outputs of transactional pipelines count only once committed (librdkafka's default,
         // stated so a reader of the config sees it).
         cfg.set("isolation.level", "read_committed");
-        // Each partition has its own queue: these bound the prefetch per partition. 4 MiB
-        // keeps up with the poll thread; 8 MiB made librdkafka's broker thread fault in fresh
-        // heap for its fetches, for no more throughput (BENCHMARKS.md, session 6).
+        // Each partition has its own queue: these bound the prefetch per partition. 1 MiB
+        // keeps up with the poll thread; more made librdkafka's broker thread fault in fresh
+        // heap for its fetches (37k page faults per million records at 4 MiB, 13k at 1 MiB),
+        // for no more throughput (BENCHMARKS.md, sessions 6 and 7).
         cfg.set("queued.min.messages", self.partition_queue.to_string());
-        cfg.set("queued.max.messages.kbytes", "4096");
+        cfg.set("queued.max.messages.kbytes", "1024");
         // A partition whose queue reached those bounds is fetched again only after this back-
         // off (librdkafka's default is 1 s): short, so a drained queue refills without a stall.
         cfg.set("fetch.queue.backoff.ms", "20");
