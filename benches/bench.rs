@@ -646,7 +646,7 @@ async fn sidecar_http(bootstrap: &str, n: u64) -> ((f64, f64), (f64, f64)) {
         let group = support::unique("bench-sidecar-group");
         let workers = if via_http {
             let text = format!(
-                "[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\"session.timeout.ms\" = 6000\n[ops]\nenabled = false\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{url}\"\nconcurrency = 64\npartition_concurrency = 16\ncommit_policy = \"async:1000\"\n"
+                "[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\"session.timeout.ms\" = 6000\n\"fetch.wait.max.ms\" = {FETCH_WAIT_MS}\n[ops]\nenabled = false\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{url}\"\nconcurrency = 64\npartition_concurrency = 16\ncommit_policy = \"async:1000\"\n"
             );
             let config =
                 redrive::sidecar::Config::parse(&text, "bench.toml", std::iter::empty()).unwrap();
