@@ -201,6 +201,16 @@ struct InFlight<'r> {
     bytes: u64,
 }
 
+impl<'r> InFlight<'r> {
+    fn none(rt: &'r RuntimeShared) -> Self {
+        InFlight {
+            rt,
+            records: 0,
+            bytes: 0,
+        }
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if self.records > 0 {
@@ -240,11 +250,7 @@ impl<'r> Source<'r> {
             topic: Arc::from(&*shared.topic),
             shared,
             rt,
-            spare: InFlight {
-                rt,
-                records: 0,
-                bytes: 0,
-            },
+            spare: InFlight::none(rt),
         }
     }
 
@@ -255,7 +261,7 @@ impl<'r> Source<'r> {
             if self.shared.stopping() {
                 return None;
             }
-            let Some(bytes) = self.peek() else {
+            let Some(want) = self.peek() else {
                 tokio::select! {
                     biased;
                     // Not handed over: the uncommitted records are read again later.
@@ -273,12 +279,8 @@ impl<'r> Source<'r> {
                 }
             }
             // Gives the record permit back if the wait below is cancelled.
-            let mut permits = InFlight {
-                rt: self.rt,
-                records: 1,
-                bytes: 0,
-            };
-            let want = (bytes as u64).max(1);
+            let mut permits = InFlight::none(self.rt);
+            permits.records = 1;
             if !self.rt.bytes_bound.try_take(want) {
                 tokio::select! {
                     biased;
@@ -298,12 +300,8 @@ impl<'r> Source<'r> {
         if self.shared.stopping() {
             return None;
         }
-        let want = (self.peek()? as u64).max(1);
-        let mut permits = InFlight {
-            rt: self.rt,
-            records: 0,
-            bytes: 0,
-        };
+        let want = self.peek()?;
+        let mut permits = InFlight::none(self.rt);
         if self.spare.records > 0 {
             self.spare.records -= 1;
         } else if !self.rt.records_bound.try_take(1) {
@@ -329,26 +327,19 @@ impl<'r> Source<'r> {
 
     /// Gives the kept permits back to the worker-wide bounds.
     fn release_spare(&mut self) {
-        let spare = InFlight {
-            rt: self.rt,
-            records: std::mem::take(&mut self.spare.records),
-            bytes: std::mem::take(&mut self.spare.bytes),
-        };
-        drop(spare);
+        drop(std::mem::replace(&mut self.spare, InFlight::none(self.rt)));
     }
 
-    /// The size of the next record of the current batch, or of a batch already handed over;
-    /// None when none is waiting.
-    fn peek(&mut self) -> Option<usize> {
+    /// The byte permits the next record of the current batch, or of a batch already handed
+    /// over, needs (at least one, so empty records count); None when none is waiting.
+    fn peek(&mut self) -> Option<u64> {
         loop {
             if let Some(bytes) = self.batch.as_ref().and_then(Cursor::peek_bytes) {
-                return Some(bytes);
+                return Some((bytes as u64).max(1));
             }
             if self.batch.take().is_some() {
                 // A batch is the unit of the per-batch commit policy.
-                self.rt
-                    .bursts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.rt.bursts.fetch_add(1, Ordering::Relaxed);
             }
             self.batch = Some(self.feed.try_take()?);
         }
@@ -404,10 +395,8 @@ where
             if outstanding > 0 {
                 if let Some(offset) = deferred.try_next() {
                     outstanding -= 1;
-                    tracker.complete(offset);
-                    shared.observe(&tracker);
                     // Final only now: commit triggers count it now.
-                    finished.add(&shared);
+                    settle(&mut tracker, &shared, &mut finished, offset);
                     continue;
                 }
             }
@@ -422,15 +411,13 @@ where
                     ended = None;
                     finished.publish();
                     tokio::select! {
-                    biased;
-                    Some(offset) = deferred.next(), if outstanding > 0 => {
-                        outstanding -= 1;
-                        tracker.complete(offset);
-                        shared.observe(&tracker);
-                        finished.add(&shared);
-                        continue;
-                    }
-                    pulled = source.next() => pulled,
+                        biased;
+                        Some(offset) = deferred.next(), if outstanding > 0 => {
+                            outstanding -= 1;
+                            settle(&mut tracker, &shared, &mut finished, offset);
+                            continue;
+                        }
+                        pulled = source.next() => pulled,
                     }
                 }
             };
@@ -479,9 +466,7 @@ where
                 break;
             };
             outstanding -= 1;
-            tracker.complete(offset);
-            shared.observe(&tracker);
-            finished.add(&shared);
+            settle(&mut tracker, &shared, &mut finished, offset);
             finished.publish();
         }
         return;
@@ -582,8 +567,8 @@ where
     }
 }
 
-/// Marks a record final once: an acknowledgement may come before or after its handler
-/// returned, or twice.
+/// Marks a record final, once: an acknowledgement may come before or after its handler
+/// returned, or twice; a deferred completion comes after.
 fn settle(
     tracker: &mut OffsetTracker,
     shared: &PartitionShared,
