@@ -306,6 +306,17 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
     (n as f64 / secs, cpu / (n as f64 / 1e6))
 }
 
+/// BENCH_PROPS="key=value,...": extra client properties for redrive's workers, to try
+/// settings (`producer.<key>` for the retry producer).
+fn with_bench_props(mut builder: redrive::WorkerBuilder) -> redrive::WorkerBuilder {
+    for kv in std::env::var("BENCH_PROPS").unwrap_or_default().split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            builder = builder.property(k, v);
+        }
+    }
+    builder
+}
+
 /// redrive with a no-op handler, `async:1000`. Returns (records/s, CPU s per million).
 async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Option<f64>) {
     let first: Mark = Arc::default();
@@ -321,20 +332,14 @@ async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
         std::hint::black_box(r.value());
         std::future::ready(Ok::<_, BoxError>(()))
     });
-    let mut builder = Worker::builder()
+    let builder = Worker::builder()
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-redrive"))
         .property("session.timeout.ms", "6000")
         .property("fetch.wait.max.ms", FETCH_WAIT_MS)
         .commit_policy(CommitPolicy::async_every(1000))
         .route(Route::new(topic, handler));
-    // BENCH_PROPS="key=value,...": extra client properties for redrive, to try settings.
-    for kv in std::env::var("BENCH_PROPS").unwrap_or_default().split(',') {
-        if let Some((k, v)) = kv.split_once('=') {
-            builder = builder.property(k, v);
-        }
-    }
-    let worker = builder.build().unwrap();
+    let worker = with_bench_props(builder).build().unwrap();
     let h = worker.handle();
     let run = tokio::spawn(worker.run());
     while h.records_finished() < n {
@@ -369,12 +374,15 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
     );
     let main_topic: Arc<str> = Arc::from(topic);
     let seen = Arc::new(AtomicBool::new(false));
+    let ticks_at_first: Arc<Mutex<ThreadTicks>> = Arc::default();
+    let t2 = ticks_at_first.clone();
     let handler = service_fn(move |r: Record| {
         let main = *r.topic() == *main_topic;
         let res: Result<(), BoxError> = if main {
             // The same per-record work as the happy path's handler: one flag, no lock.
             if !seen.swap(true, Ordering::Relaxed) {
                 *f2.lock().unwrap() = Some((Instant::now(), cpu_seconds(), broker_cpu_seconds()));
+                *t2.lock().unwrap() = thread_ticks();
             }
             if md.fetch_add(1, Ordering::Relaxed) + 1 == n {
                 *lm.lock().unwrap() = Some((Instant::now(), cpu_seconds(), broker_cpu_seconds()));
@@ -397,9 +405,8 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
         .property("session.timeout.ms", "6000")
         .property("fetch.wait.max.ms", FETCH_WAIT_MS)
         .commit_policy(CommitPolicy::async_every(1000))
-        .route(Route::new(topic, handler).retry(policy))
-        .build()
-        .unwrap();
+        .route(Route::new(topic, handler).retry(policy));
+    let worker = with_bench_props(worker).build().unwrap();
     let h = worker.handle();
     let run = tokio::spawn(worker.run());
     let expected_retries = (0..PARTITIONS as u64)
@@ -409,10 +416,15 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
         })
         .sum::<u64>();
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut printed = false;
     while retried_ok.load(Ordering::Relaxed) < expected_retries
         || last_main.lock().unwrap().is_none()
     {
         assert!(Instant::now() < deadline, "retry scenario did not complete");
+        if !printed && last_main.lock().unwrap().is_some() {
+            printed = true;
+            print_thread_cpu("retry", &ticks_at_first.lock().unwrap());
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     h.shutdown();

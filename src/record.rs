@@ -35,6 +35,11 @@ impl Headers {
         Arc::make_mut(self.0.get_or_insert_with(Default::default))
     }
 
+    /// Makes room for `n` more headers.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.list_mut().reserve(n);
+    }
+
     /// Appends a header, keeping any existing header of the same name.
     pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: Option<impl Into<Bytes>>) {
         self.list_mut().push(Header {

@@ -9,6 +9,7 @@
 //!   topic, timestamp type, group and exception texts: UTF-8.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -283,29 +284,88 @@ pub struct Failure<'a> {
     pub max_text: usize,
 }
 
-fn truncate(s: String, max: usize) -> String {
-    if s.len() <= max {
-        return s;
+/// Cuts `buf` back to at most `max` bytes after `start`, at a character boundary (what was
+/// written from `start` on is UTF-8).
+fn truncate_from(buf: &mut Vec<u8>, start: usize, max: usize) {
+    if buf.len() - start <= max {
+        return;
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
+    let mut end = start + max;
+    // A UTF-8 continuation byte is 0b10xx_xxxx: step back to the start of its character.
+    while end > start && (buf[end] & 0xC0) == 0x80 {
         end -= 1;
     }
-    s[..end].to_owned()
+    buf.truncate(end);
 }
 
 /// The Rust name of an error's concrete type is not available through `dyn Error`; the
 /// `Debug` form's leading identifier is the closest stable stand-in (e.g. `Timeout` from
 /// `Timeout(..)`).
 pub(crate) fn type_name_of(e: &(dyn std::error::Error + 'static)) -> String {
-    let dbg = format!("{e:?}");
-    let end = dbg
-        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-        .unwrap_or(dbg.len());
-    if end == 0 {
-        "error".to_owned()
-    } else {
-        dbg[..end].to_owned()
+    let mut buf = Vec::new();
+    write_type_name(&mut buf, e);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Appends [`type_name_of`]`(e)` to `buf`.
+fn write_type_name(buf: &mut Vec<u8>, e: &(dyn std::error::Error + 'static)) {
+    use std::io::Write;
+    let start = buf.len();
+    let _ = write!(buf, "{e:?}");
+    let end = std::str::from_utf8(&buf[start..])
+        .ok()
+        .and_then(|d| d.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')))
+        .map_or(buf.len(), |n| start + n);
+    buf.truncate(end);
+    if buf.len() == start {
+        buf.extend_from_slice(b"error");
+    }
+}
+
+/// Header values of one hop written into one buffer: a hop allocates once for all of them
+/// instead of once per header, and the copy frees them at once.
+struct HopValues {
+    buf: Vec<u8>,
+    /// Key, range in `buf`, and whether an existing header of that name is kept instead.
+    pending: Vec<(&'static str, Range<usize>, bool)>,
+}
+
+impl HopValues {
+    fn new() -> Self {
+        HopValues {
+            buf: Vec::with_capacity(256),
+            pending: Vec::with_capacity(14),
+        }
+    }
+
+    /// Starts a value; what is appended to `buf` until [`end`](Self::end) belongs to it.
+    fn start(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn end(&mut self, key: &'static str, start: usize, keep_existing: bool) {
+        self.pending
+            .push((key, start..self.buf.len(), keep_existing));
+    }
+
+    fn put(&mut self, key: &'static str, value: &[u8], keep_existing: bool) {
+        let start = self.start();
+        self.buf.extend_from_slice(value);
+        self.end(key, start, keep_existing);
+    }
+
+    fn apply(self, headers: &mut Headers) {
+        let all = Bytes::from(self.buf);
+        headers.reserve(self.pending.len());
+        for (key, range, keep_existing) in self.pending {
+            if keep_existing {
+                if headers.last(key).is_none() {
+                    headers.push(key, Some(all.slice(range)));
+                }
+            } else {
+                headers.set(key, all.slice(range));
+            }
+        }
     }
 }
 
@@ -313,45 +373,33 @@ pub(crate) fn type_name_of(e: &(dyn std::error::Error + 'static)) -> String {
 /// headers and exception headers are replaced (one value each), original coordinates are
 /// written only on the first hop. User headers are left untouched.
 pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
-    let original_ts = headers
-        .last_value(ORIGINAL_TIMESTAMP_RETRY)
+    use std::io::Write;
+    let mut v = HopValues::new();
+    match headers
+        .last(ORIGINAL_TIMESTAMP_RETRY)
+        .and_then(|h| h.value.as_ref())
         .filter(|v| !v.is_empty() && v.len() <= 8)
-        .map(Bytes::copy_from_slice)
-        .unwrap_or_else(|| Bytes::from(encode_big_integer(f.timestamp.map_or(-1, |(t, _)| t))));
-    headers.set(ORIGINAL_TIMESTAMP_RETRY, original_ts);
-    headers.set(
-        ATTEMPTS,
-        // Saturates at the cap, so the copy's header always reads back as valid.
-        Bytes::copy_from_slice(&encode_int(
-            f.attempt.saturating_add(1).min(ATTEMPTS_HARD_CAP as u32) as i32,
-        )),
-    );
-    headers.set(BACKOFF_TIMESTAMP, Bytes::from(encode_big_integer(f.due_ms)));
+    {
+        // Already a slice of the record's bytes: reused, not copied.
+        Some(kept) => headers.set(ORIGINAL_TIMESTAMP_RETRY, kept.clone()),
+        None => v.put(
+            ORIGINAL_TIMESTAMP_RETRY,
+            &encode_big_integer(f.timestamp.map_or(-1, |(t, _)| t)),
+            false,
+        ),
+    }
+    // Saturates at the cap, so the copy's header always reads back as valid.
+    let attempts = f.attempt.saturating_add(1).min(ATTEMPTS_HARD_CAP as u32) as i32;
+    v.put(ATTEMPTS, &encode_int(attempts), false);
+    v.put(BACKOFF_TIMESTAMP, &encode_big_integer(f.due_ms), false);
 
-    let mut once = |key: &'static str, value: Bytes| {
-        if headers.last(key).is_none() {
-            headers.push(key, Some(value));
-        }
-    };
-    once(ORIGINAL_TOPIC, Bytes::copy_from_slice(f.topic.as_bytes()));
-    once(
-        ORIGINAL_PARTITION,
-        Bytes::copy_from_slice(&encode_int(f.partition)),
-    );
-    once(
-        ORIGINAL_OFFSET,
-        Bytes::copy_from_slice(&encode_long(f.offset)),
-    );
+    v.put(ORIGINAL_TOPIC, f.topic.as_bytes(), true);
+    v.put(ORIGINAL_PARTITION, &encode_int(f.partition), true);
+    v.put(ORIGINAL_OFFSET, &encode_long(f.offset), true);
     let (ts, kind) = f.timestamp.unwrap_or((-1, TimestampType::CreateTime));
-    once(ORIGINAL_TIMESTAMP, Bytes::copy_from_slice(&encode_long(ts)));
-    once(
-        ORIGINAL_TIMESTAMP_TYPE,
-        Bytes::from_static(kind.as_java_str().as_bytes()),
-    );
-    once(
-        ORIGINAL_CONSUMER_GROUP,
-        Bytes::copy_from_slice(f.group.as_bytes()),
-    );
+    v.put(ORIGINAL_TIMESTAMP, &encode_long(ts), true);
+    v.put(ORIGINAL_TIMESTAMP_TYPE, kind.as_java_str().as_bytes(), true);
+    v.put(ORIGINAL_CONSUMER_GROUP, f.group.as_bytes(), true);
 
     // `Fatal` and `RetryAfter` only steer the routing; the error they wrap is what failed.
     let mut reported: &(dyn std::error::Error + 'static) = f.error;
@@ -365,37 +413,41 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
     while let Some(s) = root.source() {
         root = s;
     }
+
+    let start = v.start();
+    write_type_name(&mut v.buf, reported);
+    v.end(EXCEPTION_FQCN, start, false);
+    let start = v.start();
+    write_type_name(&mut v.buf, root);
+    v.end(EXCEPTION_CAUSE_FQCN, start, false);
+
     // Spring writes `message; root message`; skip the root when the message already says it.
-    let message =
-        if std::ptr::addr_eq(root, reported) || reported.to_string().contains(&root.to_string()) {
-            reported.to_string()
-        } else {
-            format!("{}; {}", reported, root)
-        };
-    let mut trace = String::new();
-    let mut cur = Some(f.error);
-    let mut first = true;
-    while let Some(e) = cur {
-        if !first {
-            trace.push_str("Caused by: ");
+    let start = v.start();
+    let _ = write!(v.buf, "{reported}");
+    // Not an address comparison: a cause stored first in its error shares its address.
+    if reported.source().is_some() {
+        let root_text = root.to_string();
+        let said = std::str::from_utf8(&v.buf[start..]).is_ok_and(|m| m.contains(&root_text));
+        if !said {
+            let _ = write!(v.buf, "; {root_text}");
         }
-        first = false;
-        trace.push_str(&type_name_of(e));
-        trace.push_str(": ");
-        trace.push_str(&e.to_string());
-        trace.push('\n');
+    }
+    truncate_from(&mut v.buf, start, f.max_text);
+    v.end(EXCEPTION_MESSAGE, start, false);
+
+    let start = v.start();
+    let mut cur = Some(f.error);
+    while let Some(e) = cur {
+        if v.buf.len() > start {
+            v.buf.extend_from_slice(b"Caused by: ");
+        }
+        write_type_name(&mut v.buf, e);
+        let _ = writeln!(v.buf, ": {e}");
         cur = e.source();
     }
-    headers.set(EXCEPTION_FQCN, type_name_of(reported).into_bytes());
-    headers.set(EXCEPTION_CAUSE_FQCN, type_name_of(root).into_bytes());
-    headers.set(
-        EXCEPTION_MESSAGE,
-        truncate(message, f.max_text).into_bytes(),
-    );
-    headers.set(
-        EXCEPTION_STACKTRACE,
-        truncate(trace, f.max_text).into_bytes(),
-    );
+    truncate_from(&mut v.buf, start, f.max_text);
+    v.end(EXCEPTION_STACKTRACE, start, false);
+    v.apply(headers);
 }
 
 /// The trace id of a valid W3C `traceparent` header (`00-<trace id>-<parent id>-<flags>`).
@@ -409,41 +461,57 @@ pub fn trace_id(headers: &Headers) -> Option<&str> {
         && hex(trace, 32)
         && hex(parent, 16)
         && hex(flags, 2)
-        && trace != "0".repeat(32))
+        && !trace.bytes().all(|b| b == b'0'))
     .then_some(trace)
 }
 
 /// The trace id redrive uses for a record that arrived without a `traceparent`: derived from
 /// its coordinates, so its first attempt (logged before any hop) and the copies share it.
 pub fn derived_trace_id(topic: &str, partition: i32, offset: i64) -> String {
+    let (a, b) = derived_trace_halves(topic, partition, offset);
+    format!("{a:016x}{b:016x}")
+}
+
+/// The two halves of [`derived_trace_id`], never both zero.
+fn derived_trace_halves(topic: &str, partition: i32, offset: i64) -> (u64, u64) {
     use std::hash::{Hash, Hasher};
     // DefaultHasher::new() has fixed keys: the same record gives the same id everywhere.
     let mut a = std::collections::hash_map::DefaultHasher::new();
     (topic, partition, offset, 0u8).hash(&mut a);
     let mut b = std::collections::hash_map::DefaultHasher::new();
     (topic, partition, offset, 1u8).hash(&mut b);
-    format!("{:016x}{:016x}", a.finish() | 1, b.finish())
+    (a.finish() | 1, b.finish())
+}
+
+/// Gives a hop without a valid `traceparent` one whose trace id is [`derived_trace_id`] of
+/// the record, formatted once.
+pub(crate) fn ensure_derived_traceparent(
+    headers: &mut Headers,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    span_id: u64,
+) {
+    if trace_id(headers).is_some() {
+        return;
+    }
+    let (a, b) = derived_trace_halves(topic, partition, offset);
+    headers.set(
+        TRACEPARENT,
+        format!("00-{a:016x}{b:016x}-{:016x}-01", span_id | 1).into_bytes(),
+    );
 }
 
 /// Makes sure a hop carries a `traceparent`: a valid one is kept byte for byte (it is a user
 /// header like any other); a record without one gets `fallback_trace` with `span_id`, so every
 /// attempt of a record shares one trace.
 pub fn propagate_traceparent(headers: &mut Headers, fallback_trace: &str, span_id: u64) {
-    ensure_traceparent(headers, || fallback_trace.to_owned(), span_id);
-}
-
-/// [`propagate_traceparent`] with the fallback trace id computed only when it is needed.
-pub(crate) fn ensure_traceparent(
-    headers: &mut Headers,
-    fallback_trace: impl FnOnce() -> String,
-    span_id: u64,
-) {
     if trace_id(headers).is_some() {
         return;
     }
     headers.set(
         TRACEPARENT,
-        format!("00-{}-{:016x}-01", fallback_trace(), span_id | 1).into_bytes(),
+        format!("00-{fallback_trace}-{:016x}-01", span_id | 1).into_bytes(),
     );
 }
 
@@ -516,5 +584,86 @@ mod tests {
             assert_eq!(read_attempts(&h), AttemptsHeader::Malformed);
             assert_eq!(attempt_of(&h), 1);
         }
+    }
+
+    #[derive(Debug)]
+    struct Outer(Inner);
+    #[derive(Debug)]
+    struct Inner;
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("charge failed")
+        }
+    }
+    impl std::fmt::Display for Inner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("gateway said nö")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    impl std::error::Error for Inner {}
+
+    fn hop(error: &(dyn std::error::Error + 'static), max_text: usize) -> Headers {
+        let mut h = Headers::new();
+        apply_failure(
+            &mut h,
+            &Failure {
+                topic: "orders",
+                partition: 0,
+                offset: 1,
+                timestamp: None,
+                group: "g",
+                attempt: 1,
+                due_ms: 0,
+                error,
+                max_text,
+            },
+        );
+        h
+    }
+
+    #[test]
+    fn exception_headers_name_the_chain() {
+        let h = hop(&Outer(Inner), 4096);
+        let text = |k| {
+            std::str::from_utf8(h.last_value(k).unwrap())
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(text(EXCEPTION_FQCN), "Outer");
+        assert_eq!(text(EXCEPTION_CAUSE_FQCN), "Inner");
+        assert_eq!(text(EXCEPTION_MESSAGE), "charge failed; gateway said nö");
+        assert_eq!(
+            text(EXCEPTION_STACKTRACE),
+            "Outer: charge failed\nCaused by: Inner: gateway said nö\n"
+        );
+        // A Debug form without a leading identifier names no type.
+        let plain: crate::BoxError = "plain text".into();
+        let h = hop(&*plain, 4096);
+        assert_eq!(h.last_value(EXCEPTION_FQCN), Some(&b"error"[..]));
+    }
+
+    #[test]
+    fn error_texts_are_cut_at_a_character_boundary() {
+        // "ö" is two bytes; a cut inside it steps back to before it.
+        let h = hop(&Outer(Inner), 29);
+        assert_eq!(
+            h.last_value(EXCEPTION_MESSAGE),
+            Some("charge failed; gateway said n".as_bytes())
+        );
+        let h = hop(&Outer(Inner), 30);
+        assert_eq!(
+            h.last_value(EXCEPTION_MESSAGE),
+            Some("charge failed; gateway said n".as_bytes())
+        );
+        let h = hop(&Outer(Inner), 31);
+        assert_eq!(
+            h.last_value(EXCEPTION_MESSAGE),
+            Some("charge failed; gateway said nö".as_bytes())
+        );
     }
 }

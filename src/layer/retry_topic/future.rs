@@ -6,18 +6,17 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::{on_failure, FailureCtx, Panicked};
+use super::{on_failure, Failing, FailureCtx, Panicked};
 use crate::error::BoxError;
 use crate::Record;
-
-type Failing = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
 pin_project! {
     #[project = StateProj]
     enum State<F> {
         Calling { #[pin] fut: F },
-        // Boxed: only failed records pay for the failure path's size.
+        // Boxed: only failed records that still have something to await pay for it.
         Failing { fut: Failing },
+        Done,
         Passthrough { #[pin] fut: F },
     }
 }
@@ -55,12 +54,11 @@ where
     S::Future: Send + 'static,
 {
     pub(crate) fn failed(ctx: FailureCtx<S>, err: BoxError) -> Self {
-        ResponseFuture {
-            state: State::Failing {
-                fut: Box::pin(on_failure(ctx, err)),
-            },
-            ctx: None,
-        }
+        let state = match on_failure(ctx, err) {
+            Some(fut) => State::Failing { fut },
+            None => State::Done,
+        };
+        ResponseFuture { state, ctx: None }
     }
 }
 
@@ -91,11 +89,16 @@ where
                         Err(p) => Box::new(Panicked::from_payload(&*p)),
                     };
                     let ctx = this.ctx.take().expect("polled after completion");
-                    this.state.set(State::Failing {
-                        fut: Box::pin(on_failure(ctx, err)),
-                    });
+                    match on_failure(ctx, err) {
+                        Some(fut) => this.state.set(State::Failing { fut }),
+                        None => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
                 }
                 StateProj::Failing { fut } => return Poll::Ready(ready!(fut.as_mut().poll(cx))),
+                StateProj::Done => return Poll::Ready(Ok(())),
                 StateProj::Passthrough { fut } => {
                     return Poll::Ready(ready!(fut.poll(cx)).map(|_| ()).map_err(Into::into))
                 }

@@ -16,8 +16,10 @@ mod layer;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -329,8 +331,26 @@ fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Runs the failure path: in-memory retries, classification, publication of the copy.
-pub(crate) async fn on_failure<S>(ctx: FailureCtx<S>, mut err: BoxError) -> Result<(), BoxError>
+/// The failure path's work left to await: a copy's acknowledgement the runtime could not
+/// take over, or in-memory retries.
+pub(crate) type Failing = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+/// Runs the failure path. Without in-memory retries it is synchronous ([`route_failure`]):
+/// a failed record allocates no future of its own unless the runtime cannot defer it.
+pub(crate) fn on_failure<S>(ctx: FailureCtx<S>, err: BoxError) -> Option<Failing>
+where
+    S: Service<Record> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    match ctx.inner {
+        Some(_) => Some(Box::pin(retry_in_memory(ctx, err))),
+        None => route_failure(ctx.shared, ctx.entry, ctx.record, ctx.attempt, err),
+    }
+}
+
+/// In-memory retries first (`policy.in_memory`), then [`route_failure`].
+async fn retry_in_memory<S>(ctx: FailureCtx<S>, mut err: BoxError) -> Result<(), BoxError>
 where
     S: Service<Record> + Send + 'static,
     S::Error: Into<BoxError>,
@@ -343,9 +363,8 @@ where
         attempt,
         inner,
     } = ctx;
-    let policy = &shared.policy;
-
     if let Some(mut inner) = inner {
+        let policy = &shared.policy;
         for _ in 0..policy.in_memory.attempts {
             if policy.classify(&*err) != Classification::Retryable {
                 break;
@@ -367,7 +386,25 @@ where
             }
         }
     }
+    if let Some(rest) = route_failure(shared, entry, record, attempt, err) {
+        rest.await?;
+    }
+    Ok(())
+}
 
+/// Classifies the failure, counts it and sends the copy to the next retry topic or the
+/// dead-letter topic. The send is issued now, in record order; its acknowledgement is awaited
+/// off the partition's path when the runtime lets this layer defer the record's completion
+/// (the next records run meanwhile, and the offset still never passes an unacknowledged
+/// copy): then nothing is left to await. Otherwise the returned future awaits it.
+fn route_failure(
+    shared: Arc<RetryShared>,
+    entry: Arc<TopicEntry>,
+    record: Record,
+    attempt: u32,
+    err: BoxError,
+) -> Option<Failing> {
+    let policy = &shared.policy;
     let class = policy.classify(&*err);
     entry.count_failure(matches!(class, Classification::Fatal(_)), attempt);
 
@@ -413,7 +450,7 @@ where
             }
             None => {
                 tracing::error!(record = %record.coordinates(), attempt, reason, error = %error_chain(&*err), "record failed for good and the policy has no DLT (no_dlt): dropped");
-                return Ok(());
+                return None;
             }
         },
     };
@@ -422,27 +459,35 @@ where
         tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
     }
     let out = failure_copy(&shared, &record, &*err, attempt, topic, due_ms);
-    // The first send is issued now, in record order; its acknowledgement is awaited off the
-    // partition's path when the runtime lets this layer defer the record's completion: the
-    // next records run meanwhile, and the offset still never passes an unacknowledged copy.
     let first = shared.publisher.publish(&out);
     let deferral = record.defer();
+    // Small on purpose: the common case only awaits the first send; the retrying loop (with
+    // its back-off timer) is allocated only after that send failed.
     let acked = async move {
-        publish_until_acked(
-            &*shared.publisher,
-            out,
-            Some(first),
-            &entry,
-            target,
-            &record,
-        )
-        .await
+        if let Err(e) = first.await {
+            let failed: crate::publish::PublishFuture = Box::pin(std::future::ready(Err(e)));
+            let publisher = &*shared.publisher;
+            Box::pin(publish_until_acked(
+                publisher,
+                out,
+                Some(failed),
+                &entry,
+                target,
+                &record,
+            ))
+            .await;
+        }
     };
     match deferral {
-        Some(deferral) => deferral.complete_after(Box::pin(acked)),
-        None => acked.await,
+        Some(deferral) => {
+            deferral.complete_after(Box::pin(acked));
+            None
+        }
+        None => Some(Box::pin(async move {
+            acked.await;
+            Ok(())
+        })),
     }
-    Ok(())
 }
 
 /// The copy of `record` for `topic`, with the headers of a failure hop.
@@ -469,9 +514,11 @@ pub(crate) fn failure_copy(
             max_text: shared.policy.max_header_text,
         },
     );
-    headers::ensure_traceparent(
+    headers::ensure_derived_traceparent(
         &mut h,
-        || headers::derived_trace_id(record.topic(), record.partition(), record.offset()),
+        record.topic(),
+        record.partition(),
+        record.offset(),
         random_u64(),
     );
     Outgoing {
