@@ -356,7 +356,8 @@ impl HopValues {
 
     fn apply(self, headers: &mut Headers) {
         let all = Bytes::from(self.buf);
-        headers.reserve(self.pending.len());
+        // One more for the `traceparent` the retry layer adds when the record had none.
+        headers.reserve(self.pending.len() + 1);
         for (key, range, keep_existing) in self.pending {
             if keep_existing {
                 if headers.last(key).is_none() {
