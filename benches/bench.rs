@@ -267,19 +267,25 @@ async fn produce(bootstrap: &str, topic: &str, n: u64) {
     }
 }
 
-/// Raw rdkafka: `StreamConsumer::recv` one record at a time, offsets stored and committed
-/// asynchronously every 1,000 records. Returns (records/s, CPU s per million).
-async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
-    let c: StreamConsumer = ClientConfig::new()
+/// A raw rdkafka consumer in a fresh group named after `group`, reading from the beginning,
+/// committing only when told.
+fn raw_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", support::unique("bench-raw"))
+        .set("group.id", support::unique(group))
         .set("session.timeout.ms", "6000")
         .set("fetch.wait.max.ms", FETCH_WAIT_MS)
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Raw rdkafka: `StreamConsumer::recv` one record at a time, offsets stored and committed
+/// asynchronously every 1,000 records. Returns (records/s, CPU s per million).
+async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
+    let c = raw_consumer(bootstrap, "bench-raw");
     c.subscribe(&[topic]).unwrap();
     let mut positions: HashMap<i32, i64> = HashMap::new();
     let mut count = 0u64;
@@ -327,18 +333,6 @@ fn commit_positions(c: &StreamConsumer, topic: &str, positions: &HashMap<i32, i6
 async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Option<f64>, u64) {
     let retry_topic = format!("{topic}-raw-retry");
     support::create_topic(bootstrap, &retry_topic, PARTITIONS).await;
-    let consumer = |group: &str| -> StreamConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", support::unique(group))
-            .set("session.timeout.ms", "6000")
-            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
-            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap()
-    };
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
@@ -347,7 +341,7 @@ async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Opti
         .unwrap();
     let expected = expected_retries(n);
     let retried = Arc::new(AtomicU64::new(0));
-    let retry_consumer = consumer("bench-raw-retry-r");
+    let retry_consumer = raw_consumer(bootstrap, "bench-raw-retry-r");
     retry_consumer.subscribe(&[&retry_topic]).unwrap();
     let (done, rt) = (retried.clone(), retry_topic.clone());
     let retry_loop = tokio::spawn(async move {
@@ -377,7 +371,7 @@ async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Opti
         }
     });
 
-    let c = consumer("bench-raw-retry");
+    let c = raw_consumer(bootstrap, "bench-raw-retry");
     c.subscribe(&[topic]).unwrap();
     let mut positions: HashMap<i32, i64> = HashMap::new();
     let mut count = 0u64;
