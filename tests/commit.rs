@@ -50,6 +50,23 @@ fn worker(
 /// still running, the committed offsets reach the end of each partition (for a count policy
 /// `every N`, at most N-1 records may still wait for the next count), and that shutdown
 /// commits everything.
+/// Waits until partition 0's commit reaches `offset` (the record `what`), then checks that it
+/// stays there: the commit never passes a record that is not final.
+async fn commit_stops_at(bootstrap: &str, group: &str, topic: &str, offset: i64, what: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("commit reaches {what} at offset {offset}"),
+        || committed(bootstrap, group, topic, 1)[&0] == Some(offset),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        committed(bootstrap, group, topic, 1)[&0],
+        Some(offset),
+        "never past {what} at offset {offset}"
+    );
+}
+
 async fn policy_commits_while_running(policy: &str) {
     let slack = match policy.parse::<CommitPolicy>().unwrap().trigger {
         redrive::CommitTrigger::EveryRecords(n) => n as i64 - 1,
@@ -287,19 +304,7 @@ async fn out_of_order_completion_never_commits_past_an_unfinished_record() {
         || done.lock().unwrap().len() >= 19,
     )
     .await;
-    let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
-    eventually(
-        Duration::from_secs(10),
-        "commit reaches the slow record",
-        || committed(&b, &g, &t, 1)[&0] == Some(5),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        committed(&bootstrap, &group, &topic, 1)[&0],
-        Some(5),
-        "never past offset 5"
-    );
+    commit_stops_at(&bootstrap, &group, &topic, 5, "the slow record").await;
     h.shutdown();
     run.await.unwrap().unwrap();
     assert_eq!(
@@ -381,25 +386,14 @@ async fn manual_ack_commits_only_what_was_acknowledged() {
         handled.lock().unwrap().len() >= 10
     })
     .await;
-    let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
-    eventually(
-        Duration::from_secs(10),
-        "commit reaches the unacknowledged record",
-        || committed(&b, &g, &t, 1)[&0] == Some(3),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        committed(&bootstrap, &group, &topic, 1)[&0],
-        Some(3),
-        "never past the unacknowledged offset 3, though 4-9 were acknowledged"
-    );
+    // Though 4-9 were acknowledged.
+    commit_stops_at(&bootstrap, &group, &topic, 3, "the unacknowledged record").await;
 
     held.lock().unwrap().take().unwrap().acknowledge();
     eventually(
         Duration::from_secs(10),
         "acknowledging offset 3 late releases the rest",
-        || committed(&b, &g, &t, 1)[&0] == Some(10),
+        || committed(&bootstrap, &group, &topic, 1)[&0] == Some(10),
     )
     .await;
     h.shutdown();
