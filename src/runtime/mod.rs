@@ -415,8 +415,11 @@ impl PartitionShared {
         }
     }
 
+    /// Counts a record handed to the handler. Only the partition's task writes the count, so
+    /// a load and a store do (no locked read-modify-write per record).
     pub(crate) fn dispatched(&self) {
-        self.dispatched_records.fetch_add(1, Ordering::Relaxed);
+        let n = self.dispatched_records.load(Ordering::Relaxed);
+        self.dispatched_records.store(n + 1, Ordering::Relaxed);
     }
 
     /// Records handed to the handler and not yet final.
@@ -427,7 +430,9 @@ impl PartitionShared {
     }
 
     /// Counts a record final for this partition; the worker-wide count is the caller's.
+    /// Single writer, as [`PartitionShared::dispatched`].
     pub(crate) fn finished(&self) {
-        self.finished_records.fetch_add(1, Ordering::Relaxed);
+        let n = self.finished_records.load(Ordering::Relaxed);
+        self.finished_records.store(n + 1, Ordering::Relaxed);
     }
 }

@@ -236,6 +236,10 @@ pub(crate) struct Source<'r> {
     /// not contend with other partitions' tasks.
     topic: Arc<str>,
     rt: &'r RuntimeShared,
+    /// Whether records carry the partition's state (see [`Record::defer`] and
+    /// [`Record::acknowledgment`]): only where something can use it, since the reference
+    /// count is two atomic operations per record.
+    carry_state: bool,
     /// Permits of finished records, kept for the next one: the bounds are shared by every
     /// task, and taking and giving back per record were four contended atomic operations.
     /// Given back before any wait, so a partition never holds more than its last record's.
@@ -243,13 +247,19 @@ pub(crate) struct Source<'r> {
 }
 
 impl<'r> Source<'r> {
-    fn new(feed: Feed, shared: Arc<PartitionShared>, rt: &'r RuntimeShared) -> Self {
+    fn new(
+        feed: Feed,
+        shared: Arc<PartitionShared>,
+        rt: &'r RuntimeShared,
+        carry_state: bool,
+    ) -> Self {
         Source {
             feed,
             batch: None,
             topic: Arc::from(&*shared.topic),
             shared,
             rt,
+            carry_state,
             spare: InFlight::none(rt),
         }
     }
@@ -349,7 +359,9 @@ impl<'r> Source<'r> {
     fn take(&mut self, permits: InFlight<'r>) -> Option<Pulled<'r>> {
         let cursor = self.batch.as_mut()?;
         let mut record = cursor.next_record(&self.topic, self.shared.partition)?;
-        record.partition_state = Some(self.shared.clone());
+        if self.carry_state {
+            record.partition_state = Some(self.shared.clone());
+        }
         let max = self.rt.config.max_in_flight_bytes;
         if permits.bytes > max {
             tracing::warn!(record = %record.coordinates(), bytes = permits.bytes, max_in_flight_bytes = max, "record is larger than max_in_flight_bytes; it is handled, alone");
@@ -381,7 +393,12 @@ where
         count_outcomes,
     } = start;
     let meters = Meters::new(&rt, &shared, stage, count_outcomes);
-    let mut source = Source::new(feed, shared.clone(), &rt);
+    // Records need their partition's state to be acknowledged (manual mode) or to have their
+    // completion deferred, which only the retry-topic layer does, and only routes with a
+    // retry policy have it (their layers count outcomes: `count_outcomes` is false). Records
+    // without it still work everywhere: a layer that cannot defer finishes inline.
+    let carry_state = acks.is_some() || !count_outcomes;
+    let mut source = Source::new(feed, shared.clone(), &rt, carry_state);
     let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();
     let mut finished = FinishedCount::new(&rt);

@@ -34,9 +34,13 @@ impl OffsetTracker {
     /// Marks a record final. Unknown or already released offsets are ignored, so a duplicate
     /// acknowledgement is harmless. Returns true when the commit position moved.
     pub(crate) fn complete(&mut self, offset: i64) -> bool {
-        let idx = match self.pending.binary_search_by_key(&offset, |&(o, _, _)| o) {
-            Ok(i) => i,
-            Err(_) => return false,
+        // Records mostly finish in order: the oldest first, without a search.
+        let idx = match self.pending.front() {
+            Some(&(o, _, _)) if o == offset => 0,
+            _ => match self.pending.binary_search_by_key(&offset, |&(o, _, _)| o) {
+                Ok(i) => i,
+                Err(_) => return false,
+            },
         };
         self.pending[idx].1 = true;
         if idx != 0 {
