@@ -283,8 +283,10 @@ fn raw_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
 }
 
 /// Raw rdkafka: `StreamConsumer::recv` one record at a time, offsets stored and committed
-/// asynchronously every 1,000 records. Returns (records/s, CPU s per million).
-async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
+/// asynchronously every 1,000 records. With `read_headers` the loop also asks each record
+/// for its headers, as a loop that hands its handler the headers must (redrive does).
+/// Returns (records/s, CPU s per million).
+async fn baseline(bootstrap: &str, topic: &str, n: u64, read_headers: bool) -> (f64, f64) {
     let c = raw_consumer(bootstrap, "bench-raw");
     c.subscribe(&[topic]).unwrap();
     let mut positions: HashMap<i32, i64> = HashMap::new();
@@ -301,6 +303,11 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
         }
         // The same no-op work as redrive's handler: look at the payload.
         std::hint::black_box(m.payload());
+        if read_headers {
+            // librdkafka parses the record's header bytes here, even when there are none.
+            use rdkafka::message::Headers as _;
+            std::hint::black_box(m.headers().map_or(0, |h| h.count()));
+        }
         positions.insert(m.partition(), m.offset() + 1);
         count += 1;
         if count % 1000 == 0 {
@@ -309,7 +316,14 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64) -> (f64, f64) {
     }
     let secs = started.unwrap().elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
-    print_thread_cpu("baseline", &ticks0);
+    print_thread_cpu(
+        if read_headers {
+            "baseline reading headers"
+        } else {
+            "baseline"
+        },
+        &ticks0,
+    );
     (n as f64 / secs, cpu / (n as f64 / 1e6))
 }
 
@@ -971,11 +985,12 @@ async fn bench_main() {
         produce(&bootstrap, &topic, n).await;
         eprintln!("produced {n} in {:.1} s", t.elapsed().as_secs_f64());
         let (mut br, mut bc, mut rr, mut rc) = (vec![], vec![], vec![], vec![]);
+        let (mut hr, mut hc) = (vec![], vec![]);
         for round in 0..rounds {
             let (r, c) = if side == "redrive" {
                 (1.0, 1.0)
             } else {
-                baseline(&bootstrap, &topic, n).await
+                baseline(&bootstrap, &topic, n, false).await
             };
             eprintln!("round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M");
             br.push(r);
@@ -991,6 +1006,12 @@ async fn bench_main() {
             );
             rr.push(r);
             rc.push(c);
+            if side.is_empty() {
+                let (r, c) = baseline(&bootstrap, &topic, n, true).await;
+                eprintln!("round {round}: baseline reading headers {r:.0} rec/s, {c:.2} cpu-s/M");
+                hr.push(r);
+                hc.push(c);
+            }
         }
         let (b, r) = (median(&mut br), median(&mut rr));
         let (bcpu, rcpu) = (median(&mut bc), median(&mut rc));
@@ -1010,6 +1031,23 @@ async fn bench_main() {
             Bound::AtMost(1.10),
             "unit=cpu-seconds/million-records".into(),
         ));
+        if !hr.is_empty() {
+            // For reference, no target: the raw loop doing what redrive must do per record
+            // besides handing over the payload, asking librdkafka for the headers.
+            let (hb, hcpu) = (median(&mut hr), median(&mut hc));
+            lines.push(Line {
+                scenario: "happy_vs_raw_loop_reading_headers",
+                baseline: hb,
+                redrive: r,
+                ratio: r / hb,
+                target: "report".into(),
+                pass: true,
+                extra: format!(
+                    "unit=records/s cpu_baseline={hcpu:.3} cpu_redrive={rcpu:.3} cpu_ratio={:.3}",
+                    rcpu / hcpu
+                ),
+            });
+        }
     }
     if want("retry") {
         let m = std::env::var("BENCH_RETRY_RECORDS")
