@@ -285,20 +285,26 @@ fn raw_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
 /// Raw rdkafka: `StreamConsumer::recv` one record at a time, offsets stored and committed
 /// asynchronously every 1,000 records. With `read_headers` the loop also asks each record
 /// for its headers, as a loop that hands its handler the headers must (redrive does).
-/// Returns (records/s, CPU s per million).
-async fn baseline(bootstrap: &str, topic: &str, n: u64, read_headers: bool) -> (f64, f64) {
+/// Returns (records/s, CPU s per million, the local broker's CPU s per million).
+async fn baseline(
+    bootstrap: &str,
+    topic: &str,
+    n: u64,
+    read_headers: bool,
+) -> (f64, f64, Option<f64>) {
     let c = raw_consumer(bootstrap, "bench-raw");
     c.subscribe(&[topic]).unwrap();
     let mut positions: HashMap<i32, i64> = HashMap::new();
     let mut count = 0u64;
     let mut started = None;
-    let mut cpu0 = 0.0;
+    let (mut cpu0, mut broker0) = (0.0, None);
     let mut ticks0 = HashMap::new();
     while count < n {
         let m = c.recv().await.expect("recv");
         if started.is_none() {
             started = Some(Instant::now());
             cpu0 = cpu_seconds();
+            broker0 = broker_cpu_seconds();
             ticks0 = thread_ticks();
         }
         // The same no-op work as redrive's handler: look at the payload.
@@ -316,6 +322,7 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64, read_headers: bool) -> (
     }
     let secs = started.unwrap().elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let broker = broker_cpu_seconds().zip(broker0).map(|(b1, b0)| b1 - b0);
     print_thread_cpu(
         if read_headers {
             "baseline reading headers"
@@ -324,7 +331,17 @@ async fn baseline(bootstrap: &str, topic: &str, n: u64, read_headers: bool) -> (
         },
         &ticks0,
     );
-    (n as f64 / secs, cpu / (n as f64 / 1e6))
+    let per_million = n as f64 / 1e6;
+    (
+        n as f64 / secs,
+        cpu / per_million,
+        broker.map(|b| b / per_million),
+    )
+}
+
+/// How a round line shows the local broker's CPU.
+fn broker_note(broker: Option<f64>) -> String {
+    broker.map_or("not local".into(), |b| format!("{b:.2} cpu-s/M"))
 }
 
 /// A commit of `positions` (next offsets by partition of `topic`), asynchronous.
@@ -987,12 +1004,15 @@ async fn bench_main() {
         let (mut br, mut bc, mut rr, mut rc) = (vec![], vec![], vec![], vec![]);
         let (mut hr, mut hc) = (vec![], vec![]);
         for round in 0..rounds {
-            let (r, c) = if side == "redrive" {
-                (1.0, 1.0)
+            let (r, c, broker) = if side == "redrive" {
+                (1.0, 1.0, None)
             } else {
                 baseline(&bootstrap, &topic, n, false).await
             };
-            eprintln!("round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M");
+            eprintln!(
+                "round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
+                broker_note(broker)
+            );
             br.push(r);
             bc.push(c);
             let (r, c, broker) = if side == "baseline" {
@@ -1002,13 +1022,16 @@ async fn bench_main() {
             };
             eprintln!(
                 "round {round}: redrive  {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
-                broker.map_or("not local".into(), |b| format!("{b:.2} cpu-s/M"))
+                broker_note(broker)
             );
             rr.push(r);
             rc.push(c);
             if side.is_empty() {
-                let (r, c) = baseline(&bootstrap, &topic, n, true).await;
-                eprintln!("round {round}: baseline reading headers {r:.0} rec/s, {c:.2} cpu-s/M");
+                let (r, c, broker) = baseline(&bootstrap, &topic, n, true).await;
+                eprintln!(
+                    "round {round}: baseline reading headers {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
+                    broker_note(broker)
+                );
                 hr.push(r);
                 hc.push(c);
             }
@@ -1065,14 +1088,14 @@ async fn bench_main() {
                 let (r, cpu, broker, done) = baseline_retry(&bootstrap, &topic, m).await;
                 eprintln!(
                     "round {round}: raw retry loop main topic {r:.0} rec/s, {cpu:.2} cpu-s/M (broker {}), {done} retries completed",
-                    broker.map_or("not local".into(), |b| format!("{b:.2} cpu-s/M"))
+                    broker_note(broker)
                 );
                 raw.push(r);
             }
             let (r, cpu, broker, done) = redrive_retry(&bootstrap, &topic, m).await;
             eprintln!(
                 "round {round}: retry path main topic {r:.0} rec/s, {cpu:.2} cpu-s/M (broker {}), {done} retries completed",
-                broker.map_or("not local".into(), |b| format!("{b:.2} cpu-s/M"))
+                broker_note(broker)
             );
             rr.push(r);
             completed = done;
