@@ -49,6 +49,9 @@ pub(crate) struct Batch {
     chunks: Vec<Bytes>,
     entries: Vec<Entry>,
     headers: Vec<RawHeader>,
+    /// Every header name of the batch, one after the other: a `String`, so a name is sliced
+    /// out of it without checking its UTF-8 again on the task's thread.
+    keys: String,
 }
 
 /// One record of a batch; ranges index its chunk.
@@ -65,8 +68,9 @@ struct Entry {
 }
 
 struct RawHeader {
-    /// Valid UTF-8: copied from a `&str`.
+    /// In [`Batch::keys`].
     key: Range<usize>,
+    /// In the record's chunk.
     value: Option<Range<usize>>,
 }
 
@@ -76,6 +80,7 @@ struct BatchBuilder {
     current: Vec<u8>,
     entries: Vec<Entry>,
     headers: Vec<RawHeader>,
+    keys: String,
     bytes: usize,
 }
 
@@ -86,6 +91,7 @@ impl BatchBuilder {
             current: Vec::new(),
             entries: Vec::new(),
             headers: Vec::new(),
+            keys: String::new(),
             bytes: 0,
         }
     }
@@ -95,13 +101,15 @@ impl BatchBuilder {
         // Once only: librdkafka parses headers on every call when a record has none, with two
         // allocations each time.
         let headers = msg.headers();
-        let needed = key.map_or(0, <[u8]>::len)
-            + value.map_or(0, <[u8]>::len)
-            + headers.as_ref().map_or(0, |h| {
-                h.iter()
-                    .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-                    .sum()
-            });
+        let (mut key_bytes, mut value_bytes) = (0, 0);
+        if let Some(h) = &headers {
+            for h in h.iter() {
+                key_bytes += h.key.len();
+                value_bytes += h.value.map_or(0, <[u8]>::len);
+            }
+        }
+        // What goes into the chunk: header names go to `keys`.
+        let needed = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + value_bytes;
         if self.current.capacity() - self.current.len() < needed {
             if !self.current.is_empty() {
                 let full = std::mem::take(&mut self.current);
@@ -118,8 +126,10 @@ impl BatchBuilder {
         let first_header = self.headers.len();
         if let Some(h) = &headers {
             for h in h.iter() {
+                let start = self.keys.len();
+                self.keys.push_str(h.key);
                 self.headers.push(RawHeader {
-                    key: copy(h.key.as_bytes()),
+                    key: start..self.keys.len(),
                     value: h.value.map(&mut copy),
                 });
             }
@@ -131,10 +141,10 @@ impl BatchBuilder {
             key: key.map(&mut copy),
             value: value.map(&mut copy),
             headers: first_header..self.headers.len(),
-            bytes: needed,
+            bytes: needed + key_bytes,
         };
         self.entries.push(entry);
-        self.bytes += needed;
+        self.bytes += needed + key_bytes;
     }
 
     fn finish(mut self) -> Batch {
@@ -145,6 +155,7 @@ impl BatchBuilder {
             chunks: self.chunks,
             entries: self.entries,
             headers: self.headers,
+            keys: self.keys,
         }
     }
 }
@@ -172,9 +183,7 @@ impl Cursor {
             self.batch.headers[e.headers.clone()]
                 .iter()
                 .map(|h| Header {
-                    key: crate::headers::interned(
-                        std::str::from_utf8(&chunk[h.key.clone()]).unwrap_or_default(),
-                    ),
+                    key: crate::headers::interned(&self.batch.keys[h.key.clone()]),
                     value: h.value.clone().map(|r| chunk.slice(r)),
                 })
                 .collect()
