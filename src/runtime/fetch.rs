@@ -151,6 +151,9 @@ impl BatchBuilder {
         if !self.current.is_empty() {
             self.chunks.push(Bytes::from(self.current));
         }
+        // Grown by doubling: a batch may wait long (a retry topic's records until due), so
+        // it keeps only what it holds.
+        self.keys.shrink_to_fit();
         Batch {
             chunks: self.chunks,
             entries: self.entries,
