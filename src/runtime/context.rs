@@ -135,6 +135,7 @@ impl RuntimeContext {
                     stage: binding.stage,
                     max_wait: binding.max_wait,
                     count_outcomes: binding.count_outcomes,
+                    carry_state: binding.carry_state,
                 },
             );
             tracing::info!(topic = %topic, partition = p, route = %route.name(), "partition assigned");

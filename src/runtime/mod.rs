@@ -45,6 +45,9 @@ pub(crate) struct TopicBinding {
     pub max_wait: Duration,
     /// False when a layer (retry topic, DLT) records outcomes itself.
     pub count_outcomes: bool,
+    /// Records carry their partition's state, for a layer that may defer their completion
+    /// (the retry-topic layer; see `Record::defer`).
+    pub carry_state: bool,
 }
 
 /// Called with the error and the offsets of a failed asynchronous commit.

@@ -31,6 +31,9 @@ pub(crate) struct PartitionStart {
     pub stage: Stage,
     pub max_wait: Duration,
     pub count_outcomes: bool,
+    /// Records carry the partition's state for a layer that may defer them (manual
+    /// acknowledgement adds it regardless).
+    pub carry_state: bool,
 }
 
 /// Per-partition metric handles, registered once so the hot path only bumps atomics.
@@ -391,13 +394,13 @@ where
         stage,
         max_wait,
         count_outcomes,
+        carry_state,
     } = start;
     let meters = Meters::new(&rt, &shared, stage, count_outcomes);
     // Records need their partition's state to be acknowledged (manual mode) or to have their
-    // completion deferred, which only the retry-topic layer does, and only routes with a
-    // retry policy have it (their layers count outcomes: `count_outcomes` is false). Records
-    // without it still work everywhere: a layer that cannot defer finishes inline.
-    let carry_state = acks.is_some() || !count_outcomes;
+    // completion deferred (the retry-topic layer). Records without it still work everywhere:
+    // a layer that cannot defer finishes inline.
+    let carry_state = carry_state || acks.is_some();
     let mut source = Source::new(feed, shared.clone(), &rt, carry_state);
     let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();

@@ -57,6 +57,8 @@ struct PendingRoute {
     retry: Option<RetryPolicy>,
     has_dlt: bool,
     group: Option<String>,
+    /// See `Route::layered`.
+    layered: bool,
     /// The handler's response type can hold output records.
     produces: bool,
     make: MakeBindings,
@@ -301,6 +303,7 @@ impl WorkerBuilder {
         let retry = route.retry.clone();
         let has_dlt = route.dlt.is_some();
         let group = route.group.clone();
+        let layered = route.layered;
         let produces = <<R::Service as Service<Record>>::Response as IntoOutputs>::MAY_PRODUCE;
         let make: MakeBindings = Box::new(move |layer, output| {
             let Route {
@@ -330,6 +333,7 @@ impl WorkerBuilder {
             retry,
             has_dlt,
             group,
+            layered,
             produces,
             make,
         });
@@ -584,6 +588,7 @@ impl WorkerBuilder {
                         stage,
                         max_wait,
                         count_outcomes: !managed,
+                        carry_state: managed || r.layered,
                     },
                 );
                 topics.push(t);

@@ -54,6 +54,9 @@ pub struct Route<S> {
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) dlt: Option<DltService>,
     pub(crate) group: Option<String>,
+    /// A layer was added with [`Route::layer`]: it may be a hand-built retry layer, which
+    /// defers completions, so the route's records carry their partition's state.
+    pub(crate) layered: bool,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -81,6 +84,7 @@ impl<S> Route<S> {
             retry: None,
             dlt: None,
             group: None,
+            layered: false,
         }
     }
 
@@ -152,6 +156,7 @@ impl<S> Route<S> {
             retry: self.retry,
             dlt: self.dlt,
             group: self.group,
+            layered: true,
         }
     }
 }
