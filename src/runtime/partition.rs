@@ -618,8 +618,14 @@ fn settle(
 
 /// The span of one record, with OpenTelemetry's messaging attributes. Attempt and trace id
 /// are read from the headers only when the span is enabled.
+///
+/// DEBUG, as tower-http's `TraceLayer` makes its request spans: an application's usual INFO
+/// filter would otherwise build a span per record, which with `tracing-subscriber`'s `fmt`
+/// layer cost ~5 us of CPU per record, five times the rest of the happy path (BENCHMARKS.md,
+/// session 9). `RUST_LOG=redrive=debug` (or a tracing-opentelemetry layer's own filter)
+/// turns them on.
 fn record_span(rt: &RuntimeShared, p: &PartitionShared, r: &Record) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "redrive.record",
         otel.kind = "consumer",
         messaging.system = "kafka",
