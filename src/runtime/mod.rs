@@ -45,8 +45,10 @@ pub(crate) struct TopicBinding {
     pub max_wait: Duration,
     /// False when a layer (retry topic, DLT) records outcomes itself.
     pub count_outcomes: bool,
-    /// Records carry their partition's state, for a layer that may defer their completion
-    /// (the retry-topic layer; see `Record::defer`).
+    /// Records carry their partition's state: for a layer that may defer their completion
+    /// (the retry-topic layer, see `Record::defer`) or for manual acknowledgement. Without
+    /// it they still work everywhere (a layer that cannot defer finishes inline), and skip
+    /// a reference count per record.
     pub carry_state: bool,
 }
 
@@ -421,8 +423,7 @@ impl PartitionShared {
     /// Counts a record handed to the handler. Only the partition's task writes the count, so
     /// a load and a store do (no locked read-modify-write per record).
     pub(crate) fn dispatched(&self) {
-        let n = self.dispatched_records.load(Ordering::Relaxed);
-        self.dispatched_records.store(n + 1, Ordering::Relaxed);
+        bump(&self.dispatched_records);
     }
 
     /// Records handed to the handler and not yet final.
@@ -435,7 +436,11 @@ impl PartitionShared {
     /// Counts a record final for this partition; the worker-wide count is the caller's.
     /// Single writer, as [`PartitionShared::dispatched`].
     pub(crate) fn finished(&self) {
-        let n = self.finished_records.load(Ordering::Relaxed);
-        self.finished_records.store(n + 1, Ordering::Relaxed);
+        bump(&self.finished_records);
     }
+}
+
+/// Adds one to a counter that only one thread writes.
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }

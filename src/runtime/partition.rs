@@ -31,8 +31,7 @@ pub(crate) struct PartitionStart {
     pub stage: Stage,
     pub max_wait: Duration,
     pub count_outcomes: bool,
-    /// Records carry the partition's state for a layer that may defer them (manual
-    /// acknowledgement adds it regardless).
+    /// See `TopicBinding::carry_state`.
     pub carry_state: bool,
 }
 
@@ -397,10 +396,6 @@ where
         carry_state,
     } = start;
     let meters = Meters::new(&rt, &shared, stage, count_outcomes);
-    // Records need their partition's state to be acknowledged (manual mode) or to have their
-    // completion deferred (the retry-topic layer). Records without it still work everywhere:
-    // a layer that cannot defer finishes inline.
-    let carry_state = carry_state || acks.is_some();
     let mut source = Source::new(feed, shared.clone(), &rt, carry_state);
     let gated = stage == Stage::Retry;
     let mut tracker = OffsetTracker::new();

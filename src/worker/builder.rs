@@ -588,7 +588,7 @@ impl WorkerBuilder {
                         stage,
                         max_wait,
                         count_outcomes: !managed,
-                        carry_state: managed || r.layered,
+                        carry_state: managed || r.layered || self.manual_ack,
                     },
                 );
                 topics.push(t);
