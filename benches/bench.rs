@@ -270,9 +270,14 @@ async fn produce(bootstrap: &str, topic: &str, n: u64) {
 /// A raw rdkafka consumer in a fresh group named after `group`, reading from the beginning,
 /// committing only when told.
 fn raw_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
+    raw_consumer_in(bootstrap, &support::unique(group))
+}
+
+/// A raw consumer in exactly this group.
+fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", support::unique(group))
+        .set("group.id", group)
         .set("session.timeout.ms", "6000")
         .set("fetch.wait.max.ms", FETCH_WAIT_MS)
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
@@ -354,13 +359,62 @@ fn commit_positions(c: &StreamConsumer, topic: &str, positions: &HashMap<i32, i6
     c.commit(&tpl, CommitMode::Async).unwrap();
 }
 
+/// The 14 headers redrive's retry layer writes on a first hop for this scenario's failure (a
+/// `&str` error), built by hand: the same names in the same order and values of the same
+/// sizes, so the raw loop produces, stores and reads back as many bytes as redrive. The due
+/// time is an 8-byte long here (redrive writes Java's `BigInteger` bytes, 6 for today's ms).
+fn spring_headers(m: &impl Message, group: &str, now: i64) -> rdkafka::message::OwnedHeaders {
+    use redrive::headers as h;
+    let ts = m.timestamp().to_millis().unwrap_or(-1);
+    let (ts, due, off) = (
+        ts.to_be_bytes(),
+        (now + 1000).to_be_bytes(),
+        m.offset().to_be_bytes(),
+    );
+    let partition = m.partition().to_be_bytes();
+    // 16 random bytes as 32 hex digits, 8 as 16: the size of a derived `traceparent`.
+    let traceparent = format!(
+        "00-{:032x}-{:016x}-01",
+        u128::from(now as u64) << 64 | m.offset() as u128,
+        now as u64
+    );
+    let values: [(&str, &[u8]); 14] = [
+        (h::ORIGINAL_TIMESTAMP_RETRY, &ts[2..]),
+        (h::ATTEMPTS, &2i32.to_be_bytes()),
+        (h::BACKOFF_TIMESTAMP, &due),
+        (h::ORIGINAL_TOPIC, m.topic().as_bytes()),
+        (h::ORIGINAL_PARTITION, &partition),
+        (h::ORIGINAL_OFFSET, &off),
+        (h::ORIGINAL_TIMESTAMP, &ts),
+        (h::ORIGINAL_TIMESTAMP_TYPE, b"CreateTime"),
+        (h::ORIGINAL_CONSUMER_GROUP, group.as_bytes()),
+        (h::EXCEPTION_FQCN, b"error"),
+        (h::EXCEPTION_CAUSE_FQCN, b"error"),
+        (h::EXCEPTION_MESSAGE, b"fails once"),
+        (h::EXCEPTION_STACKTRACE, b"error: fails once\n"),
+        (h::TRACEPARENT, traceparent.as_bytes()),
+    ];
+    let mut headers = rdkafka::message::OwnedHeaders::new_with_capacity(14);
+    for (key, value) in values {
+        headers = headers.insert(rdkafka::message::Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers
+}
+
 /// The retry path hand-written on raw rdkafka, as a reference for what the retry scenario
 /// costs without redrive: the main loop of [`baseline`] sends every 10th record to a retry
-/// topic (an `acks=all` idempotent producer, as redrive's, with one due-time header) without
-/// waiting for the acknowledgement, and a second `StreamConsumer` reads the retry topic,
-/// sleeping until each record is due. It never holds a commit back for an unacknowledged
-/// copy (redrive does), so it is an upper bound for a hand-written loop. Returns the main
-/// topic's records/s, CPU s per million, the broker's CPU s per million, retries completed.
+/// topic (an `acks=all` idempotent producer, as redrive's) without waiting for the
+/// acknowledgement, and a second `StreamConsumer` reads the retry topic, sleeping until each
+/// record is due. Each copy carries the headers redrive writes for this scenario (DESIGN §3:
+/// the 14 Spring headers and a `traceparent`, same names, same value sizes), since a retry
+/// path that shares topics with Spring must carry them; `BENCH_RAW_RETRY_HEADERS=due` sends
+/// only the due time instead, to measure what the headers cost. It never holds a commit back
+/// for an unacknowledged copy (redrive does), so it is an upper bound for a hand-written loop.
+/// Returns the main topic's records/s, CPU s per million, the broker's CPU s per million,
+/// retries completed.
 async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Option<f64>, u64) {
     let retry_topic = format!("{topic}-raw-retry");
     support::create_topic(bootstrap, &retry_topic, PARTITIONS).await;
@@ -383,7 +437,10 @@ async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Opti
             let m = retry_consumer.recv().await.expect("recv");
             let due = m
                 .headers()
-                .and_then(|h| h.iter().find(|h| h.key == "due"))
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == redrive::headers::BACKOFF_TIMESTAMP)
+                })
                 .and_then(|h| h.value)
                 .and_then(|v| <[u8; 8]>::try_from(v).ok())
                 .map(i64::from_be_bytes)
@@ -402,8 +459,10 @@ async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Opti
         }
     });
 
-    let c = raw_consumer(bootstrap, "bench-raw-retry");
+    let group = support::unique("bench-raw-retry");
+    let c = raw_consumer_in(bootstrap, &group);
     c.subscribe(&[topic]).unwrap();
+    let only_due = std::env::var("BENCH_RAW_RETRY_HEADERS").is_ok_and(|v| v == "due");
     let mut positions: HashMap<i32, i64> = HashMap::new();
     let mut count = 0u64;
     let mut first = None;
@@ -417,11 +476,15 @@ async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Opti
         }
         std::hint::black_box(m.payload());
         if m.offset() % 10 == 0 {
-            let due = (now_ms() + 1000).to_be_bytes();
-            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-                key: "due",
-                value: Some(&due[..]),
-            });
+            let now = now_ms();
+            let headers = if only_due {
+                rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: redrive::headers::BACKOFF_TIMESTAMP,
+                    value: Some(&(now + 1000).to_be_bytes()[..]),
+                })
+            } else {
+                spring_headers(&m, &group, now)
+            };
             let mut copy: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&retry_topic)
                 .partition(m.partition())
                 .headers(headers);
