@@ -35,11 +35,6 @@ impl Headers {
         Arc::make_mut(self.0.get_or_insert_with(Default::default))
     }
 
-    /// Makes room for `n` more headers.
-    pub(crate) fn reserve(&mut self, n: usize) {
-        self.list_mut().reserve(n);
-    }
-
     /// Appends a header, keeping any existing header of the same name.
     pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: Option<impl Into<Bytes>>) {
         self.list_mut().push(Header {
@@ -131,10 +126,16 @@ impl<'a> IntoIterator for &'a Headers {
     }
 }
 
+impl Headers {
+    /// The headers of `list`, kept as they are.
+    pub(crate) fn from_list(list: Vec<Header>) -> Self {
+        Headers((!list.is_empty()).then(|| Arc::new(list)))
+    }
+}
+
 impl FromIterator<Header> for Headers {
     fn from_iter<T: IntoIterator<Item = Header>>(iter: T) -> Self {
-        let list: Vec<Header> = iter.into_iter().collect();
-        Headers((!list.is_empty()).then(|| Arc::new(list)))
+        Headers::from_list(iter.into_iter().collect())
     }
 }
 

@@ -16,12 +16,15 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 #[derive(Default)]
 struct Memory {
     sent: Mutex<Vec<Outgoing>>,
+    /// Every record given to `publish`, sent or failed.
+    tried: Mutex<Vec<Outgoing>>,
     fail_first: u32,
     calls: AtomicU32,
 }
 
 impl Publish for Memory {
     fn publish(&self, record: &Outgoing) -> PublishFuture {
+        self.tried.lock().unwrap().push(record.clone());
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail_first {
             return Box::pin(async { Err("broker unavailable".into()) });
         }
@@ -193,6 +196,50 @@ async fn failed_publishes_back_off_exponentially_and_never_give_up() {
     assert_eq!(start.elapsed(), Duration::from_millis(6300));
     assert_eq!(mem.calls.load(Ordering::SeqCst), 7);
     assert_eq!(mem.sent.lock().unwrap().len(), 1);
+}
+
+/// The layer does not keep a copy while its send is in flight; after a failed send it builds
+/// it again, and what it sends then is what it tried first (but the new span id).
+#[tokio::test(start_paused = true)]
+async fn a_copy_sent_again_is_the_copy_first_tried() {
+    for (policy, topic) in [
+        (RetryPolicy::new(), "orders-retry"),
+        (RetryPolicy::new().attempts(1), "orders-dlt"),
+    ] {
+        let mem = Arc::new(Memory {
+            fail_first: 2,
+            ..Default::default()
+        });
+        let mut user = Headers::new();
+        user.push("x-user", Some(&b"kept"[..]));
+        run(policy, mem.clone(), record("orders", user), || {
+            Box::new(Declined)
+        })
+        .await
+        .unwrap();
+        let tried = mem.tried.lock().unwrap().clone();
+        assert_eq!(
+            tried.len(),
+            3,
+            "{topic}: two failed sends, then the one that worked"
+        );
+        let span_less = |o: &Outgoing| {
+            let mut o = o.clone();
+            let trace = headers::trace_id(&o.headers).unwrap().to_owned();
+            o.headers.set(headers::TRACEPARENT, trace.into_bytes());
+            o
+        };
+        assert_eq!(tried[0].topic, topic);
+        assert_eq!(tried[0].headers.last_value("x-user"), Some(&b"kept"[..]));
+        assert_eq!(
+            tried[0].headers.last_value(headers::EXCEPTION_MESSAGE),
+            Some(&b"card declined"[..])
+        );
+        for again in &tried[1..] {
+            assert_eq!(span_less(again), span_less(&tried[0]), "{topic}");
+        }
+        assert_eq!(mem.sent.lock().unwrap().len(), 1);
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::record::{Headers, TimestampType};
+use crate::record::{Header, Headers, TimestampType};
 
 /// `retry_topic-attempts`: the attempt the record is on (1 = first delivery).
 pub const ATTEMPTS: &str = "retry_topic-attempts";
@@ -124,6 +124,13 @@ pub fn encode_long(v: i64) -> [u8; 8] {
 /// Encodes a long as Java's `BigInteger.valueOf(v).toByteArray()`: the shortest big-endian
 /// two's complement form.
 pub fn encode_big_integer(v: i64) -> Vec<u8> {
+    let (bytes, start) = big_integer_bytes(v);
+    bytes[start..].to_vec()
+}
+
+/// [`encode_big_integer`] without an allocation: the long's bytes and where its shortest
+/// form starts.
+fn big_integer_bytes(v: i64) -> ([u8; 8], usize) {
     let bytes = v.to_be_bytes();
     let mut start = 0;
     while start < 7 {
@@ -134,7 +141,7 @@ pub fn encode_big_integer(v: i64) -> Vec<u8> {
         }
         start += 1;
     }
-    bytes[start..].to_vec()
+    (bytes, start)
 }
 
 /// Decodes `BigInteger.toByteArray()` output of 1 to 8 bytes; `None` for any other length.
@@ -322,19 +329,25 @@ fn write_type_name(buf: &mut Vec<u8>, e: &(dyn std::error::Error + 'static)) {
     }
 }
 
+/// Most headers one hop writes: the 13 of [`apply_failure`] and a `traceparent`.
+const HOP_HEADERS: usize = 14;
+
 /// Header values of one hop written into one buffer: a hop allocates once for all of them
 /// instead of once per header, and the copy frees them at once.
 struct HopValues {
     buf: Vec<u8>,
-    /// Key, range in `buf`, and whether an existing header of that name is kept instead.
-    pending: Vec<(&'static str, Range<usize>, bool)>,
+    /// Key, range in `buf`, and whether an existing header of that name is kept instead;
+    /// the first `len` are set.
+    pending: [(&'static str, Range<usize>, bool); HOP_HEADERS],
+    len: usize,
 }
 
 impl HopValues {
     fn new() -> Self {
         HopValues {
             buf: Vec::with_capacity(256),
-            pending: Vec::with_capacity(14),
+            pending: std::array::from_fn(|_| ("", 0..0, false)),
+            len: 0,
         }
     }
 
@@ -344,8 +357,8 @@ impl HopValues {
     }
 
     fn end(&mut self, key: &'static str, start: usize, keep_existing: bool) {
-        self.pending
-            .push((key, start..self.buf.len(), keep_existing));
+        self.pending[self.len] = (key, start..self.buf.len(), keep_existing);
+        self.len += 1;
     }
 
     fn put(&mut self, key: &'static str, value: &[u8], keep_existing: bool) {
@@ -354,19 +367,30 @@ impl HopValues {
         self.end(key, start, keep_existing);
     }
 
-    fn apply(self, headers: &mut Headers) {
+    fn put_big_integer(&mut self, key: &'static str, v: i64) {
+        let (bytes, start) = big_integer_bytes(v);
+        self.put(key, &bytes[start..], false);
+    }
+
+    /// `existing` with this hop's values: a replaced header is dropped where it was and its
+    /// new value appended, a kept one stays, in one new list (as [`Headers::set`] and
+    /// [`Headers::push`] would leave it, without their copies and searches).
+    fn apply(self, existing: &Headers) -> Headers {
+        let pending = &self.pending[..self.len];
+        let replaced = |key: &str| pending.iter().any(|(k, _, keep)| !keep && *k == key);
+        let mut list = Vec::with_capacity(existing.len() + pending.len());
+        list.extend(existing.iter().filter(|h| !replaced(&h.key)).cloned());
         let all = Bytes::from(self.buf);
-        // One more for the `traceparent` the retry layer adds when the record had none.
-        headers.reserve(self.pending.len() + 1);
-        for (key, range, keep_existing) in self.pending {
-            if keep_existing {
-                if headers.last(key).is_none() {
-                    headers.push(key, Some(all.slice(range)));
-                }
-            } else {
-                headers.set(key, all.slice(range));
+        for (key, range, keep_existing) in pending {
+            if *keep_existing && existing.last(key).is_some() {
+                continue;
             }
+            list.push(Header {
+                key: Cow::Borrowed(key),
+                value: Some(all.slice(range.clone())),
+            });
         }
+        Headers::from_list(list)
     }
 }
 
@@ -374,6 +398,24 @@ impl HopValues {
 /// headers and exception headers are replaced (one value each), original coordinates are
 /// written only on the first hop. User headers are left untouched.
 pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
+    *headers = failure_values(headers, f).apply(headers);
+}
+
+/// The headers of the copy a failure hop sends: [`apply_failure`]'s, and a `traceparent`
+/// derived from the record's coordinates (with `span_id`) when it has no valid one.
+pub(crate) fn failure_headers(existing: &Headers, f: &Failure<'_>, span_id: u64) -> Headers {
+    use std::io::Write;
+    let mut v = failure_values(existing, f);
+    if trace_id(existing).is_none() {
+        let (a, b) = derived_trace_halves(f.topic, f.partition, f.offset);
+        let start = v.start();
+        let _ = write!(v.buf, "00-{a:016x}{b:016x}-{:016x}-01", span_id | 1);
+        v.end(TRACEPARENT, start, false);
+    }
+    v.apply(existing)
+}
+
+fn failure_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
     use std::io::Write;
     let mut v = HopValues::new();
     match headers
@@ -381,18 +423,14 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
         .and_then(|h| h.value.as_ref())
         .filter(|v| !v.is_empty() && v.len() <= 8)
     {
-        // Already a slice of the record's bytes: reused, not copied.
-        Some(kept) => headers.set(ORIGINAL_TIMESTAMP_RETRY, kept.clone()),
-        None => v.put(
-            ORIGINAL_TIMESTAMP_RETRY,
-            &encode_big_integer(f.timestamp.map_or(-1, |(t, _)| t)),
-            false,
-        ),
+        // Already on the record: copied as is (a few bytes).
+        Some(kept) => v.put(ORIGINAL_TIMESTAMP_RETRY, kept, false),
+        None => v.put_big_integer(ORIGINAL_TIMESTAMP_RETRY, f.timestamp.map_or(-1, |(t, _)| t)),
     }
     // Saturates at the cap, so the copy's header always reads back as valid.
     let attempts = f.attempt.saturating_add(1).min(ATTEMPTS_HARD_CAP as u32) as i32;
     v.put(ATTEMPTS, &encode_int(attempts), false);
-    v.put(BACKOFF_TIMESTAMP, &encode_big_integer(f.due_ms), false);
+    v.put_big_integer(BACKOFF_TIMESTAMP, f.due_ms);
 
     v.put(ORIGINAL_TOPIC, f.topic.as_bytes(), true);
     v.put(ORIGINAL_PARTITION, &encode_int(f.partition), true);
@@ -448,7 +486,7 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
     }
     truncate_from(&mut v.buf, start, f.max_text);
     v.end(EXCEPTION_STACKTRACE, start, false);
-    v.apply(headers);
+    v
 }
 
 /// The trace id of a valid W3C `traceparent` header (`00-<trace id>-<parent id>-<flags>`).
@@ -482,25 +520,6 @@ fn derived_trace_halves(topic: &str, partition: i32, offset: i64) -> (u64, u64) 
     let mut b = std::collections::hash_map::DefaultHasher::new();
     (topic, partition, offset, 1u8).hash(&mut b);
     (a.finish() | 1, b.finish())
-}
-
-/// Gives a hop without a valid `traceparent` one whose trace id is [`derived_trace_id`] of
-/// the record, formatted once.
-pub(crate) fn ensure_derived_traceparent(
-    headers: &mut Headers,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    span_id: u64,
-) {
-    if trace_id(headers).is_some() {
-        return;
-    }
-    let (a, b) = derived_trace_halves(topic, partition, offset);
-    headers.set(
-        TRACEPARENT,
-        format!("00-{a:016x}{b:016x}-{:016x}-01", span_id | 1).into_bytes(),
-    );
 }
 
 /// Makes sure a hop carries a `traceparent`: a valid one is kept byte for byte (it is a user

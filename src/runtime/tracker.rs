@@ -34,9 +34,12 @@ impl OffsetTracker {
     /// Marks a record final. Unknown or already released offsets are ignored, so a duplicate
     /// acknowledgement is harmless. Returns true when the commit position moved.
     pub(crate) fn complete(&mut self, offset: i64) -> bool {
-        // Records mostly finish in order: the oldest first, without a search.
-        let idx = match self.pending.front() {
-            Some(&(o, _, _)) if o == offset => 0,
+        // Without a search in the common cases: records finish in order (the oldest), or
+        // one at a time behind a deferred one, which holds the front (the newest).
+        let last = self.pending.len().wrapping_sub(1);
+        let idx = match (self.pending.front(), self.pending.back()) {
+            (Some(&(o, _, _)), _) if o == offset => 0,
+            (_, Some(&(o, _, _))) if o == offset => last,
             _ => match self.pending.binary_search_by_key(&offset, |&(o, _, _)| o) {
                 Ok(i) => i,
                 Err(_) => return false,

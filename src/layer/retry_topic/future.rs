@@ -82,7 +82,7 @@ where
                         Ok(Poll::Pending) => return Poll::Pending,
                         Ok(Poll::Ready(Ok(_))) => {
                             let ctx = this.ctx.take().expect("polled after completion");
-                            ctx.entry.count_ok(ctx.attempt);
+                            ctx.count_ok();
                             return Poll::Ready(Ok(()));
                         }
                         Ok(Poll::Ready(Err(e))) => e.into(),

@@ -214,7 +214,16 @@ pub struct RetryTopic<S> {
     inner: S,
     shared: Arc<RetryShared>,
     // Records of one partition share one interned topic name: a pointer check skips the map.
-    last: Option<(Arc<str>, Arc<TopicEntry>)>,
+    last: Option<(Arc<str>, Arc<Bound>)>,
+}
+
+/// The layer's state and one topic's entry behind a pointer of this service's own: each
+/// partition's task calls its own clone of the service, so the count every record's future
+/// bumps is one only that task writes. (Bumping the shared counts of [`RetryShared`] and
+/// [`TopicEntry`] per record made the worker threads pass their cache lines back and forth.)
+pub(crate) struct Bound {
+    shared: Arc<RetryShared>,
+    entry: Arc<TopicEntry>,
 }
 
 impl<S: Clone> Clone for RetryTopic<S> {
@@ -222,7 +231,8 @@ impl<S: Clone> Clone for RetryTopic<S> {
         RetryTopic {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
-            last: self.last.clone(),
+            // Each clone (a partition's) binds its own: see [`Bound`].
+            last: None,
         }
     }
 }
@@ -236,25 +246,33 @@ impl<S> RetryTopic<S> {
         }
     }
 
-    fn entry(&mut self, topic: &Arc<str>) -> Option<Arc<TopicEntry>> {
-        if let Some((t, e)) = &self.last {
+    fn bound(&mut self, topic: &Arc<str>) -> Option<Arc<Bound>> {
+        if let Some((t, b)) = &self.last {
             if Arc::ptr_eq(t, topic) {
-                return Some(e.clone());
+                return Some(b.clone());
             }
         }
-        let e = self.shared.by_topic.get(&**topic)?.clone();
-        self.last = Some((topic.clone(), e.clone()));
-        Some(e)
+        let b = Arc::new(Bound {
+            shared: self.shared.clone(),
+            entry: self.shared.by_topic.get(&**topic)?.clone(),
+        });
+        self.last = Some((topic.clone(), b.clone()));
+        Some(b)
     }
 }
 
 /// Everything the failure path needs; built per record, used only when it fails.
 pub(crate) struct FailureCtx<S> {
-    shared: Arc<RetryShared>,
-    entry: Arc<TopicEntry>,
+    bound: Arc<Bound>,
     record: Record,
     attempt: u32,
     inner: Option<S>,
+}
+
+impl<S> FailureCtx<S> {
+    pub(crate) fn count_ok(&self) {
+        self.bound.entry.count_ok(self.attempt);
+    }
 }
 
 impl<S> Service<Record> for RetryTopic<S>
@@ -272,11 +290,11 @@ where
     }
 
     fn call(&mut self, record: Record) -> Self::Future {
-        let Some(entry) = self.entry(record.topic_arc()) else {
+        let Some(bound) = self.bound(record.topic_arc()) else {
             // Not one of the layer's topics: no retry route, errors pass through.
             return ResponseFuture::passthrough(self.inner.call(record));
         };
-        let attempt = match entry.stage {
+        let attempt = match bound.entry.stage {
             Stage::Main => 1,
             _ => match headers::read_attempts(record.headers()) {
                 AttemptsHeader::Valid(n) => n,
@@ -293,8 +311,7 @@ where
         let inner =
             (attempt == 1 && self.shared.policy.in_memory.attempts > 0).then(|| self.inner.clone());
         let ctx = FailureCtx {
-            shared: self.shared.clone(),
-            entry,
+            bound,
             record: record.clone(),
             attempt,
             inner,
@@ -345,7 +362,7 @@ where
 {
     match ctx.inner {
         Some(_) => Some(Box::pin(retry_in_memory(ctx, err))),
-        None => route_failure(ctx.shared, ctx.entry, ctx.record, ctx.attempt, err),
+        None => route_failure(ctx.bound, ctx.record, ctx.attempt, err),
     }
 }
 
@@ -357,14 +374,13 @@ where
     S::Future: Send + 'static,
 {
     let FailureCtx {
-        shared,
-        entry,
+        bound,
         record,
         attempt,
         inner,
     } = ctx;
     if let Some(mut inner) = inner {
-        let policy = &shared.policy;
+        let (policy, entry) = (&bound.shared.policy, &bound.entry);
         for _ in 0..policy.in_memory.attempts {
             if policy.classify(&*err) != Classification::Retryable {
                 break;
@@ -386,7 +402,7 @@ where
             }
         }
     }
-    if let Some(rest) = route_failure(shared, entry, record, attempt, err) {
+    if let Some(rest) = route_failure(bound, record, attempt, err) {
         rest.await?;
     }
     Ok(())
@@ -398,12 +414,12 @@ where
 /// (the next records run meanwhile, and the offset still never passes an unacknowledged
 /// copy): then nothing is left to await. Otherwise the returned future awaits it.
 fn route_failure(
-    shared: Arc<RetryShared>,
-    entry: Arc<TopicEntry>,
+    bound: Arc<Bound>,
     record: Record,
     attempt: u32,
     err: BoxError,
 ) -> Option<Failing> {
+    let (shared, entry) = (&bound.shared, &bound.entry);
     let policy = &shared.policy;
     let class = policy.classify(&*err);
     entry.count_failure(matches!(class, Classification::Fatal(_)), attempt);
@@ -458,20 +474,34 @@ fn route_failure(
         entry.count_scheduled(attempt);
         tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
     }
-    let out = failure_copy(&shared, &record, &*err, attempt, topic, due_ms);
-    let first = shared.publisher.publish(&out);
+    let first = shared.publisher.publish(&failure_copy(
+        shared, &record, &*err, attempt, topic, due_ms,
+    ));
+    // The copy is not kept for a send that fails: it is built again from the record then.
+    // Freed at once by the thread that built it, it costs less than held until the
+    // acknowledgement, and a pending failure holds only the record.
+    let to_dlt = target == "dlt";
     let deferral = record.defer();
     // Small on purpose: the common case only awaits the first send; the retrying loop (with
     // its back-off timer) is allocated only after that send failed.
     let acked = async move {
         if let Err(e) = first.await {
+            let (shared, entry) = (&bound.shared, &bound.entry);
+            // The topic chosen above: the topology does not change.
+            let topology = &entry.topology;
+            let topic = match to_dlt {
+                false => topology.hop(attempt).map(|h| h.topic.as_str()),
+                true => topology.dlt(),
+            };
+            let Some(topic) = topic else { return };
+            let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
             let failed: crate::publish::PublishFuture = Box::pin(std::future::ready(Err(e)));
             let publisher = &*shared.publisher;
             Box::pin(publish_until_acked(
                 publisher,
                 out,
                 Some(failed),
-                &entry,
+                entry,
                 target,
                 &record,
             ))
@@ -499,9 +529,8 @@ pub(crate) fn failure_copy(
     topic: &str,
     due_ms: i64,
 ) -> Outgoing {
-    let mut h = record.headers().clone();
-    headers::apply_failure(
-        &mut h,
+    let headers = headers::failure_headers(
+        record.headers(),
         &headers::Failure {
             topic: record.topic(),
             partition: record.partition(),
@@ -513,12 +542,6 @@ pub(crate) fn failure_copy(
             error: err,
             max_text: shared.policy.max_header_text,
         },
-    );
-    headers::ensure_derived_traceparent(
-        &mut h,
-        record.topic(),
-        record.partition(),
-        record.offset(),
         random_u64(),
     );
     Outgoing {
@@ -530,7 +553,7 @@ pub(crate) fn failure_copy(
             .then_some(record.partition()),
         key: record.key().cloned(),
         value: record.value().cloned(),
-        headers: h,
+        headers,
     }
 }
 
