@@ -228,6 +228,89 @@ async fn produce_errors_on_the_dlt_hold_offsets_back_and_lose_nothing() {
     );
 }
 
+/// Holds its first copy's acknowledgement until released; acknowledges the others at once.
+#[derive(Default)]
+struct HeldFirst {
+    calls: AtomicU32,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Publish for HeldFirst {
+    fn publish(&self, _record: &Outgoing) -> PublishFuture {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        let release = self.release.clone();
+        Box::pin(async move {
+            if first {
+                release.notified().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A `RetryTopicLayer` built by hand and added with `Route::layer` (not `Route::retry`) gets
+/// what the built-in route gets: a failed record's copy is awaited off the partition's path,
+/// so the records behind it are handled meanwhile, and the offset still waits for the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_built_retry_layer_does_not_block_its_partition() {
+    use redrive::layer::RetryTopicLayer;
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let (topic, group) = ("shipments", "dispatch");
+    mock.create_topic(topic, 1, 1).unwrap();
+    produce_keys(&bootstrap, topic, 10).await;
+    let publisher = Arc::new(HeldFirst::default());
+    let handled = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let handled = handled.clone();
+        service_fn(move |r: Record| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            // Only the first record fails: its copy is the held one.
+            let res: Result<(), BoxError> = match r.offset() {
+                0 => Err("first fails".into()),
+                _ => Ok(()),
+            };
+            async move { res }
+        })
+    };
+    let layer = RetryTopicLayer::new(
+        RetryPolicy::new(),
+        &[topic],
+        publisher.clone(),
+        group,
+        topic,
+    );
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(group)
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(50)))
+        .route(Route::new(topic, handler).layer(layer))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    // Awaited inline, the held copy would stop the partition at its first record.
+    support::eventually(
+        Duration::from_secs(30),
+        "the records behind the held copy handled",
+        || handled.load(Ordering::SeqCst) == 10,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        committed(&bootstrap, group, topic).unwrap_or(0),
+        0,
+        "committed past a record whose copy is unacknowledged"
+    );
+    publisher.release.notify_one();
+    support::eventually(Duration::from_secs(30), "the offset committed", || {
+        committed(&bootstrap, group, topic) == Some(10)
+    })
+    .await;
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+}
+
 /// Produces `n` records `k0`.. with value `v` to partition 0 of `topic`.
 async fn produce_keys(bootstrap: &str, topic: &str, n: usize) {
     let producer: FutureProducer = ClientConfig::new()
