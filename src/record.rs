@@ -31,6 +31,11 @@ impl Headers {
         Headers(None)
     }
 
+    /// The headers of `list`, kept as they are.
+    pub(crate) fn from_list(list: Vec<Header>) -> Self {
+        Headers((!list.is_empty()).then(|| Arc::new(list)))
+    }
+
     fn list_mut(&mut self) -> &mut Vec<Header> {
         Arc::make_mut(self.0.get_or_insert_with(Default::default))
     }
@@ -123,13 +128,6 @@ impl<'a> IntoIterator for &'a Headers {
     type IntoIter = std::slice::Iter<'a, Header>;
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
-    }
-}
-
-impl Headers {
-    /// The headers of `list`, kept as they are.
-    pub(crate) fn from_list(list: Vec<Header>) -> Self {
-        Headers((!list.is_empty()).then(|| Arc::new(list)))
     }
 }
 

@@ -493,7 +493,11 @@ fn route_failure(
                 false => topology.hop(attempt).map(|h| h.topic.as_str()),
                 true => topology.dlt(),
             };
-            let Some(topic) = topic else { return };
+            let Some(topic) = topic else {
+                // Unreachable: the same topology gave the topic above. Not silent if it is.
+                tracing::error!(record = %record.coordinates(), "the failure copy's topic is gone from the topology; the copy was not sent");
+                return;
+            };
             let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
             let failed: crate::publish::PublishFuture = Box::pin(std::future::ready(Err(e)));
             let publisher = &*shared.publisher;
