@@ -1,7 +1,7 @@
 //! Handler functions: what `#[retryable_topic]` and `#[dlt_handler]` turn an `async fn` into.
 //!
 //! A handler's parameters are extracted from the record ([`FromRecord`]): the [`Record`]
-//! itself, a decoded payload [`Json<T>`] (a decode failure is a [`DecodeError`](crate::DecodeError), fatal: the
+//! itself, a decoded payload [`Json<T>`] (a decode failure is a [`DecodeError`], fatal: the
 //! record goes to the DLT once), and a [`RetryContext`] (attempt number and original
 //! coordinates). It returns `Result<(), E>` with `E: std::error::Error + Send + Sync`.
 
@@ -23,7 +23,7 @@ use crate::Record;
     note = "handler parameters are `redrive::Record`, `redrive::Json<T>` (T: serde::de::DeserializeOwned) or `redrive::RetryContext`"
 )]
 pub trait FromRecord: Sized {
-    /// Builds the value; an error fails the record (a [`DecodeError`](crate::DecodeError) is fatal).
+    /// Builds the value; an error fails the record (a [`DecodeError`] is fatal).
     fn from_record(record: &Record) -> Result<Self, BoxError>;
 }
 
@@ -34,7 +34,7 @@ impl FromRecord for Record {
 }
 
 /// The record's value decoded from JSON. A value that does not decode (or a tombstone) is a
-/// [`DecodeError`](crate::DecodeError): a poison pill, sent to the dead-letter topic once, never retried.
+/// [`DecodeError`]: a poison pill, sent to the dead-letter topic once, never retried.
 #[cfg(feature = "json")]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Json<T>(pub T);

@@ -1,5 +1,5 @@
 //! Metrics (DESIGN §8). The library only records, through the `metrics` facade; installing
-//! an exporter is the application's choice: [`install_prometheus`] (feature `prometheus`)
+//! an exporter is the application's choice: `install_prometheus` (feature `prometheus`)
 //! serves `/metrics` with the buckets and idle timeout redrive's dashboard expects.
 //!
 //! Every metric carries `group`; per-topic ones also `topic` and `route`. Only the lag
@@ -56,8 +56,8 @@ pub const DELAY_ERROR_BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
 ];
 
-/// Gauges not refreshed for this long are dropped by [`install_prometheus`]: revoked
-/// partitions stop exporting.
+/// Gauges not refreshed for this long are dropped by `install_prometheus` (feature
+/// `prometheus`): revoked partitions stop exporting.
 pub const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Installs the Prometheus exporter as the global `metrics` recorder and serves

@@ -2,6 +2,7 @@
 //! Spring Kafka's `@RetryableTopic` and `@DltHandler`. Use them through the `redrive` crate
 //! (`redrive::retryable_topic`), which re-exports them behind its default `macros` feature.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod args;
 mod expand;

@@ -11,7 +11,7 @@
 //!
 //! Each `[[routes]]` entry reads one topic (plus its retry topics) in one consumer group and
 //! `POST`s every record to its `url`; the response decides the outcome (see [`forward`]).
-//! Routes of one group share one [`Worker`](crate::Worker). See `examples/sidecar.toml`.
+//! Routes of one group share one [`Worker`]. See `examples/sidecar.toml`.
 
 pub mod cli;
 pub mod config;

@@ -561,8 +561,10 @@ pub(crate) fn failure_copy(
     }
 }
 
-/// Set on a dead-letter copy that had to leave its value behind (see [`publish_until_acked`]):
-/// why, and where the original is.
+/// Set on a dead-letter copy that had to leave its value behind, with why and where the
+/// original is. A copy the broker can never take because it exceeds the maximum record size
+/// is first sent without its error texts; if it is still too large, the dead-letter topic
+/// gets the record's key, headers and coordinates without its value, and this header.
 pub const VALUE_DROPPED: &str = "redrive-value-dropped";
 
 fn too_large(e: &(dyn std::error::Error + 'static)) -> bool {
