@@ -4,14 +4,20 @@
 //! real one: an idempotent producer with `acks=all`, and a publish completes only when the
 //! broker acknowledged the copy, because the source offset may advance only then.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as RdHeader, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureRecord, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::ClientContext;
 
 use crate::error::BoxError;
 use crate::record::Headers;
@@ -112,7 +118,11 @@ impl IntoOutputs for Vec<Outgoing> {
 pub type PublishFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
 
 /// Sends a record and resolves once the destination acknowledged it.
-pub trait Publish: Send + Sync + 'static {
+///
+/// `Any` is a supertrait so the retry layer can recognise a [`KafkaPublisher`] and use its
+/// callback path (no future per copy); every `'static` type is `Any`, so implementations
+/// need nothing for it.
+pub trait Publish: Any + Send + Sync + 'static {
     /// Publishes `record`. It is borrowed because a copy that must be sent again after a
     /// failure stays with the caller; an implementation that has to keep it clones it.
     fn publish(&self, record: &Outgoing) -> PublishFuture;
@@ -121,9 +131,59 @@ pub trait Publish: Send + Sync + 'static {
 /// Publishes through an rdkafka producer configured for durability.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<PublishContext>>,
     timeout: Duration,
 }
+
+/// The producer context of a [`KafkaPublisher`]: hands each delivery report to whoever
+/// waits for that record, on librdkafka's delivery thread.
+pub struct PublishContext;
+
+impl ClientContext for PublishContext {}
+
+impl ProducerContext for PublishContext {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, report: &DeliveryResult<'_>, to: Box<Delivery>) {
+        let result = match report {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        match to.0 {
+            Waiter::Future(tx) => {
+                let _ = tx.send(result);
+            }
+            Waiter::Then(then) => then(match result {
+                Ok(()) => Sent::Acked,
+                Err(e) => Sent::Failed(e),
+            }),
+        }
+    }
+}
+
+/// Who learns what became of one record sent by a [`KafkaPublisher`].
+pub struct Delivery(Waiter);
+
+enum Waiter {
+    /// [`Publish::publish`]'s future.
+    Future(tokio::sync::oneshot::Sender<Result<(), KafkaError>>),
+    /// [`KafkaPublisher::send_then`]'s callback.
+    Then(Then),
+}
+
+/// What became of a record sent with [`KafkaPublisher::send_then`].
+pub(crate) enum Sent {
+    /// The broker acknowledged it.
+    Acked,
+    /// Its delivery failed (after librdkafka's own retries).
+    Failed(KafkaError),
+    /// librdkafka did not take it (its queue was full, or the record is invalid): nothing
+    /// was sent. [`Publish::publish`] waits out a full queue; use it to send again.
+    NotTaken(KafkaError),
+}
+
+/// The callback of [`KafkaPublisher::send_then`].
+pub(crate) type Then = Box<dyn FnOnce(Sent) + Send + Sync>;
 
 /// Producer settings the commit rule depends on; a user value for them is an error.
 pub(crate) const DURABILITY: [(&str, &str); 2] = [("acks", "all"), ("enable.idempotence", "true")];
@@ -135,21 +195,67 @@ impl KafkaPublisher {
         for (k, v) in DURABILITY {
             cfg.set(k, v);
         }
-        let producer: FutureProducer = cfg.create().map_err(crate::Error::from_client_config)?;
+        let producer: ThreadedProducer<PublishContext> = cfg
+            .create_with_context(PublishContext)
+            .map_err(crate::Error::from_client_config)?;
         Ok(KafkaPublisher {
-            producer,
+            producer: Arc::new(producer),
             timeout: Duration::from_secs(30),
         })
     }
 
     /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &ThreadedProducer<PublishContext> {
         &self.producer
     }
 
     /// Waits up to `timeout` for queued records to be delivered.
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
+    }
+
+    /// Hands `r` to librdkafka with `to` as the one to tell what became of it; on a local
+    /// failure (nothing taken) the error and `to` come back.
+    fn enqueue(&self, r: &Outgoing, to: Delivery) -> Result<(), (KafkaError, Delivery)> {
+        let f = future_record(r);
+        let rec = BaseRecord {
+            topic: f.topic,
+            partition: f.partition,
+            payload: f.payload,
+            key: f.key,
+            timestamp: f.timestamp,
+            headers: f.headers,
+            delivery_opaque: Box::new(to),
+        };
+        self.producer
+            .send(rec)
+            .map_err(|(e, rec)| (e, *rec.delivery_opaque))
+    }
+
+    /// Sends `r` and calls `then` with what became of it: on librdkafka's delivery thread
+    /// once the broker answered, or here at once when librdkafka did not take it. Cheaper
+    /// than [`Publish::publish`] for a caller that only needs to be told: no future, no
+    /// channel, no wake-up of a task per record.
+    pub(crate) fn send_then(&self, r: &Outgoing, then: Then) {
+        if let Err((e, Delivery(Waiter::Then(then)))) =
+            self.enqueue(r, Delivery(Waiter::Then(then)))
+        {
+            then(Sent::NotTaken(e));
+        }
+    }
+
+    /// The future of `r`'s acknowledgement, once librdkafka took it.
+    fn send_future(&self, r: &Outgoing) -> Result<PublishFuture, KafkaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(r, Delivery(Waiter::Future(tx)))
+            .map_err(|(e, _)| e)?;
+        Ok(Box::pin(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Box::new(e) as BoxError),
+                Err(_) => Err("the producer was dropped before delivery".into()),
+            }
+        }))
     }
 }
 
@@ -162,44 +268,42 @@ pub(crate) fn future_record(r: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
             value: h.value.as_deref(),
         });
     }
-    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(headers);
-    if let Some(p) = r.partition {
-        rec = rec.partition(p);
+    FutureRecord {
+        topic: &r.topic,
+        partition: r.partition,
+        payload: r.value.as_deref(),
+        key: r.key.as_deref(),
+        timestamp: None,
+        headers: Some(headers),
     }
-    if let Some(k) = r.key.as_deref() {
-        rec = rec.key(k);
-    }
-    if let Some(v) = r.value.as_deref() {
-        rec = rec.payload(v);
-    }
-    rec
 }
 
 impl Publish for KafkaPublisher {
     /// Enqueues the record at once (so copies keep the order of the calls) and returns a
-    /// future of its acknowledgement. A full local queue is waited out in the future.
+    /// future of its acknowledgement. A full local queue is waited out in the future, for up
+    /// to 30 s, as rdkafka's `FutureProducer::send` does.
     fn publish(&self, r: &Outgoing) -> PublishFuture {
-        match self.producer.send_result(future_record(r)) {
-            Ok(delivery) => Box::pin(async move {
-                match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(Box::new(e) as BoxError),
-                    Err(_) => Err("the producer was dropped before delivery".into()),
-                }
-            }),
-            Err(_) => {
-                // Queue full (or another local error): the waiting send retries it.
-                let r = r.clone();
-                let producer = self.producer.clone();
-                let timeout = self.timeout;
+        match self.send_future(r) {
+            Ok(acked) => acked,
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                let (r, this) = (r.clone(), self.clone());
                 Box::pin(async move {
-                    producer
-                        .send(future_record(&r), timeout)
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| Box::new(e) as BoxError)
+                    let deadline = Instant::now() + this.timeout;
+                    loop {
+                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                        match this.send_future(&r) {
+                            Ok(acked) => return acked.await,
+                            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+                                if Instant::now() < deadline => {}
+                            Err(e) => return Err(Box::new(e) as BoxError),
+                        }
+                    }
                 })
             }
+            Err(e) => Box::pin(std::future::ready(Err(Box::new(e) as BoxError))),
         }
     }
 }
+
+/// How long a send waits for room in a full local queue before trying again.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);

@@ -365,3 +365,81 @@ where
     let handle = worker.handle();
     (publisher, handle, tokio::spawn(worker.run()))
 }
+
+/// The default publisher learns of a copy's fate from librdkafka's delivery report (no
+/// future per copy). A report of failure still holds the offset back and starts the retrying
+/// loop, which sends the copy again: here the broker refuses the first produce requests
+/// with an error librdkafka does not retry itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_report_holds_the_offset_and_the_copy_is_sent_again() {
+    support::init_tracing();
+    let _ = metrics();
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let (topic, group) = ("payments", "ledger");
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(200));
+    let topology = policy.topology(topic);
+    mock.create_topic(topic, 1, 1).unwrap();
+    for t in topology.derived_topics() {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    produce_keys(&bootstrap, topic, 10).await;
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD; 3],
+    );
+
+    let calls: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    let handler = {
+        let calls = calls.clone();
+        service_fn(move |r: Record| {
+            let calls = calls.clone();
+            async move {
+                let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+                let mut calls = calls.lock().unwrap();
+                let seen = calls.entry(key).or_default();
+                seen.push(r.topic().to_owned());
+                match seen.len() {
+                    1 => Err::<(), BoxError>("first attempt fails".into()),
+                    _ => Ok(()),
+                }
+            }
+        })
+    };
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(group)
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(100)))
+        .route(Route::new(topic, handler).retry(policy))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+
+    support::eventually(Duration::from_secs(60), "every record retried once", || {
+        let calls = calls.lock().unwrap();
+        calls.len() == 10 && calls.values().all(|v| v.len() >= 2)
+    })
+    .await;
+    support::eventually(Duration::from_secs(30), "everything committed", || {
+        committed(&bootstrap, group, topic) == Some(10)
+    })
+    .await;
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    let failures = publish_failures(group, "retry");
+    assert!(
+        failures >= 1.0,
+        "no delivery failure reached redrive (test ineffective): redrive_publish_failures_total = {failures}"
+    );
+    for (k, v) in calls.lock().unwrap().iter() {
+        assert_eq!(v[0], topic, "{k}");
+        assert_eq!(
+            v[1],
+            topology.retry_topics()[0],
+            "{k} retried from the retry topic"
+        );
+    }
+}

@@ -214,7 +214,7 @@ pub(crate) struct PartitionShared {
     deferred: std::sync::Mutex<Vec<i64>>,
     /// Length of `deferred`, read without the lock on the hot path.
     deferred_len: std::sync::atomic::AtomicUsize,
-    deferred_tx: tokio::sync::mpsc::UnboundedSender<Tagged>,
+    deferred_tx: tokio::sync::mpsc::UnboundedSender<Completion>,
     finished_records: AtomicU64,
     /// Where handlers' acknowledgements go, in manual-acknowledgement mode.
     pub ack_tx: Option<tokio::sync::mpsc::UnboundedSender<i64>>,
@@ -228,7 +228,7 @@ const MAX_DEFERRED: usize = 10_000;
 /// unfinished (redelivered after a restart or rebalance).
 pub(crate) struct Deferral {
     offset: i64,
-    tx: tokio::sync::mpsc::UnboundedSender<Tagged>,
+    tx: tokio::sync::mpsc::UnboundedSender<Completion>,
 }
 
 impl Deferral {
@@ -236,13 +236,26 @@ impl Deferral {
     /// deferred acknowledgement costs no task of its own (a spawn, its scheduling, and a
     /// wake-up from the producer's thread per failed record).
     pub(crate) fn complete_after(self, work: futures_util::future::BoxFuture<'static, ()>) {
-        let _ = self.tx.send(Tagged(self.offset, work));
+        let _ = self.tx.send(Completion::After(Tagged(self.offset, work)));
     }
+
+    /// Completes the record now; callable from any thread (a delivery callback's).
+    pub(crate) fn complete(self) {
+        let _ = self.tx.send(Completion::Done(self.offset));
+    }
+}
+
+/// A deferred record's completion, as its partition task receives it.
+pub(crate) enum Completion {
+    /// Final now.
+    Done(i64),
+    /// Final once the work is done (the task runs it).
+    After(Tagged),
 }
 
 /// The completions a partition task waits for: the work of its deferred records.
 pub(crate) struct Completions {
-    rx: tokio::sync::mpsc::UnboundedReceiver<Tagged>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Completion>,
     running: futures_util::stream::FuturesUnordered<Tagged>,
 }
 
@@ -261,7 +274,7 @@ impl std::future::Future for Tagged {
 }
 
 impl Completions {
-    fn new(rx: tokio::sync::mpsc::UnboundedReceiver<Tagged>) -> Self {
+    fn new(rx: tokio::sync::mpsc::UnboundedReceiver<Completion>) -> Self {
         Completions {
             rx,
             running: futures_util::stream::FuturesUnordered::new(),
@@ -276,7 +289,8 @@ impl Completions {
                 biased;
                 Some(offset) = self.running.next(), if !self.running.is_empty() => return Some(offset),
                 work = self.rx.recv() => match work {
-                    Some(work) => self.running.push(work),
+                    Some(Completion::Done(offset)) => return Some(offset),
+                    Some(Completion::After(work)) => self.running.push(work),
                     None if self.running.is_empty() => return None,
                     None => return self.running.next().await,
                 },

@@ -34,7 +34,7 @@ use super::{guarded_call, now_ms, Stage};
 use crate::error::{error_chain, BoxError};
 use crate::headers::{self, AttemptsHeader};
 use crate::policy::{Classification, FatalReason, RetryPolicy, Topology};
-use crate::publish::{Outgoing, Publish};
+use crate::publish::{KafkaPublisher, Outgoing, Publish, Sent};
 use crate::Record;
 
 pub(crate) struct RetryShared {
@@ -474,53 +474,106 @@ fn route_failure(
         entry.count_scheduled(attempt);
         tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
     }
-    let first = shared.publisher.publish(&failure_copy(
-        shared, &record, &*err, attempt, topic, due_ms,
-    ));
-    // The copy is not kept for a send that fails: it is built again from the record then.
-    // Freed at once by the thread that built it, it costs less than held until the
-    // acknowledgement, and a pending failure holds only the record.
     let to_dlt = target == "dlt";
+    let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
     let deferral = record.defer();
-    // Small on purpose: the common case only awaits the first send; the retrying loop (with
-    // its back-off timer) is allocated only after that send failed.
-    let acked = async move {
-        if let Err(e) = first.await {
-            let (shared, entry) = (&bound.shared, &bound.entry);
-            // The topic chosen above: the topology does not change.
-            let topology = &entry.topology;
-            let topic = match to_dlt {
-                false => topology.hop(attempt).map(|h| h.topic.as_str()),
-                true => topology.dlt(),
-            };
-            let Some(topic) = topic else {
-                // Unreachable: the same topology gave the topic above. Not silent if it is.
-                tracing::error!(record = %record.coordinates(), "the failure copy's topic is gone from the topology; the copy was not sent");
-                return;
-            };
-            let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
-            let failed: crate::publish::PublishFuture = Box::pin(std::future::ready(Err(e)));
-            let publisher = &*shared.publisher;
-            Box::pin(publish_until_acked(
-                publisher,
-                out,
-                Some(failed),
-                entry,
-                target,
-                &record,
-            ))
-            .await;
-        }
+    let failed = Failed {
+        bound: bound.clone(),
+        record,
+        err,
+        attempt,
+        due_ms,
+        to_dlt,
     };
-    match deferral {
-        Some(deferral) => {
-            deferral.complete_after(Box::pin(acked));
+    let kafka = (&*shared.publisher as &dyn std::any::Any).downcast_ref::<KafkaPublisher>();
+    match (deferral, kafka) {
+        // The common case: librdkafka's delivery report completes the record directly, with
+        // no future, channel or task wake-up per copy; only a failed send starts the
+        // retrying loop, which the partition task then runs.
+        (Some(deferral), Some(kafka)) => {
+            kafka.send_then(
+                &out,
+                Box::new(move |sent| match sent {
+                    Sent::Acked => deferral.complete(),
+                    Sent::Failed(e) => deferral.complete_after(Box::pin(
+                        failed.publish_again(Some(Box::new(e) as BoxError)),
+                    )),
+                    Sent::NotTaken(e) => {
+                        // A full local queue, which the waiting send waits out; or a copy
+                        // the broker would refuse, which the retrying loop shrinks.
+                        tracing::debug!(record = %failed.record.coordinates(), error = %e, "librdkafka did not take the copy; sending it again");
+                        deferral.complete_after(Box::pin(failed.publish_again(None)))
+                    }
+                }),
+            );
             None
         }
-        None => Some(Box::pin(async move {
-            acked.await;
-            Ok(())
-        })),
+        (deferral, _) => {
+            let first = shared.publisher.publish(&out);
+            // The copy is not kept for a send that fails: it is built again from the record
+            // then. Freed at once by the thread that built it, it costs less than held until
+            // the acknowledgement, and a pending failure holds only the record.
+            drop(out);
+            // Small on purpose: the common case only awaits the first send; the retrying
+            // loop (with its back-off timer) is allocated only after that send failed.
+            let acked = async move {
+                if let Err(e) = first.await {
+                    Box::pin(failed.publish_again(Some(e))).await;
+                }
+            };
+            match deferral {
+                Some(deferral) => {
+                    deferral.complete_after(Box::pin(acked));
+                    None
+                }
+                None => Some(Box::pin(async move {
+                    acked.await;
+                    Ok(())
+                })),
+            }
+        }
+    }
+}
+
+/// A failure whose first copy was not acknowledged: what it takes to send the copy again.
+struct Failed {
+    bound: Arc<Bound>,
+    record: Record,
+    err: BoxError,
+    attempt: u32,
+    due_ms: i64,
+    to_dlt: bool,
+}
+
+impl Failed {
+    /// Builds the copy again and publishes it until acknowledged; `first` is the first
+    /// send's error, or None when that send never left (it is then counted as no failure).
+    async fn publish_again(self, first: Option<BoxError>) {
+        let Failed {
+            bound,
+            record,
+            err,
+            attempt,
+            due_ms,
+            to_dlt,
+        } = self;
+        let (shared, entry) = (&bound.shared, &bound.entry);
+        // The topic chosen above: the topology does not change.
+        let topology = &entry.topology;
+        let topic = match to_dlt {
+            false => topology.hop(attempt).map(|h| h.topic.as_str()),
+            true => topology.dlt(),
+        };
+        let Some(topic) = topic else {
+            // Unreachable: the same topology gave the topic above. Not silent if it is.
+            tracing::error!(record = %record.coordinates(), "the failure copy's topic is gone from the topology; the copy was not sent");
+            return;
+        };
+        let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
+        let first =
+            first.map(|e| Box::pin(std::future::ready(Err(e))) as crate::publish::PublishFuture);
+        let target = if to_dlt { "dlt" } else { "retry" };
+        publish_until_acked(&*shared.publisher, out, first, entry, target, &record).await;
     }
 }
 
