@@ -443,3 +443,67 @@ async fn a_failed_delivery_report_holds_the_offset_and_the_copy_is_sent_again() 
         );
     }
 }
+
+/// A copy still in flight when the worker stops (the broker keeps refusing it) must not keep
+/// the publisher's producer alive: librdkafka holds what the delivery report needs until the
+/// copy times out, and that must not reach back to the producer itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_flight_at_shutdown_does_not_keep_the_publisher_alive() {
+    support::init_tracing();
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let (topic, group) = ("invoices", "mailer");
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(200));
+    mock.create_topic(topic, 1, 1).unwrap();
+    for t in policy.topology(topic).derived_topics() {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    produce_keys(&bootstrap, topic, 1).await;
+    // librdkafka retries these itself, for up to `message.timeout.ms` (5 minutes).
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
+    );
+    let failed = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let failed = failed.clone();
+        service_fn(move |_r: Record| {
+            failed.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), BoxError>("always fails".into()) }
+        })
+    };
+    let publisher = Arc::new(
+        KafkaPublisher::new(ClientConfig::new().set("bootstrap.servers", &bootstrap)).unwrap(),
+    );
+    let released = Arc::downgrade(&publisher);
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(group)
+        .publisher(publisher)
+        .drain_timeout(Duration::from_millis(500))
+        .route(Route::new(topic, handler).retry(policy))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    support::eventually(Duration::from_secs(30), "the record failed", || {
+        failed.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    // Its copy is now in librdkafka's queue, refused by the broker.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    support::eventually(Duration::from_secs(10), "the publisher released", || {
+        released.upgrade().is_none()
+    })
+    .await;
+    // Position 0 (or nothing): the record whose copy was never acknowledged is read again.
+    assert_eq!(
+        committed(&bootstrap, group, topic).unwrap_or(0),
+        0,
+        "the unacknowledged copy's record was committed"
+    );
+}

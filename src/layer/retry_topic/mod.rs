@@ -478,7 +478,8 @@ fn route_failure(
     let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
     let deferral = record.defer();
     let failed = Failed {
-        bound: bound.clone(),
+        shared: Arc::downgrade(&bound.shared),
+        entry: bound.entry.clone(),
         record,
         err,
         attempt,
@@ -536,8 +537,14 @@ fn route_failure(
 }
 
 /// A failure whose first copy was not acknowledged: what it takes to send the copy again.
+///
+/// It holds the layer's state weakly: librdkafka holds it with the copy until the delivery
+/// report, and a strong reference from there to the publisher's own producer would keep
+/// that producer (its threads and connections) alive after the worker is gone, until every
+/// copy in flight timed out. Once the layer is gone there is no partition to complete.
 struct Failed {
-    bound: Arc<Bound>,
+    shared: std::sync::Weak<RetryShared>,
+    entry: Arc<TopicEntry>,
     record: Record,
     err: BoxError,
     attempt: u32,
@@ -550,14 +557,19 @@ impl Failed {
     /// send's error, or None when that send never left (it is then counted as no failure).
     async fn publish_again(self, first: Option<BoxError>) {
         let Failed {
-            bound,
+            shared,
+            entry,
             record,
             err,
             attempt,
             due_ms,
             to_dlt,
         } = self;
-        let (shared, entry) = (&bound.shared, &bound.entry);
+        let Some(shared) = shared.upgrade() else {
+            tracing::debug!(record = %record.coordinates(), "the retry layer is gone; the record stays uncommitted, to be read again");
+            return;
+        };
+        let shared = &*shared;
         // The topic chosen above: the topology does not change.
         let topology = &entry.topology;
         let topic = match to_dlt {
@@ -573,7 +585,7 @@ impl Failed {
         let first =
             first.map(|e| Box::pin(std::future::ready(Err(e))) as crate::publish::PublishFuture);
         let target = if to_dlt { "dlt" } else { "retry" };
-        publish_until_acked(&*shared.publisher, out, first, entry, target, &record).await;
+        publish_until_acked(&*shared.publisher, out, first, &entry, target, &record).await;
     }
 }
 
