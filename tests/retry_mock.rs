@@ -60,22 +60,70 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
     support::committed(bootstrap, group, topic, 1)[&0]
 }
 
+/// A one-broker mock cluster holding `topic` (one partition) with `n` keyed records, and the
+/// policy's retry and dead-letter topics.
+async fn cluster_with(
+    topic: &str,
+    policy: &RetryPolicy,
+    n: usize,
+) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(topic, 1, 1).unwrap();
+    for t in policy.topology(topic).derived_topics() {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    produce_keys(&mock.bootstrap_servers(), topic, n).await;
+    mock
+}
+
+/// The topics each key was handled from, in order.
+type Calls = Arc<Mutex<HashMap<String, Vec<String>>>>;
+
+/// A handler that records where each key was handled and fails each key's first attempt.
+fn fails_first_attempt(
+    calls: &Calls,
+) -> impl tower::Service<
+    Record,
+    Response = (),
+    Error = BoxError,
+    Future = std::future::Ready<Result<(), BoxError>>,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let calls = calls.clone();
+    service_fn(move |r: Record| {
+        let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+        let mut calls = calls.lock().unwrap();
+        let seen = calls.entry(key).or_default();
+        seen.push(r.topic().to_owned());
+        std::future::ready(match seen.len() {
+            1 => Err("first attempt fails".into()),
+            _ => Ok(()),
+        })
+    })
+}
+
+/// Every key was handled first from `topic`, then from the first retry topic.
+fn assert_retried_once(calls: &Calls, topic: &str, policy: &RetryPolicy) {
+    let topology = policy.topology(topic);
+    let retry_topic = &topology.retry_topics()[0];
+    for (k, v) in calls.lock().unwrap().iter() {
+        assert_eq!(v[0], topic, "{k}");
+        assert_eq!(&v[1], retry_topic, "{k} retried from the retry topic");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() {
     support::init_tracing();
     let _ = metrics();
-    let mock = MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("orders", "billing");
     let policy = RetryPolicy::new()
         .attempts(3)
         .fixed(Duration::from_millis(200));
-    let topology = policy.topology(topic);
-    mock.create_topic(topic, 1, 1).unwrap();
-    for t in topology.derived_topics() {
-        mock.create_topic(t, 1, 1).unwrap();
-    }
-    produce_keys(&bootstrap, topic, 20).await;
+    let mock = cluster_with(topic, &policy, 20).await;
+    let bootstrap = mock.bootstrap_servers();
 
     // Every produce request fails for a while (librdkafka retries those internally), and on
     // top the publisher itself reports failure for its first attempts (redrive's own
@@ -85,25 +133,14 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 12],
     );
 
-    let calls: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
-    let handler = {
-        let calls = calls.clone();
-        service_fn(move |r: Record| {
-            let calls = calls.clone();
-            async move {
-                let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
-                let mut calls = calls.lock().unwrap();
-                let seen = calls.entry(key).or_default();
-                seen.push(r.topic().to_owned());
-                if seen.len() == 1 {
-                    Err::<(), BoxError>("first attempt fails".into())
-                } else {
-                    Ok(())
-                }
-            }
-        })
-    };
-    let (publisher, handle, run) = start(&bootstrap, group, topic, handler, policy);
+    let calls = Calls::default();
+    let (publisher, handle, run) = start(
+        &bootstrap,
+        group,
+        topic,
+        fails_first_attempt(&calls),
+        policy.clone(),
+    );
 
     // While publishing fails, the first record's copy is not acknowledged: nothing is
     // committed past it.
@@ -158,14 +195,7 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
         failures >= 3.0,
         "redrive_publish_failures_total = {failures}"
     );
-    for (k, v) in calls.lock().unwrap().iter() {
-        assert_eq!(v[0], topic, "{k}");
-        assert_eq!(
-            v[1],
-            topology.retry_topics()[0],
-            "{k} retried from the retry topic"
-        );
-    }
+    assert_retried_once(&calls, topic, &policy);
 }
 
 /// The same faults on the dead-letter path: with one attempt every failure goes straight to
@@ -374,45 +404,23 @@ where
 async fn a_failed_delivery_report_holds_the_offset_and_the_copy_is_sent_again() {
     support::init_tracing();
     let _ = metrics();
-    let mock = MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("payments", "ledger");
     let policy = RetryPolicy::new()
         .attempts(2)
         .fixed(Duration::from_millis(200));
-    let topology = policy.topology(topic);
-    mock.create_topic(topic, 1, 1).unwrap();
-    for t in topology.derived_topics() {
-        mock.create_topic(t, 1, 1).unwrap();
-    }
-    produce_keys(&bootstrap, topic, 10).await;
+    let mock = cluster_with(topic, &policy, 10).await;
+    let bootstrap = mock.bootstrap_servers();
     mock.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD; 3],
     );
 
-    let calls: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
-    let handler = {
-        let calls = calls.clone();
-        service_fn(move |r: Record| {
-            let calls = calls.clone();
-            async move {
-                let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
-                let mut calls = calls.lock().unwrap();
-                let seen = calls.entry(key).or_default();
-                seen.push(r.topic().to_owned());
-                match seen.len() {
-                    1 => Err::<(), BoxError>("first attempt fails".into()),
-                    _ => Ok(()),
-                }
-            }
-        })
-    };
+    let calls = Calls::default();
     let worker = Worker::builder()
         .bootstrap_servers(&bootstrap)
         .group_id(group)
         .commit_policy(CommitPolicy::async_interval(Duration::from_millis(100)))
-        .route(Route::new(topic, handler).retry(policy))
+        .route(Route::new(topic, fails_first_attempt(&calls)).retry(policy.clone()))
         .build()
         .unwrap();
     let handle = worker.handle();
@@ -434,14 +442,7 @@ async fn a_failed_delivery_report_holds_the_offset_and_the_copy_is_sent_again() 
         failures >= 1.0,
         "no delivery failure reached redrive (test ineffective): redrive_publish_failures_total = {failures}"
     );
-    for (k, v) in calls.lock().unwrap().iter() {
-        assert_eq!(v[0], topic, "{k}");
-        assert_eq!(
-            v[1],
-            topology.retry_topics()[0],
-            "{k} retried from the retry topic"
-        );
-    }
+    assert_retried_once(&calls, topic, &policy);
 }
 
 /// A copy still in flight when the worker stops (the broker keeps refusing it) must not keep
@@ -450,17 +451,12 @@ async fn a_failed_delivery_report_holds_the_offset_and_the_copy_is_sent_again() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_in_flight_at_shutdown_does_not_keep_the_publisher_alive() {
     support::init_tracing();
-    let mock = MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("invoices", "mailer");
     let policy = RetryPolicy::new()
         .attempts(2)
         .fixed(Duration::from_millis(200));
-    mock.create_topic(topic, 1, 1).unwrap();
-    for t in policy.topology(topic).derived_topics() {
-        mock.create_topic(t, 1, 1).unwrap();
-    }
-    produce_keys(&bootstrap, topic, 1).await;
+    let mock = cluster_with(topic, &policy, 1).await;
+    let bootstrap = mock.bootstrap_servers();
     // librdkafka retries these itself, for up to `message.timeout.ms` (5 minutes).
     mock.request_errors(
         RDKafkaApiKey::Produce,
