@@ -4,7 +4,6 @@
 //! real one: an idempotent producer with `acks=all`, and a publish completes only when the
 //! broker acknowledged the copy, because the source offset may advance only then.
 
-use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -118,14 +117,19 @@ impl IntoOutputs for Vec<Outgoing> {
 pub type PublishFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
 
 /// Sends a record and resolves once the destination acknowledged it.
-///
-/// `Any` is a supertrait so the retry layer can recognise a [`KafkaPublisher`] and use its
-/// callback path (no future per copy); every `'static` type is `Any`, so implementations
-/// need nothing for it.
-pub trait Publish: Any + Send + Sync + 'static {
+pub trait Publish: Send + Sync + 'static {
     /// Publishes `record`. It is borrowed because a copy that must be sent again after a
     /// failure stays with the caller; an implementation that has to keep it clones it.
     fn publish(&self, record: &Outgoing) -> PublishFuture;
+
+    /// The [`KafkaPublisher`] that publishes exactly as this does, if any. The retry layer
+    /// then sends its copies through it and takes each acknowledgement from librdkafka's
+    /// delivery report, which saves a future, a few allocations and a task wake-up per
+    /// failure. A wrapper may return the publisher it delegates to only if its `publish` is
+    /// that publisher's, unchanged; the default is `None` (copies go through `publish`).
+    fn as_kafka(&self) -> Option<&KafkaPublisher> {
+        None
+    }
 }
 
 /// Publishes through an rdkafka producer configured for durability.
@@ -302,6 +306,10 @@ impl Publish for KafkaPublisher {
             }
             Err(e) => Box::pin(std::future::ready(Err(Box::new(e) as BoxError))),
         }
+    }
+
+    fn as_kafka(&self) -> Option<&KafkaPublisher> {
+        Some(self)
     }
 }
 

@@ -276,7 +276,7 @@ impl WorkerBuilder {
     /// A [`KafkaPublisher`] (the worker's own is one) tells the retry layer of each copy's
     /// acknowledgement straight from librdkafka's delivery report; any other implementation
     /// through the future [`Publish::publish`] returns, which costs a few allocations and a
-    /// task wake-up more per failure.
+    /// task wake-up more per failure (see [`Publish::as_kafka`]).
     pub fn publisher(mut self, publisher: Arc<dyn Publish>) -> Self {
         self.publisher = Some(publisher);
         self

@@ -34,7 +34,7 @@ use super::{guarded_call, now_ms, Stage};
 use crate::error::{error_chain, BoxError};
 use crate::headers::{self, AttemptsHeader};
 use crate::policy::{Classification, FatalReason, RetryPolicy, Topology};
-use crate::publish::{KafkaPublisher, Outgoing, Publish, Sent};
+use crate::publish::{Outgoing, Publish, Sent};
 use crate::Record;
 
 pub(crate) struct RetryShared {
@@ -486,7 +486,7 @@ fn route_failure(
         due_ms,
         to_dlt,
     };
-    let kafka = (&*shared.publisher as &dyn std::any::Any).downcast_ref::<KafkaPublisher>();
+    let kafka = shared.publisher.as_kafka();
     match (deferral, kafka) {
         // The common case: librdkafka's delivery report completes the record directly, with
         // no future, channel or task wake-up per copy; only a failed send starts the
