@@ -241,6 +241,8 @@ impl KafkaPublisher {
     /// than [`Publish::publish`] for a caller that only needs to be told: no future, no
     /// channel, no wake-up of a task per record.
     pub(crate) fn send_then(&self, r: &Outgoing, then: Then) {
+        // `enqueue` gives back the waiter it was given, so a refused send always reaches
+        // `then`.
         if let Err((e, Delivery(Waiter::Then(then)))) =
             self.enqueue(r, Delivery(Waiter::Then(then)))
         {

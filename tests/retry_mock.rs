@@ -397,11 +397,11 @@ where
 }
 
 /// The default publisher learns of a copy's fate from librdkafka's delivery report (no
-/// future per copy). A report of failure still holds the offset back and starts the retrying
-/// loop, which sends the copy again: here the broker refuses the first produce requests
-/// with an error librdkafka does not retry itself.
+/// future per copy). A report of failure starts the retrying loop, which sends the copy
+/// again, and every record is committed once its copy was acknowledged: here the broker
+/// refuses the first produce requests with an error librdkafka does not retry itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_delivery_report_holds_the_offset_and_the_copy_is_sent_again() {
+async fn a_failed_delivery_report_sends_the_copy_again() {
     support::init_tracing();
     let _ = metrics();
     let (topic, group) = ("payments", "ledger");
