@@ -22,18 +22,18 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker};
+use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker, WorkerBuilder};
 use tower::service_fn;
 
 const PARTITIONS: i32 = 6;
 const VALUE_BYTES: usize = 100;
-/// `fetch.wait.max.ms` for every consumer of the run, baseline and redrive alike. nisshi
-/// holds some fetch responses back for part of the requested wait even when it has data:
-/// with librdkafka's 500 ms, whole rounds (of either side) stalled ~45 times per million
-/// records (about 0.5 s) and ran at 400-900k records/s instead of 1.3-2M. 100 ms removes
-/// most of that broker-side noise; Apache Kafka answers as soon as `fetch.min.bytes` (1) is
-/// there, so the setting changes nothing against it.
-const FETCH_WAIT_MS: &str = "100";
+/// `fetch.wait.max.ms` of the raw rdkafka consumers: redrive's default
+/// (`WorkerBuilder::DEFAULT_FETCH_WAIT_MS`), so both sides fetch alike. librdkafka keeps one
+/// fetch in flight per broker, and the broker holds a fetch whose partitions have no new data
+/// for up to this long, while partitions with data (left out of that fetch because their
+/// queues were full) wait. With librdkafka's 500 ms whole rounds of either side stalled ~45
+/// times per million records (session 7); a retryable route, whose retry topics are idle,
+/// ran at a third of its speed (session 12, BENCHMARKS.md).
 /// `fetch.queue.backoff.ms` of the raw rdkafka consumers: redrive's default, so both sides
 /// fetch alike. With librdkafka's 1,000 ms the raw loop's fetcher paused for a second each
 /// time its queue passed `queued.min.messages`: the baseline's rounds swung between 290k and
@@ -279,7 +279,10 @@ fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("session.timeout.ms", "6000")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .set(
+            "fetch.wait.max.ms",
+            WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
+        )
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -578,7 +581,7 @@ impl PerPartition {
 
 /// BENCH_PROPS="key=value,...": extra client properties for redrive's workers, to try
 /// settings (`producer.<key>` for the retry producer).
-fn with_bench_props(mut builder: redrive::WorkerBuilder) -> redrive::WorkerBuilder {
+fn with_bench_props(mut builder: WorkerBuilder) -> WorkerBuilder {
     for kv in std::env::var("BENCH_PROPS").unwrap_or_default().split(',') {
         if let Some((k, v)) = kv.split_once('=') {
             builder = builder.property(k, v);
@@ -588,7 +591,12 @@ fn with_bench_props(mut builder: redrive::WorkerBuilder) -> redrive::WorkerBuild
 }
 
 /// redrive with a no-op handler, `async:1000`. Returns (records/s, CPU s per million).
-async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Option<f64>) {
+async fn redrive_happy(
+    bootstrap: &str,
+    topic: &str,
+    n: u64,
+    retryable: bool,
+) -> (f64, f64, Option<f64>) {
     let first: Mark = Arc::default();
     let f2 = first.clone();
     let ticks_at_first: Arc<Mutex<ThreadTicks>> = Arc::default();
@@ -608,9 +616,15 @@ async fn redrive_happy(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-redrive"))
         .property("session.timeout.ms", "6000")
-        .property("fetch.wait.max.ms", FETCH_WAIT_MS)
-        .commit_policy(CommitPolicy::async_every(1000))
-        .route(Route::new(topic, handler));
+        .commit_policy(CommitPolicy::async_every(1000));
+    let route = Route::new(topic, handler);
+    // With a retry policy and no failures: what the retry layer costs a success.
+    let route = if retryable || std::env::var_os("BENCH_HAPPY_RETRYABLE").is_some() {
+        route.retry(RetryPolicy::new().attempts(2).fixed(Duration::from_secs(1)))
+    } else {
+        route
+    };
+    let builder = builder.route(route);
     let worker = with_bench_props(builder).build().unwrap();
     let h = worker.handle();
     let run = tokio::spawn(worker.run());
@@ -681,7 +695,6 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-retry"))
         .property("session.timeout.ms", "6000")
-        .property("fetch.wait.max.ms", FETCH_WAIT_MS)
         .commit_policy(CommitPolicy::async_every(1000))
         .route(Route::new(topic, handler).retry(policy));
     let worker = with_bench_props(worker).build().unwrap();
@@ -724,8 +737,7 @@ async fn delay_precision(bootstrap: &str, n: u64) -> Vec<f64> {
     let mut builder = Worker::builder()
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-delay"))
-        .property("session.timeout.ms", "6000")
-        .property("fetch.wait.max.ms", FETCH_WAIT_MS);
+        .property("session.timeout.ms", "6000");
     for secs in 1..=5u64 {
         let topic = support::unique(&format!("bench-delay-{secs}s"));
         support::create_topic(bootstrap, &topic, PARTITIONS).await;
@@ -797,7 +809,6 @@ async fn memory_child(bootstrap: &str) {
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-mem"))
         .property("session.timeout.ms", "6000")
-        .property("fetch.wait.max.ms", FETCH_WAIT_MS)
         .route(Route::new(&topic, handler).retry(policy));
     let worker = with_bench_props(builder).build().unwrap();
     let h = worker.handle();
@@ -850,7 +861,6 @@ async fn transform(n: u64, transactional: bool) -> f64 {
         .bootstrap_servers(&bootstrap)
         .group_id(support::unique("bench-transform"))
         .property("session.timeout.ms", "6000")
-        .property("fetch.wait.max.ms", FETCH_WAIT_MS)
         .commit_policy(CommitPolicy::async_every(1000));
     let route = Route::new(&input, handler);
     b = if transactional {
@@ -930,7 +940,7 @@ async fn sidecar_http(bootstrap: &str, n: u64) -> ((f64, f64), (f64, f64)) {
         let group = support::unique("bench-sidecar-group");
         let workers = if via_http {
             let text = format!(
-                "[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\"session.timeout.ms\" = 6000\n\"fetch.wait.max.ms\" = {FETCH_WAIT_MS}\n[ops]\nenabled = false\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{url}\"\nconcurrency = 64\npartition_concurrency = 16\ncommit_policy = \"async:1000\"\n"
+                "[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\"session.timeout.ms\" = 6000\n[ops]\nenabled = false\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{url}\"\nconcurrency = 64\npartition_concurrency = 16\ncommit_policy = \"async:1000\"\n"
             );
             let config =
                 redrive::sidecar::Config::parse(&text, "bench.toml", std::iter::empty()).unwrap();
@@ -949,7 +959,6 @@ async fn sidecar_http(bootstrap: &str, n: u64) -> ((f64, f64), (f64, f64)) {
                     .bootstrap_servers(bootstrap)
                     .group_id(&group)
                     .property("session.timeout.ms", "6000")
-                    .property("fetch.wait.max.ms", FETCH_WAIT_MS)
                     .commit_policy(CommitPolicy::async_every(1000))
                     .route(Route::new(&topic, handler).concurrency(16))
                     .build()
@@ -1067,6 +1076,7 @@ async fn bench_main() {
         eprintln!("produced {n} in {:.1} s", t.elapsed().as_secs_f64());
         let (mut br, mut bc, mut rr, mut rc) = (vec![], vec![], vec![], vec![]);
         let (mut hr, mut hc) = (vec![], vec![]);
+        let (mut yr, mut yc) = (vec![], vec![]);
         for round in 0..rounds {
             let (r, c, broker) = if side == "redrive" {
                 (1.0, 1.0, None)
@@ -1082,7 +1092,7 @@ async fn bench_main() {
             let (r, c, broker) = if side == "baseline" {
                 (1.0, 1.0, None)
             } else {
-                redrive_happy(&bootstrap, &topic, n).await
+                redrive_happy(&bootstrap, &topic, n, false).await
             };
             eprintln!(
                 "round {round}: redrive  {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
@@ -1098,6 +1108,13 @@ async fn bench_main() {
                 );
                 hr.push(r);
                 hc.push(c);
+                let (r, c, broker) = redrive_happy(&bootstrap, &topic, n, true).await;
+                eprintln!(
+                    "round {round}: redrive on a retryable route {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
+                    broker_note(broker)
+                );
+                yr.push(r);
+                yc.push(c);
             }
         }
         let (b, r) = (median(&mut br), median(&mut rr));
@@ -1132,6 +1149,23 @@ async fn bench_main() {
                 extra: format!(
                     "unit=records/s cpu_baseline={hcpu:.3} cpu_redrive={rcpu:.3} cpu_ratio={:.3}",
                     rcpu / hcpu
+                ),
+            });
+        }
+        if !yr.is_empty() {
+            // For reference: the same no-op handler behind a retry policy, never failing,
+            // against the plain route; the retry path's figure includes this cost.
+            let (yrate, ycpu) = (median(&mut yr), median(&mut yc));
+            lines.push(Line {
+                scenario: "happy_on_retryable_route",
+                baseline: r,
+                redrive: yrate,
+                ratio: yrate / r,
+                target: "report".into(),
+                pass: true,
+                extra: format!(
+                    "unit=records/s baseline=redrive-plain-route cpu_baseline={rcpu:.3} cpu_redrive={ycpu:.3} cpu_ratio={:.3}",
+                    ycpu / rcpu
                 ),
             });
         }

@@ -120,6 +120,14 @@ impl Default for WorkerBuilder {
 }
 
 impl WorkerBuilder {
+    /// The `fetch.wait.max.ms` redrive sets unless [`property`](Self::property) sets it
+    /// (librdkafka's default is 500). librdkafka keeps one fetch in flight per broker, and
+    /// the broker holds a fetch whose partitions have no new data for up to this long: with
+    /// idle retry topics next to a busy main topic, every fetch that happens to carry only
+    /// the idle partitions holds back the busy ones for that long. The cost of a short wait
+    /// is an idle worker's fetch rate: one request per broker every 25 ms.
+    pub const DEFAULT_FETCH_WAIT_MS: u32 = 25;
+
     /// A builder with the defaults: commit `async:5s`, 10,000 records / 64 MiB in flight,
     /// 30 s drain and start-up timeouts, `auto.offset.reset=earliest`.
     pub fn new() -> Self {
@@ -152,7 +160,12 @@ impl WorkerBuilder {
         self.property("group.id", group)
     }
 
-    /// Any librdkafka consumer property, passed through as is.
+    /// Any librdkafka consumer property, passed through as is. It overrides what redrive sets
+    /// otherwise: `auto.offset.reset=earliest`, `isolation.level=read_committed`,
+    /// `queued.min.messages` (see [`partition_queue`](Self::partition_queue)),
+    /// `queued.max.messages.kbytes=1024`, `fetch.queue.backoff.ms=20` and
+    /// `fetch.wait.max.ms` ([`DEFAULT_FETCH_WAIT_MS`](Self::DEFAULT_FETCH_WAIT_MS)). The
+    /// commit properties (`enable.auto.commit`, `enable.auto.offset.store`) are redrive's own.
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.props.insert(key.into(), value.into());
         self
@@ -628,6 +641,11 @@ impl WorkerBuilder {
         // A partition whose queue reached those bounds is fetched again only after this back-
         // off (librdkafka's default is 1 s): short, so a drained queue refills without a stall.
         cfg.set("fetch.queue.backoff.ms", "20");
+        // Retry topics are idle most of the time, and a fetch carrying only idle partitions
+        // holds back the busy ones for this long (see the constant). A retryable route with
+        // no failures: 0.36-0.43M records/s at librdkafka's 500 ms, 1.14-1.20M at 25
+        // (BENCHMARKS.md, session 12).
+        cfg.set("fetch.wait.max.ms", Self::DEFAULT_FETCH_WAIT_MS.to_string());
         for (k, v) in &self.props {
             if !k.starts_with("producer.") {
                 cfg.set(k, v);
