@@ -613,6 +613,7 @@ impl WorkerBuilder {
             }
         }
 
+        let consumer_config = consumer_config(&self.props, self.partition_queue);
         let rt = Arc::new(RuntimeShared::new(
             Arc::from(group.as_str()),
             RuntimeConfig {
@@ -627,34 +628,7 @@ impl WorkerBuilder {
                 on_commit_error: self.on_commit_error,
             },
         ));
-        let mut cfg = ClientConfig::new();
-        cfg.set("auto.offset.reset", "earliest");
-        // Outputs of transactional pipelines count only once committed (librdkafka's default,
-        // stated so a reader of the config sees it).
-        cfg.set("isolation.level", "read_committed");
-        // Each partition has its own queue: these bound the prefetch per partition. 1 MiB
-        // keeps up with the poll thread; more made librdkafka's broker thread fault in fresh
-        // heap for its fetches (37k page faults per million records at 4 MiB, 13k at 1 MiB),
-        // for no more throughput (BENCHMARKS.md, sessions 6 and 7).
-        cfg.set("queued.min.messages", self.partition_queue.to_string());
-        cfg.set("queued.max.messages.kbytes", "1024");
-        // A partition whose queue reached those bounds is fetched again only after this back-
-        // off (librdkafka's default is 1 s): short, so a drained queue refills without a stall.
-        cfg.set("fetch.queue.backoff.ms", "20");
-        // Retry topics are idle most of the time, and a fetch carrying only idle partitions
-        // holds back the busy ones for this long (see the constant). A retryable route with
-        // no failures: 0.36-0.43M records/s at librdkafka's 500 ms, 1.14-1.20M at 25
-        // (BENCHMARKS.md, session 12).
-        cfg.set("fetch.wait.max.ms", Self::DEFAULT_FETCH_WAIT_MS.to_string());
-        for (k, v) in &self.props {
-            if !k.starts_with("producer.") {
-                cfg.set(k, v);
-            }
-        }
-        for key in OWNED_PROPERTIES {
-            cfg.set(key, "false");
-        }
-        let consumer = cfg
+        let consumer = consumer_config
             .create_with_context(RuntimeContext::new(
                 rt.clone(),
                 by_topic,
@@ -688,6 +662,42 @@ impl WorkerBuilder {
         }
         cfg
     }
+}
+
+/// The consumer's librdkafka configuration: redrive's defaults, then the application's
+/// properties, then the properties redrive owns.
+fn consumer_config(props: &BTreeMap<String, String>, partition_queue: usize) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("auto.offset.reset", "earliest");
+    // Outputs of transactional pipelines count only once committed (librdkafka's default,
+    // stated so a reader of the config sees it).
+    cfg.set("isolation.level", "read_committed");
+    // Each partition has its own queue: these bound the prefetch per partition. 1 MiB
+    // keeps up with the poll thread; more made librdkafka's broker thread fault in fresh
+    // heap for its fetches (37k page faults per million records at 4 MiB, 13k at 1 MiB),
+    // for no more throughput (BENCHMARKS.md, sessions 6 and 7).
+    cfg.set("queued.min.messages", partition_queue.to_string());
+    cfg.set("queued.max.messages.kbytes", "1024");
+    // A partition whose queue reached those bounds is fetched again only after this back-
+    // off (librdkafka's default is 1 s): short, so a drained queue refills without a stall.
+    cfg.set("fetch.queue.backoff.ms", "20");
+    // Retry topics are idle most of the time, and a fetch carrying only idle partitions
+    // holds back the busy ones for this long (see the constant). A retryable route with
+    // no failures: 0.36-0.43M records/s at librdkafka's 500 ms, 1.14-1.20M at 25
+    // (BENCHMARKS.md, session 12).
+    cfg.set(
+        "fetch.wait.max.ms",
+        WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
+    );
+    for (k, v) in props {
+        if !k.starts_with("producer.") {
+            cfg.set(k, v);
+        }
+    }
+    for key in OWNED_PROPERTIES {
+        cfg.set(key, "false");
+    }
+    cfg
 }
 
 /// The topic bindings of one route: its main topics, and with a retry policy its retry topics
@@ -739,4 +749,30 @@ where
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_config_has_redrives_defaults_the_applications_overrides_and_owned_keys() {
+        let defaults = consumer_config(&WorkerBuilder::new().props, 100_000);
+        assert_eq!(defaults.get("fetch.wait.max.ms"), Some("25"));
+        assert_eq!(defaults.get("fetch.queue.backoff.ms"), Some("20"));
+        assert_eq!(defaults.get("auto.offset.reset"), Some("earliest"));
+
+        let b = WorkerBuilder::new()
+            .property("fetch.wait.max.ms", "500")
+            .property("enable.auto.commit", "true")
+            .property("producer.linger.ms", "7");
+        let set = consumer_config(&b.props, b.partition_queue);
+        assert_eq!(set.get("fetch.wait.max.ms"), Some("500"));
+        // Owned: the commit rule needs them off whatever the application says.
+        assert_eq!(set.get("enable.auto.commit"), Some("false"));
+        assert_eq!(set.get("enable.auto.offset.store"), Some("false"));
+        // Producer properties are not the consumer's.
+        assert_eq!(set.get("linger.ms"), None);
+        assert_eq!(set.get("producer.linger.ms"), None);
+    }
 }
