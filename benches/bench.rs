@@ -207,6 +207,19 @@ impl Line {
         }
     }
 
+    /// A line for reference: no target, always passes.
+    fn report(scenario: &'static str, baseline: f64, redrive: f64, extra: String) -> Self {
+        Line {
+            scenario,
+            baseline,
+            redrive,
+            ratio: redrive / baseline,
+            target: "report".into(),
+            pass: true,
+            extra,
+        }
+    }
+
     fn print(&self) {
         println!(
             "bench {} baseline={:.1} redrive={:.1} ratio={:.3} target={} pass={}{}",
@@ -1139,35 +1152,29 @@ async fn bench_main() {
             // For reference, no target: the raw loop doing what redrive must do per record
             // besides handing over the payload, asking librdkafka for the headers.
             let (hb, hcpu) = (median(&mut hr), median(&mut hc));
-            lines.push(Line {
-                scenario: "happy_vs_raw_loop_reading_headers",
-                baseline: hb,
-                redrive: r,
-                ratio: r / hb,
-                target: "report".into(),
-                pass: true,
-                extra: format!(
+            lines.push(Line::report(
+                "happy_vs_raw_loop_reading_headers",
+                hb,
+                r,
+                format!(
                     "unit=records/s cpu_baseline={hcpu:.3} cpu_redrive={rcpu:.3} cpu_ratio={:.3}",
                     rcpu / hcpu
                 ),
-            });
+            ));
         }
         if !yr.is_empty() {
             // For reference: the same no-op handler behind a retry policy, never failing,
             // against the plain route; the retry path's figure includes this cost.
             let (yrate, ycpu) = (median(&mut yr), median(&mut yc));
-            lines.push(Line {
-                scenario: "happy_on_retryable_route",
-                baseline: r,
-                redrive: yrate,
-                ratio: yrate / r,
-                target: "report".into(),
-                pass: true,
-                extra: format!(
+            lines.push(Line::report(
+                "happy_on_retryable_route",
+                r,
+                yrate,
+                format!(
                     "unit=records/s baseline=redrive-plain-route cpu_baseline={rcpu:.3} cpu_redrive={ycpu:.3} cpu_ratio={:.3}",
                     ycpu / rcpu
                 ),
-            });
+            ));
         }
     }
     if want("retry") {
@@ -1211,18 +1218,15 @@ async fn bench_main() {
             // For reference: the same retry flow hand-written on raw rdkafka, against which
             // the issue sets no target; its own ratio to the raw happy path is in the extra.
             let raw_retry = median(&mut raw);
-            lines.push(Line {
-                scenario: "retry_path_vs_raw_loop",
-                baseline: raw_retry,
-                redrive: r,
-                ratio: r / raw_retry,
-                target: "report".into(),
-                pass: true,
-                extra: format!(
+            lines.push(Line::report(
+                "retry_path_vs_raw_loop",
+                raw_retry,
+                r,
+                format!(
                     "unit=records/s baseline=raw-rdkafka-retry-loop raw_retry_vs_raw_happy={:.3}",
                     raw_retry / happy_baseline.unwrap()
                 ),
-            });
+            ));
         }
     }
     if want("delay") {
@@ -1309,17 +1313,14 @@ async fn bench_main() {
             let m = (n / 5).max(10_000);
             let ((ir, il), (sr, sl)) = sidecar_http(&bootstrap, m).await;
             eprintln!("sidecar: in-process {ir:.0} rec/s p99 {il:.1} ms; http {sr:.0} rec/s p99 {sl:.1} ms");
-            lines.push(Line {
-                scenario: "sidecar_http_throughput",
-                baseline: ir,
-                redrive: sr,
-                ratio: sr / ir,
-                target: "report".into(),
-                pass: true,
-                extra: format!(
+            lines.push(Line::report(
+                "sidecar_http_throughput",
+                ir,
+                sr,
+                format!(
                     "unit=records/s baseline=in-process-no-op-handler records={m} concurrency=64"
                 ),
-            });
+            ));
             lines.push(Line {
                 scenario: "sidecar_http_p99_latency",
                 baseline: il,
