@@ -27,13 +27,6 @@ use tower::service_fn;
 
 const PARTITIONS: i32 = 6;
 const VALUE_BYTES: usize = 100;
-/// `fetch.wait.max.ms` of the raw rdkafka consumers: redrive's default
-/// (`WorkerBuilder::DEFAULT_FETCH_WAIT_MS`), so both sides fetch alike. librdkafka keeps one
-/// fetch in flight per broker, and the broker holds a fetch whose partitions have no new data
-/// for up to this long, while partitions with data (left out of that fetch because their
-/// queues were full) wait. With librdkafka's 500 ms whole rounds of either side stalled ~45
-/// times per million records (session 7); a retryable route, whose retry topics are idle,
-/// ran at a third of its speed (session 12, BENCHMARKS.md).
 /// `fetch.queue.backoff.ms` of the raw rdkafka consumers: redrive's default, so both sides
 /// fetch alike. With librdkafka's 1,000 ms the raw loop's fetcher paused for a second each
 /// time its queue passed `queued.min.messages`: the baseline's rounds swung between 290k and
@@ -292,6 +285,10 @@ fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("session.timeout.ms", "6000")
+        // redrive's default, so both sides fetch alike. With librdkafka's 500 ms whole rounds
+        // of either side stalled ~45 times per million records (session 7): librdkafka keeps
+        // one fetch in flight per broker, and the broker holds a fetch whose partitions have
+        // no new data while partitions left out of it wait (session 12, BENCHMARKS.md).
         .set(
             "fetch.wait.max.ms",
             WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
