@@ -437,6 +437,12 @@ pub async fn run(
         _ => None,
     };
     let mut cfg = ClientConfig::new();
+    // Partitions read to their end stay assigned and idle: as for a worker, a fetch holding
+    // only those would keep the others waiting for librdkafka's 500 ms.
+    cfg.set(
+        "fetch.wait.max.ms",
+        crate::WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
+    );
     for (k, v) in kafka {
         cfg.set(k, v);
     }
