@@ -286,9 +286,9 @@ fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
         .set("group.id", group)
         .set("session.timeout.ms", "6000")
         // redrive's default, so both sides fetch alike. With librdkafka's 500 ms whole rounds
-        // of either side stalled ~45 times per million records (session 7): librdkafka keeps
-        // one fetch in flight per broker, and the broker holds a fetch whose partitions have
-        // no new data while partitions left out of it wait (session 12, BENCHMARKS.md).
+        // of either side stalled (session 7: nisshi sometimes holds a fetch of partitions that
+        // have records and answers it empty), and a fetch carrying only idle partitions holds
+        // back the busy ones left out of it, on any broker (session 12, BENCHMARKS.md).
         .set(
             "fetch.wait.max.ms",
             WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
