@@ -286,9 +286,9 @@ fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
         .set("group.id", group)
         .set("session.timeout.ms", "6000")
         // redrive's default, so both sides fetch alike. With librdkafka's 500 ms whole rounds
-        // of either side stalled (session 7: nisshi sometimes holds a fetch of partitions that
-        // have records and answers it empty), and a fetch carrying only idle partitions holds
-        // back the busy ones left out of it, on any broker (session 12, BENCHMARKS.md).
+        // of either side stalled: near a round's end a fetch carrying only partitions already
+        // read to their end is held that long while the others, left out of it with full
+        // queues, drain and wait (session 12, BENCHMARKS.md).
         .set(
             "fetch.wait.max.ms",
             WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
