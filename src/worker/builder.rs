@@ -123,9 +123,11 @@ impl WorkerBuilder {
     /// The `fetch.wait.max.ms` redrive sets unless [`property`](Self::property) sets it
     /// (librdkafka's default is 500). librdkafka keeps one fetch in flight per broker, and
     /// the broker holds a fetch whose partitions have no new data for up to this long: with
-    /// idle retry topics next to a busy main topic, every fetch that happens to carry only
-    /// the idle partitions holds back the busy ones for that long. The cost of a short wait
-    /// is an idle worker's fetch rate: one request per broker every 25 ms.
+    /// idle retry topics next to a busy main topic (or partitions that caught up next to
+    /// partitions with a backlog), every fetch that happens to carry only the idle
+    /// partitions holds back the busy ones, left out of it while their queues were full,
+    /// for that long. The cost of a short wait is an idle worker's fetch rate: one request
+    /// per broker every 25 ms.
     pub const DEFAULT_FETCH_WAIT_MS: u32 = 25;
 
     /// A builder with the defaults: commit `async:5s`, 10,000 records / 64 MiB in flight,
