@@ -243,7 +243,11 @@ impl WorkerBuilder {
     /// Records librdkafka prefetches per partition ahead of its handler (`queued.min.messages`;
     /// default 100,000, librdkafka's). Prefetched bytes per partition are bounded by
     /// `queued.max.messages.kbytes`, which redrive sets to 1024 (1 MiB; librdkafka's 64 MiB
-    /// applies per partition once each has its own queue) unless you set it.
+    /// applies per partition once each has its own queue) unless you set it. librdkafka also
+    /// caps each fetch request at that size unless `fetch.max.bytes` is set, and keeps one
+    /// fetch in flight per broker: a worker reads at most 1 MiB per broker per round trip.
+    /// Against a broker far away, set `fetch.max.bytes` higher (on a local broker larger
+    /// fetches measured slower: BENCHMARKS.md, session 12).
     pub fn partition_queue(mut self, n: usize) -> Self {
         self.partition_queue = n;
         self
