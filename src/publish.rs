@@ -136,7 +136,6 @@ pub trait Publish: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: Arc<ThreadedProducer<PublishContext>>,
-    timeout: Duration,
 }
 
 /// The producer context of a [`KafkaPublisher`]: hands each delivery report to whoever
@@ -204,7 +203,6 @@ impl KafkaPublisher {
             .map_err(crate::Error::from_client_config)?;
         Ok(KafkaPublisher {
             producer: Arc::new(producer),
-            timeout: Duration::from_secs(30),
         })
     }
 
@@ -287,14 +285,14 @@ pub(crate) fn future_record(r: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
 impl Publish for KafkaPublisher {
     /// Enqueues the record at once (so copies keep the order of the calls) and returns a
     /// future of its acknowledgement. A full local queue is waited out in the future, for up
-    /// to 30 s, as rdkafka's `FutureProducer::send` does.
+    /// to 30 s (as rdkafka's `FutureProducer::send` with its usual timeout).
     fn publish(&self, r: &Outgoing) -> PublishFuture {
         match self.send_future(r) {
             Ok(acked) => acked,
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 let (r, this) = (r.clone(), self.clone());
                 Box::pin(async move {
-                    let deadline = Instant::now() + this.timeout;
+                    let deadline = Instant::now() + QUEUE_FULL_DEADLINE;
                     loop {
                         tokio::time::sleep(QUEUE_FULL_WAIT).await;
                         match this.send_future(&r) {
@@ -317,3 +315,7 @@ impl Publish for KafkaPublisher {
 
 /// How long a send waits for room in a full local queue before trying again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a send waits for room in a full local queue in all, as rdkafka's
+/// `FutureProducer::send` with its usual 30 s.
+const QUEUE_FULL_DEADLINE: Duration = Duration::from_secs(30);

@@ -687,10 +687,7 @@ fn consumer_config(props: &BTreeMap<String, String>, partition_queue: usize) -> 
     // A partition whose queue reached those bounds is fetched again only after this back-
     // off (librdkafka's default is 1 s): short, so a drained queue refills without a stall.
     cfg.set("fetch.queue.backoff.ms", "20");
-    // Retry topics are idle most of the time, and a fetch carrying only idle partitions
-    // holds back the busy ones for this long (see the constant). A retryable route with
-    // no failures: 0.36-0.43M records/s at librdkafka's 500 ms, 1.14-1.20M at 25
-    // (BENCHMARKS.md, session 12).
+    // Why 25 ms and not librdkafka's 500: see the constant.
     cfg.set(
         "fetch.wait.max.ms",
         WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),

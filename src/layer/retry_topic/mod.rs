@@ -474,7 +474,6 @@ fn route_failure(
         entry.count_scheduled(attempt);
         tracing::debug!(record = %record.coordinates(), attempt, topic, due_ms, error = %error_chain(&*err), "scheduling a retry");
     }
-    let to_dlt = target == "dlt";
     let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
     let deferral = record.defer();
     let failed = Failed {
@@ -484,7 +483,7 @@ fn route_failure(
         err,
         attempt,
         due_ms,
-        to_dlt,
+        target,
     };
     let kafka = shared.publisher.as_kafka();
     match (deferral, kafka) {
@@ -549,7 +548,8 @@ struct Failed {
     err: BoxError,
     attempt: u32,
     due_ms: i64,
-    to_dlt: bool,
+    /// `"retry"` or `"dlt"`, as chosen for the first copy.
+    target: &'static str,
 }
 
 impl Failed {
@@ -563,7 +563,7 @@ impl Failed {
             err,
             attempt,
             due_ms,
-            to_dlt,
+            target,
         } = self;
         let Some(shared) = shared.upgrade() else {
             tracing::debug!(record = %record.coordinates(), "the retry layer is gone; the record stays uncommitted, to be read again");
@@ -572,9 +572,9 @@ impl Failed {
         let shared = &*shared;
         // The topic chosen above: the topology does not change.
         let topology = &entry.topology;
-        let topic = match to_dlt {
-            false => topology.hop(attempt).map(|h| h.topic.as_str()),
-            true => topology.dlt(),
+        let topic = match target {
+            "dlt" => topology.dlt(),
+            _ => topology.hop(attempt).map(|h| h.topic.as_str()),
         };
         let Some(topic) = topic else {
             // Unreachable: the same topology gave the topic above. Not silent if it is.
@@ -584,7 +584,6 @@ impl Failed {
         let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
         let first =
             first.map(|e| Box::pin(std::future::ready(Err(e))) as crate::publish::PublishFuture);
-        let target = if to_dlt { "dlt" } else { "retry" };
         publish_until_acked(&*shared.publisher, out, first, &entry, target, &record).await;
     }
 }
