@@ -11,7 +11,7 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use super::fetch::{Cursor, Feed};
-use super::tracker::OffsetTracker;
+use super::tracker::{Completion, OffsetTracker};
 use super::{PartitionShared, RuntimeShared};
 use crate::commit::CommitTrigger;
 use crate::error::{error_chain, BoxError};
@@ -480,8 +480,9 @@ where
             if shared.take_deferred(offset) {
                 outstanding += 1;
             } else {
-                tracker.complete(offset);
-                shared.observe(&tracker);
+                if tracker.complete(offset) == Completion::Moved {
+                    shared.observe(&tracker);
+                }
                 finished.add(&shared);
             }
             source.recycle(permits);
@@ -603,12 +604,12 @@ fn settle(
     finished: &mut FinishedCount<'_>,
     offset: i64,
 ) {
-    if tracker.is_unfinished(offset) {
-        if tracker.complete(offset) {
-            shared.observe(tracker);
-        }
-        finished.add(shared);
+    match tracker.complete(offset) {
+        Completion::Ignored => return,
+        Completion::Held => {}
+        Completion::Moved => shared.observe(tracker),
     }
+    finished.add(shared);
 }
 
 /// The span of one record, with OpenTelemetry's messaging attributes. Attempt and trace id

@@ -2,6 +2,17 @@
 
 use std::collections::VecDeque;
 
+/// What [`OffsetTracker::complete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completion {
+    /// The offset is unknown, released or final already: nothing changed.
+    Ignored,
+    /// Final now; an older unfinished record still holds the commit position.
+    Held,
+    /// Final now, and the commit position moved.
+    Moved,
+}
+
 /// Tracks the records of one partition from dispatch to a final outcome.
 ///
 /// Records are dispatched in offset order and may finish in any order. The commit position is
@@ -31,9 +42,9 @@ impl OffsetTracker {
         self.next = Some(offset + 1);
     }
 
-    /// Marks a record final. Unknown or already released offsets are ignored, so a duplicate
-    /// acknowledgement is harmless. Returns true when the commit position moved.
-    pub(crate) fn complete(&mut self, offset: i64) -> bool {
+    /// Marks a record final. Unknown, released or already final offsets are ignored, so a
+    /// duplicate acknowledgement is harmless.
+    pub(crate) fn complete(&mut self, offset: i64) -> Completion {
         // Without a search in the common cases: records finish in order (the oldest), or
         // one at a time behind a deferred one, which holds the front (the newest).
         let last = self.pending.len().wrapping_sub(1);
@@ -42,24 +53,19 @@ impl OffsetTracker {
             (_, Some(&(o, _, _))) if o == offset => last,
             _ => match self.pending.binary_search_by_key(&offset, |&(o, _, _)| o) {
                 Ok(i) => i,
-                Err(_) => return false,
+                Err(_) => return Completion::Ignored,
             },
         };
-        self.pending[idx].1 = true;
+        if std::mem::replace(&mut self.pending[idx].1, true) {
+            return Completion::Ignored;
+        }
         if idx != 0 {
-            return false;
+            return Completion::Held;
         }
         while let Some(&(_, true, _)) = self.pending.front() {
             self.pending.pop_front();
         }
-        true
-    }
-
-    /// True when the record at `offset` was dispatched and is not final yet.
-    pub(crate) fn is_unfinished(&self, offset: i64) -> bool {
-        self.pending
-            .binary_search_by_key(&offset, |&(o, _, _)| o)
-            .is_ok_and(|i| !self.pending[i].1)
+        Completion::Moved
     }
 
     /// The offset to commit (Kafka's "next offset to read"), if any record was dispatched.
@@ -92,7 +98,7 @@ mod tests {
         assert_eq!(t.committable(), None);
         t.dispatched(10, 0);
         assert_eq!(t.committable(), Some(10));
-        assert!(t.complete(10));
+        assert_eq!(t.complete(10), Completion::Moved);
         assert_eq!(t.committable(), Some(11));
     }
 
@@ -102,22 +108,22 @@ mod tests {
         for o in [5, 6, 9, 12] {
             t.dispatched(o, 0);
         }
-        assert!(
-            t.is_unfinished(9) && !t.is_unfinished(7),
-            "dispatched vs never seen"
-        );
-        assert!(!t.complete(9));
-        assert!(!t.complete(12));
+        assert_eq!(t.complete(7), Completion::Ignored, "never dispatched");
+        assert_eq!(t.complete(9), Completion::Held);
+        assert_eq!(t.complete(12), Completion::Held);
+        assert_eq!(t.complete(9), Completion::Ignored, "final already");
         assert_eq!(t.committable(), Some(5));
-        assert!(t.complete(5));
+        assert_eq!(t.unfinished(), 2);
+        assert_eq!(t.complete(5), Completion::Moved);
         assert_eq!(t.committable(), Some(6));
-        assert!(t.complete(6));
+        assert_eq!(t.complete(6), Completion::Moved);
         assert_eq!(t.committable(), Some(13));
-        assert!(!t.complete(6), "duplicate ack is ignored");
-        assert!(
-            !t.is_unfinished(6) && !t.is_unfinished(12),
-            "final or released"
+        assert_eq!(
+            t.complete(6),
+            Completion::Ignored,
+            "duplicate ack, released"
         );
+        assert_eq!(t.complete(12), Completion::Ignored, "released");
         assert_eq!(t.unfinished(), 0);
     }
 
@@ -141,9 +147,12 @@ mod tests {
                 if unfinished.is_empty() { break; }
                 let i = idx.index(unfinished.len());
                 let off = unfinished.remove(i);
-                t.complete(off);
+                let before = t.committable();
+                let done = t.complete(off);
                 let expect = unfinished.iter().copied().min().unwrap_or(next);
                 prop_assert_eq!(t.committable(), Some(expect));
+                prop_assert_eq!(done == Completion::Moved, before != Some(expect));
+                prop_assert_eq!(t.complete(off), Completion::Ignored);
             }
         }
     }
