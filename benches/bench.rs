@@ -600,12 +600,23 @@ fn with_bench_props(mut builder: WorkerBuilder) -> WorkerBuilder {
     builder
 }
 
+/// The route the happy scenario's redrive side runs.
+#[derive(Clone, Copy, PartialEq)]
+enum HappyRoute {
+    /// `Route::new` with the no-op handler (the target's line).
+    Plain,
+    /// Behind a retry policy that never fires: what the retry layer costs a success.
+    Retryable,
+    /// `Route::without_headers`: the same work as the raw loop, which never asks for them.
+    WithoutHeaders,
+}
+
 /// redrive with a no-op handler, `async:1000`. Returns (records/s, CPU s per million).
 async fn redrive_happy(
     bootstrap: &str,
     topic: &str,
     n: u64,
-    retryable: bool,
+    kind: HappyRoute,
 ) -> (f64, f64, Option<f64>) {
     let first: Mark = Arc::default();
     let f2 = first.clone();
@@ -628,11 +639,22 @@ async fn redrive_happy(
         .property("session.timeout.ms", "6000")
         .commit_policy(CommitPolicy::async_every(1000));
     let route = Route::new(topic, handler);
-    // With a retry policy and no failures: what the retry layer costs a success.
-    let route = if retryable || std::env::var_os("BENCH_HAPPY_RETRYABLE").is_some() {
-        route.retry(RetryPolicy::new().attempts(2).fixed(Duration::from_secs(1)))
-    } else {
-        route
+    // The environment variables apply to the plain route's side, for profiling.
+    let kind = match kind {
+        HappyRoute::Plain if std::env::var_os("BENCH_HAPPY_RETRYABLE").is_some() => {
+            HappyRoute::Retryable
+        }
+        HappyRoute::Plain if std::env::var_os("BENCH_HAPPY_WITHOUT_HEADERS").is_some() => {
+            HappyRoute::WithoutHeaders
+        }
+        k => k,
+    };
+    let route = match kind {
+        HappyRoute::Plain => route,
+        HappyRoute::Retryable => {
+            route.retry(RetryPolicy::new().attempts(2).fixed(Duration::from_secs(1)))
+        }
+        HappyRoute::WithoutHeaders => route.without_headers(),
     };
     let builder = builder.route(route);
     let worker = with_bench_props(builder).build().unwrap();
@@ -1087,6 +1109,7 @@ async fn bench_main() {
         let (mut br, mut bc, mut rr, mut rc) = (vec![], vec![], vec![], vec![]);
         let (mut hr, mut hc) = (vec![], vec![]);
         let (mut yr, mut yc) = (vec![], vec![]);
+        let (mut wr, mut wc) = (vec![], vec![]);
         for round in 0..rounds {
             let (r, c, broker) = if side == "redrive" {
                 (1.0, 1.0, None)
@@ -1102,7 +1125,7 @@ async fn bench_main() {
             let (r, c, broker) = if side == "baseline" {
                 (1.0, 1.0, None)
             } else {
-                redrive_happy(&bootstrap, &topic, n, false).await
+                redrive_happy(&bootstrap, &topic, n, HappyRoute::Plain).await
             };
             eprintln!(
                 "round {round}: redrive  {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
@@ -1118,13 +1141,22 @@ async fn bench_main() {
                 );
                 hr.push(r);
                 hc.push(c);
-                let (r, c, broker) = redrive_happy(&bootstrap, &topic, n, true).await;
+                let (r, c, broker) =
+                    redrive_happy(&bootstrap, &topic, n, HappyRoute::Retryable).await;
                 eprintln!(
                     "round {round}: redrive on a retryable route {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
                     broker_note(broker)
                 );
                 yr.push(r);
                 yc.push(c);
+                let (r, c, broker) =
+                    redrive_happy(&bootstrap, &topic, n, HappyRoute::WithoutHeaders).await;
+                eprintln!(
+                    "round {round}: redrive without headers {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
+                    broker_note(broker)
+                );
+                wr.push(r);
+                wc.push(c);
             }
         }
         let (b, r) = (median(&mut br), median(&mut rr));
@@ -1170,6 +1202,20 @@ async fn bench_main() {
                 format!(
                     "unit=records/s baseline=redrive-plain-route cpu_baseline={rcpu:.3} cpu_redrive={ycpu:.3} cpu_ratio={:.3}",
                     ycpu / rcpu
+                ),
+            ));
+        }
+        if !wr.is_empty() {
+            // For reference: a route that takes its records without headers
+            // (`Route::without_headers`) against the raw loop, which never asks for them.
+            let (wrate, wcpu) = (median(&mut wr), median(&mut wc));
+            lines.push(Line::report(
+                "happy_without_headers",
+                b,
+                wrate,
+                format!(
+                    "unit=records/s baseline=raw-loop cpu_baseline={bcpu:.3} cpu_redrive={wcpu:.3} cpu_ratio={:.3}",
+                    wcpu / bcpu
                 ),
             ));
         }

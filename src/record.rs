@@ -222,13 +222,16 @@ impl Record {
         }
     }
 
-    /// An owned copy of a consumed message, read from `topic` (interned by the caller).
+    /// An owned copy of a consumed message, read from `topic` (interned by the caller); its
+    /// headers only with `read_headers` (librdkafka parses them only when asked).
     pub(crate) fn from_message(
         msg: &rdkafka::message::BorrowedMessage<'_>,
         topic: Arc<str>,
+        read_headers: bool,
     ) -> Self {
         use rdkafka::message::{Headers as _, Message};
-        let headers = match msg.headers() {
+        let parsed = if read_headers { msg.headers() } else { None };
+        let headers = match parsed {
             Some(h) => h
                 .iter()
                 .map(|h| Header {
@@ -332,7 +335,8 @@ impl Record {
         self.value.as_ref()
     }
 
-    /// The headers.
+    /// The headers; empty on a route built with
+    /// [`Route::without_headers`](crate::Route::without_headers).
     pub fn headers(&self) -> &Headers {
         &self.headers
     }

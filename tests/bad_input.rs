@@ -62,6 +62,20 @@ fn config_mistakes_name_the_setting() {
         .unwrap();
     assert!(e.to_string().contains("read by two routes"), "{e}");
     let e = base()
+        .route(
+            Route::new("t", noop())
+                .retry(redrive::policy::RetryPolicy::new())
+                .without_headers(),
+        )
+        .build()
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("route `t` has a retry policy"),
+        "{e}"
+    );
+    assert_eq!(setting_of(e), "without_headers");
+    let e = base()
         .property("enable.auto.commit", "true")
         .route(Route::new("t", noop()))
         .build()

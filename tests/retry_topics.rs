@@ -514,6 +514,70 @@ async fn keys_tombstones_and_user_headers_survive_every_hop() {
     );
 }
 
+/// `Route::without_headers` is per route: the same record, with headers, reaches a route that
+/// skips them with everything else intact, and a route next to it with its headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_headers_gets_everything_else() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let (bare, full) = (unique("bare"), unique("full"));
+    let group = unique("g");
+    create_topic(&bootstrap, &bare, 1).await;
+    create_topic(&bootstrap, &full, 1).await;
+    for topic in [&bare, &full] {
+        producer(&bootstrap)
+            .send(
+                FutureRecord::to(topic)
+                    .key("k")
+                    .payload("v")
+                    .timestamp(1_700_000_000_000)
+                    .headers(OwnedHeaders::new().insert(RdHeader {
+                        key: "traceparent",
+                        value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                    })),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let seen: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        service_fn(move |r: Record| {
+            seen.lock().unwrap().push(r);
+            std::future::ready(Ok::<_, BoxError>(()))
+        })
+    };
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .route(Route::new(&bare, handler.clone()).without_headers())
+        .route(Route::new(&full, handler))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "both records handled", || {
+        seen.lock().unwrap().len() == 2
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+
+    let seen = seen.lock().unwrap();
+    let of = |t: &str| seen.iter().find(|r| r.topic() == t).unwrap();
+    let (b, f) = (of(&bare), of(&full));
+    assert!(b.headers().is_empty(), "{:?}", b.headers());
+    assert_eq!(f.headers().len(), 1, "the other route keeps its headers");
+    for r in [b, f] {
+        assert_eq!(r.key().map(|k| &k[..]), Some(&b"k"[..]));
+        assert_eq!(r.value().map(|v| &v[..]), Some(&b"v"[..]));
+        assert_eq!(r.timestamp().map(|t| t.millis), Some(1_700_000_000_000));
+        assert_eq!((r.partition(), r.offset()), (0, 0));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_retry_headers_are_attempt_one_not_a_crash_loop() {
     init_tracing();

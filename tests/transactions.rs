@@ -479,3 +479,74 @@ async fn a_second_instance_with_the_same_id_fences_the_first() {
         .to_string();
     assert!(err.contains("fenced"), "{err}");
 }
+
+/// `Route::without_headers` holds in a transactional worker too, per route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_route_without_headers_gets_none() {
+    let c = Cluster::new("txn-bare");
+    let (bare, full, out) = (c.name("bare"), c.name("full"), c.name("out"));
+    for t in [&bare, &full, &out] {
+        c.create(t).await;
+    }
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &c.bootstrap)
+        .create()
+        .unwrap();
+    for t in [&bare, &full] {
+        p.send(
+            FutureRecord::to(t)
+                .key("k")
+                .payload("v")
+                .partition(0)
+                .headers(
+                    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                        key: "x-tenant",
+                        value: Some("acme"),
+                    }),
+                ),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let seen: Arc<Mutex<Vec<(String, usize, Option<Vec<u8>>)>>> = Arc::default();
+    let handler = {
+        let (seen, out) = (seen.clone(), out.clone());
+        service_fn(move |r: Record| {
+            seen.lock().unwrap().push((
+                r.topic().to_owned(),
+                r.headers().len(),
+                r.value().map(|v| v.to_vec()),
+            ));
+            let out = Outgoing::to(out.clone()).value(r.value().cloned().unwrap_or_default());
+            std::future::ready(Ok::<_, BoxError>(vec![out]))
+        })
+    };
+    let worker = Worker::builder()
+        .bootstrap_servers(&c.bootstrap)
+        .group_id(c.name("group"))
+        .property("session.timeout.ms", "6000")
+        .transactional(Transactional::new(c.name("txn")))
+        .route(Route::new(&bare, handler.clone()).without_headers())
+        .route(Route::new(&full, handler))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    support::eventually(Duration::from_secs(60), "both records handled", || {
+        seen.lock().unwrap().len() == 2
+    })
+    .await;
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (bare, 0, Some(b"v".to_vec())),
+            (full, 1, Some(b"v".to_vec())),
+        ]
+    );
+}

@@ -113,7 +113,7 @@ impl RuntimeContext {
                 continue;
             };
             // Runs on the poll thread (inside `poll`), whose handle the wake-ups use.
-            let (feeder, feed) = super::fetch::feed(queue);
+            let (feeder, feed) = super::fetch::feed(queue, binding.read_headers);
             let (acks, acks_rx) = if cfg.manual_ack {
                 let (a, b) = mpsc::unbounded_channel();
                 (Some(a), Some(b))

@@ -96,11 +96,12 @@ impl BatchBuilder {
         }
     }
 
-    fn push(&mut self, msg: &impl Message) {
+    /// Copies `msg` into the batch; its headers only with `read_headers`.
+    fn push(&mut self, msg: &impl Message, read_headers: bool) {
         let (key, value) = (msg.key(), msg.payload());
         // Once only: librdkafka parses headers on every call when a record has none, with two
         // allocations each time.
-        let headers = msg.headers();
+        let headers = if read_headers { msg.headers() } else { None };
         let (mut key_bytes, mut value_bytes) = (0, 0);
         if let Some(h) = &headers {
             for h in h.iter() {
@@ -209,6 +210,8 @@ pub(crate) struct Feeder {
     signal: Arc<AtomicBool>,
     /// The last fetch stopped at a limit, or found the channel full: poll without a signal.
     more: bool,
+    /// See `TopicBinding::read_headers`.
+    read_headers: bool,
     error_until: Option<Instant>,
     last_warning: Option<Instant>,
 }
@@ -221,7 +224,10 @@ pub(crate) struct Feed {
 }
 
 /// The hand-over of one partition. Called on the poll thread, whose handle the wake-ups use.
-pub(crate) fn feed(mut queue: PartitionQueue<RuntimeContext>) -> (Feeder, Feed) {
+pub(crate) fn feed(
+    mut queue: PartitionQueue<RuntimeContext>,
+    read_headers: bool,
+) -> (Feeder, Feed) {
     let (tx, rx) = mpsc::channel(BATCHES_WAITING);
     let signal = Arc::new(AtomicBool::new(true));
     let poller = std::thread::current();
@@ -237,6 +243,7 @@ pub(crate) fn feed(mut queue: PartitionQueue<RuntimeContext>) -> (Feeder, Feed) 
             tx,
             signal: signal.clone(),
             more: true,
+            read_headers,
             error_until: None,
             last_warning: None,
         },
@@ -268,7 +275,7 @@ impl Feeder {
         let mut batch = BatchBuilder::new();
         while batch.entries.len() < max_records && batch.bytes < MAX_BATCH_BYTES {
             match self.queue.poll(Duration::ZERO) {
-                Some(Ok(msg)) => batch.push(&msg),
+                Some(Ok(msg)) => batch.push(&msg, self.read_headers),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
                     self.error_until = Some(Instant::now() + ERROR_BACKOFF);
@@ -360,7 +367,10 @@ mod tests {
         // 1,000 records of ~110 bytes: more than one 64 KiB chunk.
         for i in 0..1_000i64 {
             let value = vec![(i % 251) as u8; 100 + (i % 7) as usize];
-            b.push(&message(i, Some(i.to_string().as_bytes()), Some(&value)));
+            b.push(
+                &message(i, Some(i.to_string().as_bytes()), Some(&value)),
+                true,
+            );
         }
         assert!(!b.chunks.is_empty(), "the builder started a second chunk");
         let rs = records(b);
@@ -384,9 +394,9 @@ mod tests {
     fn a_record_larger_than_a_chunk_gets_its_own() {
         let big = vec![7u8; CHUNK_BYTES * 3];
         let mut b = BatchBuilder::new();
-        b.push(&message(0, None, Some(b"small")));
-        b.push(&message(1, Some(b"k"), Some(&big)));
-        b.push(&message(2, None, Some(b"after")));
+        b.push(&message(0, None, Some(b"small")), true);
+        b.push(&message(1, Some(b"k"), Some(&big)), true);
+        b.push(&message(2, None, Some(b"after")), true);
         assert_eq!(b.bytes, 5 + 1 + big.len() + 5);
         let rs = records(b);
         assert_eq!(rs[0].value().map(|v| &v[..]), Some(&b"small"[..]));
@@ -420,8 +430,9 @@ mod tests {
             Some(headers),
         );
         let mut b = BatchBuilder::new();
-        b.push(&message(4, Some(b""), None));
-        b.push(&with_headers);
+        b.push(&message(4, Some(b""), None), true);
+        b.push(&with_headers, true);
+        b.push(&with_headers, false);
         let rs = records(b);
         assert_eq!(
             rs[0].key().map(|k| &k[..]),
@@ -443,5 +454,10 @@ mod tests {
             (&*h[2].key, h[2].value.as_deref()),
             ("x-empty", Some(&b""[..]))
         );
+        // The same message pushed without its headers (`Route::without_headers`): all else kept.
+        assert!(rs[2].headers().is_empty());
+        assert_eq!((rs[2].offset(), rs[2].key()), (5, None));
+        assert_eq!(rs[2].value().map(|v| &v[..]), Some(&b""[..]));
+        assert_eq!(rs[2].byte_len(), 0, "the skipped headers count for nothing");
     }
 }

@@ -50,6 +50,9 @@ pub(crate) struct TopicBinding {
     /// it they still work everywhere (a layer that cannot defer finishes inline), and skip
     /// a reference count per record.
     pub carry_state: bool,
+    /// False for a route that takes its records without headers (`Route::without_headers`):
+    /// the poll thread then never asks librdkafka to parse them.
+    pub read_headers: bool,
 }
 
 /// Called with the error and the offsets of a failed asynchronous commit.

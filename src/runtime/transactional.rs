@@ -195,7 +195,8 @@ pub(crate) fn txn_loop(
     aborted_total.increment(0);
 
     let mut services: HashMap<Key, BoxService<Record, (), BoxError>> = HashMap::new();
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+    // Topic name -> (interned name, read its headers?).
+    let mut topics: HashMap<String, (Arc<str>, bool)> = HashMap::new();
     let mut waiting: HashMap<Key, i64> = HashMap::new();
     loop {
         let stopping = rt.shutdown.load(Ordering::Acquire);
@@ -242,19 +243,20 @@ pub(crate) fn txn_loop(
             }
             match polled {
                 Some(Ok(msg)) => {
-                    let topic = match topics.get(msg.topic()) {
+                    let (topic, read_headers) = match topics.get(msg.topic()) {
                         Some(t) => t.clone(),
                         None => {
                             let t: Arc<str> = Arc::from(msg.topic());
-                            topics.insert(msg.topic().to_owned(), t.clone());
-                            t
+                            let read = ctx.routes.get(msg.topic()).is_none_or(|b| b.read_headers);
+                            topics.insert(msg.topic().to_owned(), (t.clone(), read));
+                            (t, read)
                         }
                     };
                     if !waiting.contains_key(&(topic.clone(), msg.partition())) {
                         if batch.is_empty() {
                             deadline = Instant::now() + settings.max_linger;
                         }
-                        batch.push(Record::from_message(&msg, topic));
+                        batch.push(Record::from_message(&msg, topic, read_headers));
                     }
                 }
                 Some(Err(e)) if super::context::is_fatal(&e) => return Err(Error::Kafka(e)),

@@ -592,7 +592,7 @@ pub async fn run(
         if msg.offset() + 1 >= end {
             remaining.remove(&p);
         }
-        let r = Record::from_message(&msg, topic.clone());
+        let r = Record::from_message(&msg, topic.clone(), true);
         drop(msg);
         if selection.matches(&r) {
             summary.selected += 1;

@@ -59,6 +59,8 @@ struct PendingRoute {
     group: Option<String>,
     /// See `Route::layered`.
     layered: bool,
+    /// See `Route::without_headers`.
+    headers: bool,
     /// The handler's response type can hold output records.
     produces: bool,
     make: MakeBindings,
@@ -327,7 +329,7 @@ impl WorkerBuilder {
         let retry = route.retry.clone();
         let has_dlt = route.dlt.is_some();
         let group = route.group.clone();
-        let layered = route.layered;
+        let (layered, headers) = (route.layered, route.headers);
         let produces = <<R::Service as Service<Record>>::Response as IntoOutputs>::MAY_PRODUCE;
         let make: MakeBindings = Box::new(move |layer, output| {
             let Route {
@@ -358,6 +360,7 @@ impl WorkerBuilder {
             has_dlt,
             group,
             layered,
+            headers,
             produces,
             make,
         });
@@ -471,6 +474,15 @@ impl WorkerBuilder {
                 return Err(Error::config(
                     "topic",
                     format!("route `{}`: empty topic name `{t}`", r.name),
+                ));
+            }
+            if !r.headers && r.retry.is_some() {
+                return Err(Error::config(
+                    "without_headers",
+                    format!(
+                        "route `{}` has a retry policy: its retry and dead-letter copies carry the record's headers, so it must read them",
+                        r.name
+                    ),
                 ));
             }
             match &r.retry {
@@ -613,6 +625,7 @@ impl WorkerBuilder {
                         max_wait,
                         count_outcomes: !managed,
                         carry_state: managed || r.layered || self.manual_ack,
+                        read_headers: r.headers,
                     },
                 );
                 topics.push(t);

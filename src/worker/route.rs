@@ -57,6 +57,8 @@ pub struct Route<S> {
     /// A layer was added with [`Route::layer`]: it may be a hand-built retry layer, which
     /// defers completions, so the route's records carry their partition's state.
     pub(crate) layered: bool,
+    /// See [`Route::without_headers`].
+    pub(crate) headers: bool,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -68,6 +70,7 @@ impl<S> std::fmt::Debug for Route<S> {
             .field("retry", &self.retry)
             .field("dlt_handler", &self.dlt.is_some())
             .field("group", &self.group)
+            .field("headers", &self.headers)
             .finish()
     }
 }
@@ -85,6 +88,7 @@ impl<S> Route<S> {
             dlt: None,
             group: None,
             layered: false,
+            headers: true,
         }
     }
 
@@ -141,6 +145,34 @@ impl<S> Route<S> {
         self
     }
 
+    /// Hands the route's records to its service without their headers
+    /// ([`Record::headers`] is empty). For a handler that never reads headers: librdkafka
+    /// parses each record's header section when asked, even an empty one, at about a fifth of
+    /// what reading a record costs the worker's poll thread, and this skips it (the effect on
+    /// throughput is in BENCHMARKS.md, session 13).
+    ///
+    /// What goes without them: a W3C `traceparent` on the record is not seen (spans derive a
+    /// trace id from the record's coordinates instead), and the records reach every layer
+    /// without headers, so a hand-built retry layer added with [`layer`](Self::layer) would
+    /// send copies without the record's headers. A route with a [`RetryPolicy`] cannot skip
+    /// them (the worker's build fails): its retry and dead-letter copies must carry the
+    /// record's headers, and its retry topics' own headers say when each copy is due.
+    ///
+    /// ```
+    /// use redrive::{BoxError, Record, Route};
+    /// use tower::service_fn;
+    ///
+    /// let route = Route::new("page-views", service_fn(|r: Record| async move {
+    ///     assert!(r.headers().is_empty());
+    ///     Ok::<_, BoxError>(())
+    /// }))
+    /// .without_headers();
+    /// ```
+    pub fn without_headers(mut self) -> Self {
+        self.headers = false;
+        self
+    }
+
     /// The topics this route reads.
     pub fn topics(&self) -> &[String] {
         &self.topics
@@ -157,6 +189,7 @@ impl<S> Route<S> {
             dlt: self.dlt,
             group: self.group,
             layered: true,
+            headers: self.headers,
         }
     }
 }
