@@ -510,7 +510,9 @@ async fn a_transactional_route_without_headers_gets_none() {
         .map_err(|(e, _)| e)
         .unwrap();
     }
-    let seen: Arc<Mutex<Vec<(String, usize, Option<Vec<u8>>)>>> = Arc::default();
+    // (topic, headers seen, value) per handled record.
+    type Seen = Vec<(String, usize, Option<Vec<u8>>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let handler = {
         let (seen, out) = (seen.clone(), out.clone());
         service_fn(move |r: Record| {
