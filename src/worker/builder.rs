@@ -59,8 +59,8 @@ struct PendingRoute {
     group: Option<String>,
     /// See `Route::layered`.
     layered: bool,
-    /// See `Route::without_headers`.
-    headers: bool,
+    /// False after `Route::without_headers`.
+    read_headers: bool,
     /// The handler's response type can hold output records.
     produces: bool,
     make: MakeBindings,
@@ -329,7 +329,7 @@ impl WorkerBuilder {
         let retry = route.retry.clone();
         let has_dlt = route.dlt.is_some();
         let group = route.group.clone();
-        let (layered, headers) = (route.layered, route.headers);
+        let (layered, read_headers) = (route.layered, route.read_headers);
         let produces = <<R::Service as Service<Record>>::Response as IntoOutputs>::MAY_PRODUCE;
         let make: MakeBindings = Box::new(move |layer, output| {
             let Route {
@@ -360,7 +360,7 @@ impl WorkerBuilder {
             has_dlt,
             group,
             layered,
-            headers,
+            read_headers,
             produces,
             make,
         });
@@ -476,7 +476,7 @@ impl WorkerBuilder {
                     format!("route `{}`: empty topic name `{t}`", r.name),
                 ));
             }
-            if !r.headers && r.retry.is_some() {
+            if !r.read_headers && r.retry.is_some() {
                 return Err(Error::config(
                     "without_headers",
                     format!(
@@ -625,7 +625,7 @@ impl WorkerBuilder {
                         max_wait,
                         count_outcomes: !managed,
                         carry_state: managed || r.layered || self.manual_ack,
-                        read_headers: r.headers,
+                        read_headers: r.read_headers,
                     },
                 );
                 topics.push(t);

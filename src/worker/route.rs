@@ -57,8 +57,8 @@ pub struct Route<S> {
     /// A layer was added with [`Route::layer`]: it may be a hand-built retry layer, which
     /// defers completions, so the route's records carry their partition's state.
     pub(crate) layered: bool,
-    /// See [`Route::without_headers`].
-    pub(crate) headers: bool,
+    /// False after [`Route::without_headers`].
+    pub(crate) read_headers: bool,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -70,7 +70,7 @@ impl<S> std::fmt::Debug for Route<S> {
             .field("retry", &self.retry)
             .field("dlt_handler", &self.dlt.is_some())
             .field("group", &self.group)
-            .field("headers", &self.headers)
+            .field("read_headers", &self.read_headers)
             .finish()
     }
 }
@@ -88,7 +88,7 @@ impl<S> Route<S> {
             dlt: None,
             group: None,
             layered: false,
-            headers: true,
+            read_headers: true,
         }
     }
 
@@ -169,7 +169,7 @@ impl<S> Route<S> {
     /// .without_headers();
     /// ```
     pub fn without_headers(mut self) -> Self {
-        self.headers = false;
+        self.read_headers = false;
         self
     }
 
@@ -189,7 +189,7 @@ impl<S> Route<S> {
             dlt: self.dlt,
             group: self.group,
             layered: true,
-            headers: self.headers,
+            read_headers: self.read_headers,
         }
     }
 }
