@@ -2,6 +2,13 @@
 
 #![forbid(unsafe_code)]
 
+// jemalloc for every allocation, librdkafka's included (the dependency exports `malloc`):
+// glibc's malloc serves librdkafka's per-record `calloc` on its slow path and makes threads
+// that free what others allocated contend for its arenas (BENCHMARKS.md, session 14).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     redrive::sidecar::cli::main()
 }
