@@ -29,15 +29,15 @@ use tower::service_fn;
 // Feature `bench-jemalloc`: every allocation of the process, librdkafka's included, on
 // jemalloc (both sides alike); glibc's malloc otherwise, as for an application that does not
 // choose one.
-#[cfg(feature = "bench-jemalloc")]
+#[cfg(all(feature = "bench-jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The allocator of this run, as the report names it.
-const ALLOCATOR_NAME: &str = if cfg!(feature = "bench-jemalloc") {
+const ALLOCATOR_NAME: &str = if cfg!(all(feature = "bench-jemalloc", not(target_env = "msvc"))) {
     "jemalloc"
 } else {
-    "glibc-malloc"
+    "system-malloc"
 };
 
 const PARTITIONS: i32 = 6;
@@ -1371,7 +1371,7 @@ async fn bench_main() {
         };
         let mib = peak_mib(None);
         // glibc's setting only: jemalloc ignores it.
-        let arenas = if cfg!(feature = "bench-jemalloc") {
+        let arenas = if ALLOCATOR_NAME == "jemalloc" {
             String::new()
         } else {
             format!(" with_malloc_arena_max_2={:.1}", peak_mib(Some("2")))

@@ -5,7 +5,7 @@
 // jemalloc for every allocation, librdkafka's included (the dependency exports `malloc`):
 // glibc's malloc serves librdkafka's per-record `calloc` on its slow path and makes threads
 // that free what others allocated contend for its arenas (BENCHMARKS.md, session 14).
-#[cfg(feature = "jemalloc")]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
