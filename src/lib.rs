@@ -14,13 +14,13 @@
 //!
 //! librdkafka allocates on one thread what another frees (every fetched record, every
 //! header section it parses, every retry copy it sends), and it asks for zeroed memory
-//! (`calloc`) per record. glibc's `malloc` serves `calloc` outside its per-thread cache and
-//! makes threads that free each other's memory contend for its arenas. With jemalloc for
-//! every allocation of the process, librdkafka's included, a worker on 2 cores handled
-//! 1.24-1.51x the records per second (all successes, 10 % failing through a retry topic, and
-//! the sidecar over HTTP alike; a raw rdkafka loop gained 1.11-1.27x; BENCHMARKS.md,
-//! session 14). redrive does not choose the allocator for you, since that is the
-//! application's call; the `redrive` binary uses jemalloc. To do the same, add
+//! (`calloc`) per record. glibc's `malloc` (2.36) serves `calloc` outside its per-thread
+//! cache and makes threads that free each other's memory contend for its arenas. With
+//! jemalloc for every allocation of the process, librdkafka's included, a worker on 2 cores
+//! handled 1.24-1.51x the records per second (all successes, 10 % failing through a retry
+//! topic, and the sidecar over HTTP alike; a raw rdkafka loop gained 1.11-1.27x;
+//! BENCHMARKS.md, session 14). redrive does not choose the allocator for you, since that is
+//! the application's call; the `redrive` binary uses jemalloc. To do the same, add
 //! `tikv-jemallocator` with its feature `unprefixed_malloc_on_supported_platforms` (which
 //! makes C code linked into the binary, librdkafka included, use it too) and declare it in
 //! your binary:
