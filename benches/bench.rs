@@ -1103,12 +1103,31 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    // BENCH_PROMETHEUS=1: redrive records its metrics into the Prometheus recorder, as a
+    // service exporting them does (nothing scrapes it); by default no recorder is installed.
+    if std::env::var_os("BENCH_PROMETHEUS").is_some() {
+        install_prometheus();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
         .expect("tokio runtime")
         .block_on(bench_main());
+}
+
+#[cfg(feature = "prometheus")]
+fn install_prometheus() {
+    redrive::metrics::install_prometheus_recorder().expect("the Prometheus recorder");
+    eprintln!("metrics: Prometheus recorder installed");
+}
+
+#[cfg(not(feature = "prometheus"))]
+fn install_prometheus() {
+    eprintln!(
+        "BENCH_PROMETHEUS needs the recorder: cargo bench --features prometheus (or sidecar)"
+    );
+    std::process::exit(2);
 }
 
 async fn bench_main() {
