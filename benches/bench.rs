@@ -27,14 +27,17 @@ use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker, Worker
 use tower::service_fn;
 
 // Feature `bench-jemalloc`: every allocation of the process, librdkafka's included, on
-// jemalloc (both sides alike); glibc's malloc otherwise, as for an application that does not
-// choose one.
+// jemalloc (both sides alike); the system's malloc (glibc here) otherwise, as for an
+// application that does not choose one.
 #[cfg(all(feature = "bench-jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Whether this run allocates with jemalloc (the `ALLOCATOR` above).
+const JEMALLOC: bool = cfg!(all(feature = "bench-jemalloc", not(target_env = "msvc")));
+
 /// The allocator of this run, as the report names it.
-const ALLOCATOR_NAME: &str = if cfg!(all(feature = "bench-jemalloc", not(target_env = "msvc"))) {
+const ALLOCATOR_NAME: &str = if JEMALLOC {
     "jemalloc"
 } else {
     "system-malloc"
@@ -47,6 +50,18 @@ const VALUE_BYTES: usize = 100;
 /// time its queue passed `queued.min.messages`: the baseline's rounds swung between 290k and
 /// 2.1M records/s, and the raw retry loop ran at 180k (session 8, BENCHMARKS.md).
 const FETCH_QUEUE_BACKOFF_MS: &str = "20";
+
+/// The number in environment variable `name`, or `default` when it is unset; a value that
+/// is not a number stops the bench rather than being ignored.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
 
 /// Process CPU time (user + system, all threads), from /proc/self/stat.
 fn cpu_seconds() -> f64 {
@@ -740,10 +755,7 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
         std::future::ready(res)
     });
     // The 1 s; another delay (`BENCH_RETRY_DELAY_MS`) for profiling only.
-    let delay_ms = std::env::var("BENCH_RETRY_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let delay_ms = env_number("BENCH_RETRY_DELAY_MS", 1000);
     let policy = RetryPolicy::new()
         .attempts(2)
         .fixed(Duration::from_millis(delay_ms));
@@ -921,12 +933,8 @@ async fn transform(n: u64, transactional: bool) -> f64 {
     let route = Route::new(&input, handler);
     b = if transactional {
         b.transactional(
-            redrive::transaction::Transactional::new(support::unique("bench-txn")).batch_size(
-                std::env::var("BENCH_TXN_BATCH")
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(5000),
-            ),
+            redrive::transaction::Transactional::new(support::unique("bench-txn"))
+                .batch_size(env_number("BENCH_TXN_BATCH", 5000)),
         )
         .route(route)
     } else {
@@ -1099,10 +1107,7 @@ async fn sidecar_side(
 
 fn main() {
     // BENCH_WORKERS: tokio worker threads (default 2, one per core of the reference machine).
-    let workers = std::env::var("BENCH_WORKERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let workers = env_number("BENCH_WORKERS", 2);
     // BENCH_PROMETHEUS=1: redrive records its metrics into the Prometheus recorder, as a
     // service exporting them does (nothing scrapes it); by default no recorder is installed.
     if std::env::var_os("BENCH_PROMETHEUS").is_some() {
@@ -1158,14 +1163,8 @@ async fn bench_main() {
         return;
     }
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
-    let n: u64 = std::env::var("BENCH_RECORDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let n: u64 = env_number("BENCH_RECORDS", 1_000_000);
+    let rounds: usize = env_number("BENCH_ROUNDS", 3);
     let mut lines = Vec::new();
     eprintln!("broker {bootstrap}; {n} records of {VALUE_BYTES} bytes, {PARTITIONS} partitions, {rounds} rounds; allocator {ALLOCATOR_NAME}");
 
@@ -1294,10 +1293,7 @@ async fn bench_main() {
         }
     }
     if want("retry") {
-        let m = std::env::var("BENCH_RETRY_RECORDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(n);
+        let m = env_number("BENCH_RETRY_RECORDS", n);
         let (mut rr, mut raw) = (vec![], vec![]);
         let mut completed = 0;
         for round in 0..rounds {
@@ -1390,7 +1386,7 @@ async fn bench_main() {
         };
         let mib = peak_mib(None);
         // glibc's setting only: jemalloc ignores it.
-        let arenas = if ALLOCATOR_NAME == "jemalloc" {
+        let arenas = if JEMALLOC {
             String::new()
         } else {
             format!(" with_malloc_arena_max_2={:.1}", peak_mib(Some("2")))
@@ -1406,10 +1402,7 @@ async fn bench_main() {
         });
     }
     if want("transactional") {
-        let m: u64 = std::env::var("BENCH_TXN_RECORDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(150_000);
+        let m: u64 = env_number("BENCH_TXN_RECORDS", 150_000);
         let (mut aa, mut tt) = (vec![], vec![]);
         for round in 0..rounds {
             let a = transform(m, false).await;
