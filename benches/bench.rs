@@ -1143,6 +1143,13 @@ async fn bench_main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    // BENCH_SIDE=baseline|redrive runs one side only (for a profiler); the other side's
+    // figures are 1.0, so the lines that compare them are marked and never pass.
+    let side = std::env::var("BENCH_SIDE").unwrap_or_default();
+    if !["", "baseline", "redrive"].contains(&side.as_str()) {
+        eprintln!("BENCH_SIDE={side:?}: expected `baseline` or `redrive` (or unset for both)");
+        std::process::exit(2);
+    }
     let bootstrap = match std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
         Ok(b) if !b.is_empty() => {
             let pid = std::env::var("BENCH_BROKER_PID")
@@ -1169,9 +1176,6 @@ async fn bench_main() {
     eprintln!("broker {bootstrap}; {n} records of {VALUE_BYTES} bytes, {PARTITIONS} partitions, {rounds} rounds; allocator {ALLOCATOR_NAME}");
 
     let (mut happy_redrive, mut happy_baseline) = (None, None);
-    // BENCH_SIDE=baseline|redrive runs one side only (for a profiler); the other side's
-    // figures are 1.0, so the lines that compare them are marked and never pass.
-    let side = std::env::var("BENCH_SIDE").unwrap_or_default();
     if want("happy") || want("retry") {
         let topic = support::unique("bench-happy");
         support::create_topic(&bootstrap, &topic, PARTITIONS).await;
@@ -1465,8 +1469,8 @@ async fn bench_main() {
         );
     }
     if !side.is_empty() {
-        // Only one side ran: its figures stand, but no line compared anything.
-        // The retry line compares with the happy scenario's redrive side.
+        // The lines that compare with the side not run say so and do not pass; the retry
+        // line compares with the happy scenario's redrive side.
         let unmeasured =
             |s: &str| s.starts_with("happy") || (side == "baseline" && s == "retry_path");
         for l in lines.iter_mut().filter(|l| unmeasured(l.scenario)) {
