@@ -108,7 +108,8 @@ impl RuntimeContext {
             if st.slots.contains_key(&(topic.clone(), p)) {
                 continue;
             }
-            let Some(queue) = consumer.split_partition_queue(topic, p) else {
+            let Some(queue) = redrive_partition_queue::BatchQueue::split(&consumer, topic, p)
+            else {
                 tracing::error!(topic = %topic, partition = p, "cannot split the partition's queue; it is not consumed");
                 continue;
             };

@@ -20,9 +20,9 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, Message};
+use redrive_partition_queue::BatchQueue;
 use tokio::sync::mpsc;
 
 use super::RuntimeContext;
@@ -40,6 +40,10 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Batches waiting for one partition's task: enough that the task rarely waits for the poll
 /// thread; at most `BATCHES_WAITING x MAX_BATCH_BYTES` (1 MiB) of copies per partition.
 const BATCHES_WAITING: usize = 4;
+
+/// Messages taken from librdkafka per call: its per-call costs (clock reads, locks) are paid
+/// once for this many records.
+const MESSAGES_PER_READ: usize = 128;
 
 /// How long a partition whose queue returned an error is left alone.
 const ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -204,7 +208,7 @@ impl Cursor {
 /// The poll thread's side of one partition's hand-over: its librdkafka queue and the channel
 /// to its task.
 pub(crate) struct Feeder {
-    queue: PartitionQueue<RuntimeContext>,
+    queue: BatchQueue<RuntimeContext>,
     tx: mpsc::Sender<Batch>,
     /// Set when the queue became non-empty or the task took a batch.
     signal: Arc<AtomicBool>,
@@ -224,10 +228,7 @@ pub(crate) struct Feed {
 }
 
 /// The hand-over of one partition. Called on the poll thread, whose handle the wake-ups use.
-pub(crate) fn feed(
-    mut queue: PartitionQueue<RuntimeContext>,
-    read_headers: bool,
-) -> (Feeder, Feed) {
+pub(crate) fn feed(mut queue: BatchQueue<RuntimeContext>, read_headers: bool) -> (Feeder, Feed) {
     let (tx, rx) = mpsc::channel(BATCHES_WAITING);
     let signal = Arc::new(AtomicBool::new(true));
     let poller = std::thread::current();
@@ -274,21 +275,39 @@ impl Feeder {
         let max_records = max_records.max(1);
         let mut batch = BatchBuilder::new();
         while batch.entries.len() < max_records && batch.bytes < MAX_BATCH_BYTES {
-            match self.queue.poll(Duration::ZERO) {
-                Some(Ok(msg)) => batch.push(&msg, self.read_headers),
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => {
-                    self.error_until = Some(Instant::now() + ERROR_BACKOFF);
-                    if self
-                        .last_warning
-                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-                    {
-                        self.last_warning = Some(Instant::now());
-                        tracing::warn!(topic, partition, error = %e, "partition fetch error");
+            // Sized so the batch ends near its byte limit at the records' size so far.
+            let room = MAX_BATCH_BYTES - batch.bytes;
+            let per_record = batch
+                .bytes
+                .checked_div(batch.entries.len())
+                .unwrap_or(0)
+                .max(1);
+            let want = (room / per_record)
+                .clamp(1, MESSAGES_PER_READ)
+                .min(max_records - batch.entries.len());
+            let messages = self.queue.consume(want);
+            let got = messages.len();
+            // Every message taken is copied, an error among them included: librdkafka has
+            // moved its position past all of them, so one left out would never be handled.
+            for m in messages.iter() {
+                match m {
+                    Ok(msg) => batch.push(&msg, self.read_headers),
+                    Err(KafkaError::PartitionEOF(_)) => {}
+                    Err(e) => {
+                        self.error_until = Some(Instant::now() + ERROR_BACKOFF);
+                        if self
+                            .last_warning
+                            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+                        {
+                            self.last_warning = Some(Instant::now());
+                            tracing::warn!(topic, partition, error = %e, "partition fetch error");
+                        }
                     }
-                    break;
                 }
-                None => break,
+            }
+            drop(messages);
+            if got < want || self.error_until.is_some() {
+                break;
             }
         }
         let limited = batch.entries.len() >= max_records || batch.bytes >= MAX_BATCH_BYTES;
