@@ -230,7 +230,12 @@ impl Record {
         read_headers: bool,
     ) -> Self {
         use rdkafka::message::{Headers as _, Message};
-        let parsed = if read_headers { msg.headers() } else { None };
+        // Not `msg.headers()`: rust-rdkafka's reader panics on a name that is not UTF-8.
+        let parsed = if read_headers {
+            redrive_partition_queue::headers_of(msg)
+        } else {
+            None
+        };
         let headers = match parsed {
             Some(h) => h
                 .iter()

@@ -149,3 +149,83 @@ async fn kcat_records_round_trip_through_retry_and_dlt() {
         );
     }
 }
+
+/// A header name that is not UTF-8 (Kafka's clients write names as strings, but the protocol
+/// does not check) reaches the handler as U+FFFD with its value, and the records after it are
+/// handled: rust-rdkafka's own header reader panics on such a name, which on the poll thread
+/// stopped the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_is_read_as_a_replacement_character() {
+    use std::os::unix::ffi::OsStringExt;
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("kcat-name");
+    create_topic(&bootstrap, &topic, 1).await;
+    for (header, value) in [
+        (&b"\xff\xfe=bad-name"[..], "first"),
+        (b"tenant=acme", "second"),
+    ] {
+        let mut child = kcat()
+            .args(["-b", &bootstrap, "-P", "-t", &topic, "-p", "0", "-H"])
+            .arg(std::ffi::OsString::from_vec(header.to_vec()))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(format!("{value}\n").as_bytes()).unwrap();
+        }
+        assert!(child.wait().unwrap().success(), "kcat produce failed");
+    }
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let w = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(unique("g"))
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .route(Route::new(
+            &topic,
+            service_fn(move |r: Record| {
+                let headers: Vec<(String, Vec<u8>)> = r
+                    .headers()
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.as_deref().unwrap_or(b"").to_vec(),
+                        )
+                    })
+                    .collect();
+                let value = String::from_utf8_lossy(r.value().map_or(&b""[..], |v| v)).into_owned();
+                s.lock().unwrap().push((value, headers));
+                async { Ok::<(), BoxError>(()) }
+            }),
+        ))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    let s = seen.clone();
+    eventually(Duration::from_secs(60), "both records handled", move || {
+        s.lock().unwrap().len() >= 2
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "first".to_owned(),
+                vec![("\u{FFFD}".to_owned(), b"bad-name".to_vec())]
+            ),
+            (
+                "second".to_owned(),
+                vec![("tenant".to_owned(), b"acme".to_vec())]
+            ),
+        ]
+    );
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message};
 use rdkafka::Timestamp;
 
 /// The callback librdkafka calls when the queue goes from empty to non-empty. Boxed twice:
@@ -252,17 +252,34 @@ impl Message for MessageView<'_> {
     /// Parses the message's header section (librdkafka does so on every call when the
     /// message has none: call it once).
     fn headers(&self) -> Option<&HeadersView> {
-        let mut hdrs = ptr::null_mut();
-        // SAFETY: the message is valid; `hdrs` is a valid out-pointer.
-        let err = unsafe { rdsys::rd_kafka_message_headers(self.msg, &mut hdrs) };
-        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
-            return None;
-        }
-        // SAFETY: a reference to a zero-sized type is valid for any non-null, aligned
-        // address; it stands for librdkafka's headers, which the message owns and frees with
-        // itself, and the returned borrow cannot outlive `self`.
-        Some(unsafe { &*(hdrs as *const HeadersView) })
+        // SAFETY: the message lives as long as `self` borrows it.
+        unsafe { headers_at(self.msg) }
     }
+}
+
+/// The headers of a message rust-rdkafka returned, read through [`HeadersView`], which reads
+/// a name that is not UTF-8 as [`INVALID_NAME`] where rust-rdkafka's own reader panics.
+/// Parses the header section (on every call when the message has none: call it once).
+pub fn headers_of<'m>(msg: &'m BorrowedMessage<'_>) -> Option<&'m HeadersView> {
+    // SAFETY: a `BorrowedMessage` holds a valid message until it drops, after `'m` ends.
+    unsafe { headers_at(msg.ptr()) }
+}
+
+/// librdkafka's headers of the message at `msg`, parsed on first use.
+///
+/// # Safety
+/// `msg` must point to a message that stays valid for `'a`.
+unsafe fn headers_at<'a>(msg: *const rdsys::rd_kafka_message_t) -> Option<&'a HeadersView> {
+    let mut hdrs = ptr::null_mut();
+    // SAFETY: the caller's guarantee; `hdrs` is a valid out-pointer.
+    let err = unsafe { rdsys::rd_kafka_message_headers(msg, &mut hdrs) };
+    if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+        return None;
+    }
+    // SAFETY: a reference to a zero-sized type is valid for any non-null, aligned address;
+    // it stands for librdkafka's headers, which the message owns and frees with itself, and
+    // the caller ties `'a` to the message.
+    Some(unsafe { &*(hdrs as *const HeadersView) })
 }
 
 /// A message's headers, read in place (librdkafka's `rd_kafka_headers_t`).

@@ -163,3 +163,71 @@ fn a_topic_name_with_a_nul_byte_is_refused() {
     );
     assert!(BatchQueue::split(&consumer, "or\0ders", 0).is_none());
 }
+
+#[test]
+fn headers_of_reads_a_message_rust_rdkafka_returned() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("orders", 1, 1).expect("topic");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .expect("producer");
+    for with_headers in [true, false] {
+        let mut r: BaseRecord<'_, (), str> = BaseRecord::to("orders").payload("v");
+        if with_headers {
+            r = r.headers(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: "tenant",
+                        value: Some("acme"),
+                    })
+                    .insert(Header::<&[u8]> {
+                        key: "x-null",
+                        value: None,
+                    }),
+            );
+        }
+        producer.send(r).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", "headers-of-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("orders", 0, Offset::Beginning)
+        .expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of 2 in 30 s",
+            seen.len()
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.expect("message");
+        let headers: Option<Vec<(String, Option<Vec<u8>>)>> =
+            redrive_partition_queue::headers_of(&m).map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            });
+        seen.push(headers.unwrap_or_default());
+    }
+    assert_eq!(
+        seen,
+        vec![
+            vec![
+                ("tenant".to_owned(), Some(b"acme".to_vec())),
+                ("x-null".to_owned(), None)
+            ],
+            vec![]
+        ]
+    );
+}

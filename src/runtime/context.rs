@@ -1,11 +1,12 @@
 //! The rdkafka consumer context: partition tasks, rebalance handling and commits.
 //!
-//! Every assigned partition gets its own librdkafka queue (`split_partition_queue`), which
-//! the poll thread reads in batches for the partition's task: a slow or waiting partition
-//! stops only its own fetching (librdkafka stops prefetching a partition whose queue is full),
-//! and no record is discarded and fetched again. The poll thread also serves rebalances,
-//! errors and commits. Its state lock is never contended: librdkafka runs the rebalance and
-//! commit callbacks from inside `poll`, on that thread.
+//! Every assigned partition gets its own librdkafka queue (`BatchQueue::split`, from the
+//! `redrive-partition-queue` crate), which the poll thread reads in batches for the
+//! partition's task: a slow or waiting partition stops only its own fetching (librdkafka
+//! stops prefetching a partition whose queue is full), and no record is discarded and fetched
+//! again. The poll thread also serves rebalances, errors and commits. Its state lock is never
+//! contended: librdkafka runs the rebalance and commit callbacks from inside `poll`, on that
+//! thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

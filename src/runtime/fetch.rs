@@ -9,6 +9,11 @@
 //! and headers into a few shared chunks, so it allocates nothing per record and the tasks,
 //! which drop the records, free one chunk per many records.
 //!
+//! It takes up to [`MESSAGES_PER_READ`] messages per librdkafka call
+//! (`rd_kafka_consume_batch_queue`, through `redrive-partition-queue`): rust-rdkafka's
+//! one-message `poll` read the clock four times, took two locks and allocated per record,
+//! which made the poll thread twice as expensive (BENCHMARKS.md, session 16).
+//!
 //! Back-pressure is unchanged in kind: each partition holds at most a few batches waiting for
 //! its task; while they wait, the fetcher leaves that partition's records in librdkafka's
 //! queue, which stops fetching the partition when full. Other partitions are not affected.
