@@ -279,24 +279,29 @@ impl Feeder {
         }
         let max_records = max_records.max(1);
         let mut batch = BatchBuilder::new();
+        // The largest record of the batch so far (none read yet: read one first).
+        let mut largest: Option<usize> = None;
         while batch.entries.len() < max_records && batch.bytes < MAX_BATCH_BYTES {
-            // Sized so the batch ends near its byte limit at the records' size so far.
-            let room = MAX_BATCH_BYTES - batch.bytes;
-            let per_record = batch
-                .bytes
-                .checked_div(batch.entries.len())
-                .unwrap_or(0)
-                .max(1);
-            let want = (room / per_record)
-                .clamp(1, MESSAGES_PER_READ)
-                .min(max_records - batch.entries.len());
+            // Sized so that records as large as the largest so far end the batch near its
+            // byte limit. Larger ones can overshoot it by what librdkafka holds for the
+            // partition, whose queue is bounded in bytes too.
+            let want = match largest {
+                None => 1,
+                Some(l) => ((MAX_BATCH_BYTES - batch.bytes) / l.max(1))
+                    .clamp(1, MESSAGES_PER_READ)
+                    .min(max_records - batch.entries.len()),
+            };
             let messages = self.queue.consume(want);
             let got = messages.len();
             // Every message taken is copied, an error among them included: librdkafka has
             // moved its position past all of them, so one left out would never be handled.
             for m in messages.iter() {
                 match m {
-                    Ok(msg) => batch.push(&msg, self.read_headers),
+                    Ok(msg) => {
+                        let before = batch.bytes;
+                        batch.push(&msg, self.read_headers);
+                        largest = largest.max(Some(batch.bytes - before));
+                    }
                     Err(KafkaError::PartitionEOF(_)) => {}
                     Err(e) => {
                         self.error_until = Some(Instant::now() + ERROR_BACKOFF);
