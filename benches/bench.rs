@@ -268,11 +268,19 @@ impl Line {
     }
 
     fn print(&self) {
+        // Small figures (CPU-seconds per million records) with enough digits to check the ratio.
+        fn figure(v: f64) -> String {
+            if v.abs() < 10.0 {
+                format!("{v:.3}")
+            } else {
+                format!("{v:.1}")
+            }
+        }
         println!(
-            "bench {} baseline={:.1} redrive={:.1} ratio={:.3} target={} pass={} allocator={}{}",
+            "bench {} baseline={} redrive={} ratio={:.3} target={} pass={} allocator={}{}",
             self.scenario,
-            self.baseline,
-            self.redrive,
+            figure(self.baseline),
+            figure(self.redrive),
             self.ratio,
             self.target,
             self.pass,
