@@ -12,6 +12,43 @@
 //! (as `BaseConsumer::split_partition_queue` does), [`BatchQueue::consume`] returns up to `n`
 //! messages as [`Messages`], which borrow the queue and free every message when dropped, and
 //! [`MessageView`] implements rdkafka's [`Message`] trait for each of them.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use rdkafka::consumer::{BaseConsumer, Consumer};
+//! use rdkafka::message::Message;
+//! use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+//! use redrive_partition_queue::BatchQueue;
+//!
+//! let consumer: Arc<BaseConsumer> = Arc::new(
+//!     ClientConfig::new()
+//!         .set("bootstrap.servers", "127.0.0.1:9092")
+//!         .set("group.id", "example")
+//!         .create()?,
+//! );
+//! let mut queue = BatchQueue::split(&consumer, "orders", 0).expect("a valid topic name");
+//! let mut tpl = TopicPartitionList::new();
+//! tpl.add_partition_offset("orders", 0, Offset::Beginning)?;
+//! consumer.assign(&tpl)?;
+//! loop {
+//!     // The consumer's own queue serves rebalances, errors and commits.
+//!     consumer.poll(Duration::ZERO);
+//!     let messages = queue.consume(128);
+//!     for m in messages.iter() {
+//!         match m {
+//!             Ok(m) => println!("{}@{}: {:?}", m.partition(), m.offset(), m.payload()),
+//!             Err(e) => eprintln!("{e}"),
+//!         }
+//!     }
+//!     if messages.is_empty() {
+//!         std::thread::sleep(Duration::from_millis(10));
+//!     }
+//! }
+//! # #[allow(unreachable_code)]
+//! # Ok::<(), rdkafka::error::KafkaError>(())
+//! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
