@@ -41,6 +41,24 @@ fn kcat() -> Command {
     cmd
 }
 
+/// Produces `input` (one record per line) to partition 0 of `topic` with `kcat -P` and `args`.
+fn kcat_produce<I, A>(bootstrap: &str, topic: &str, args: I, input: &[u8])
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    use std::io::Write;
+    let mut child = kcat()
+        .args(["-b", bootstrap, "-P", "-t", topic, "-p", "0"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Dropped at the end of the statement: kcat sees the end of its input.
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    assert!(child.wait().unwrap().success(), "kcat produce failed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcat_records_round_trip_through_retry_and_dlt() {
     init_tracing();
@@ -48,33 +66,12 @@ async fn kcat_records_round_trip_through_retry_and_dlt() {
     let topic = unique("kcat");
     create_topic(&bootstrap, &topic, 1).await;
     // kcat -P: key `order-1`, a user header, value `{"id":1}`.
-    let mut child = kcat()
-        .args([
-            "-b",
-            &bootstrap,
-            "-P",
-            "-t",
-            &topic,
-            "-p",
-            "0",
-            "-K",
-            ":",
-            "-H",
-            "tenant=acme",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"order-1:{\"id\":1}\n")
-            .unwrap();
-    }
-    assert!(child.wait().unwrap().success(), "kcat produce failed");
+    kcat_produce(
+        &bootstrap,
+        &topic,
+        ["-K", ":", "-H", "tenant=acme"],
+        b"order-1:{\"id\":1}\n",
+    );
 
     let policy = RetryPolicy::new()
         .attempts(2)
@@ -165,18 +162,13 @@ async fn a_header_name_that_is_not_utf8_is_read_as_a_replacement_character() {
         (&b"\xff\xfe=bad-name"[..], "first"),
         (b"tenant=acme", "second"),
     ] {
-        let mut child = kcat()
-            .args(["-b", &bootstrap, "-P", "-t", &topic, "-p", "0", "-H"])
-            .arg(std::ffi::OsString::from_vec(header.to_vec()))
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(format!("{value}\n").as_bytes()).unwrap();
-        }
-        assert!(child.wait().unwrap().success(), "kcat produce failed");
+        let header = std::ffi::OsString::from_vec(header.to_vec());
+        kcat_produce(
+            &bootstrap,
+            &topic,
+            ["-H".as_ref(), header.as_os_str()],
+            format!("{value}\n").as_bytes(),
+        );
     }
 
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
 use redrive_partition_queue::BatchQueue;
 
@@ -31,14 +31,31 @@ fn has_headers(i: i64) -> bool {
     i % 4 == 0
 }
 
-#[test]
-fn reads_every_message_once_in_order_with_all_its_parts() {
+/// A one-broker mock cluster with an `orders` topic of `partitions`, and a producer to it.
+fn cluster(partitions: i32) -> (MockCluster<'static, DefaultProducerContext>, BaseProducer) {
     let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("orders", 2, 1).expect("topic");
+    mock.create_topic("orders", partitions, 1).expect("topic");
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", mock.bootstrap_servers())
         .create()
         .expect("producer");
+    (mock, producer)
+}
+
+/// A consumer of `mock` that commits nothing by itself.
+fn consumer(mock: &MockCluster<'static, DefaultProducerContext>, eof: bool) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", "batch-queue-test")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", eof.to_string())
+        .create()
+        .expect("consumer")
+}
+
+#[test]
+fn reads_every_message_once_in_order_with_all_its_parts() {
+    let (mock, producer) = cluster(2);
     for i in 0..RECORDS {
         let (k, v) = (key(i), value(i));
         let mut r: BaseRecord<'_, Vec<u8>, Vec<u8>> = BaseRecord::to("orders")
@@ -68,15 +85,7 @@ fn reads_every_message_once_in_order_with_all_its_parts() {
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
 
-    let consumer: Arc<BaseConsumer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("group.id", "batch-queue-test")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()
-            .expect("consumer"),
-    );
+    let consumer = Arc::new(consumer(&mock, true));
     let mut queue = BatchQueue::split(&consumer, "orders", 1).expect("split");
     let wakeups = Arc::new(AtomicUsize::new(0));
     let w = wakeups.clone();
@@ -153,25 +162,14 @@ fn reads_every_message_once_in_order_with_all_its_parts() {
 
 #[test]
 fn a_topic_name_with_a_nul_byte_is_refused() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let consumer: Arc<BaseConsumer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("group.id", "batch-queue-test")
-            .create()
-            .expect("consumer"),
-    );
+    let (mock, _) = cluster(1);
+    let consumer = Arc::new(consumer(&mock, false));
     assert!(BatchQueue::split(&consumer, "or\0ders", 0).is_none());
 }
 
 #[test]
 fn headers_of_reads_a_message_rust_rdkafka_returned() {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("orders", 1, 1).expect("topic");
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
-        .create()
-        .expect("producer");
+    let (mock, producer) = cluster(1);
     for with_headers in [true, false] {
         let mut r: BaseRecord<'_, (), str> = BaseRecord::to("orders").payload("v");
         if with_headers {
@@ -190,12 +188,7 @@ fn headers_of_reads_a_message_rust_rdkafka_returned() {
         producer.send(r).map_err(|(e, _)| e).expect("send");
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
-        .set("group.id", "headers-of-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer = consumer(&mock, false);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset("orders", 0, Offset::Beginning)
         .expect("tpl");
