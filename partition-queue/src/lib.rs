@@ -78,7 +78,7 @@ pub struct BatchQueue<C: ConsumerContext + 'static> {
     /// The messages of the current batch; kept between batches for its capacity.
     slots: Vec<*mut rdsys::rd_kafka_message_t>,
     // Dropped after the queue is destroyed (see `Drop`).
-    consumer: Arc<BaseConsumer<C>>,
+    _consumer: Arc<BaseConsumer<C>>,
 }
 
 // SAFETY: librdkafka's queues are thread-safe (every operation takes the queue's lock), the
@@ -108,7 +108,7 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
             queue,
             nonempty: None,
             slots: Vec::new(),
-            consumer: consumer.clone(),
+            _consumer: consumer.clone(),
         })
     }
 
@@ -157,18 +157,13 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
             slots: &mut self.slots,
         }
     }
-
-    /// The consumer this queue was split from.
-    pub fn consumer(&self) -> &Arc<BaseConsumer<C>> {
-        &self.consumer
-    }
 }
 
 impl<C: ConsumerContext + 'static> Drop for BatchQueue<C> {
     fn drop(&mut self) {
         // SAFETY: the queue is valid until destroyed here; the callback is unregistered
         // before its box is dropped (with the struct's fields, after this body), and the
-        // client is kept alive by `consumer` until then.
+        // client is kept alive by `_consumer` until then.
         unsafe {
             rdsys::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, ptr::null_mut());
             rdsys::rd_kafka_queue_destroy(self.queue.as_ptr());
