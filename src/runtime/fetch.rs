@@ -105,8 +105,9 @@ impl BatchBuilder {
         }
     }
 
-    /// Copies `msg` into the batch; its headers only with `read_headers`.
-    fn push(&mut self, msg: &impl Message, read_headers: bool) {
+    /// Copies `msg` into the batch; its headers only with `read_headers`. Returns the
+    /// record's size as [`Record::byte_len`] counts it.
+    fn push(&mut self, msg: &impl Message, read_headers: bool) -> usize {
         let (key, value) = (msg.key(), msg.payload());
         // Once only: librdkafka parses headers on every call when a record has none, with two
         // allocations each time.
@@ -144,6 +145,7 @@ impl BatchBuilder {
                 });
             }
         }
+        let bytes = needed + key_bytes;
         let entry = Entry {
             offset: msg.offset(),
             timestamp: Timestamp::from_kafka(msg.timestamp()),
@@ -151,10 +153,11 @@ impl BatchBuilder {
             key: key.map(&mut copy),
             value: value.map(&mut copy),
             headers: first_header..self.headers.len(),
-            bytes: needed + key_bytes,
+            bytes,
         };
         self.entries.push(entry);
-        self.bytes += needed + key_bytes;
+        self.bytes += bytes;
+        bytes
     }
 
     fn finish(mut self) -> Batch {
@@ -298,9 +301,8 @@ impl Feeder {
             for m in messages.iter() {
                 match m {
                     Ok(msg) => {
-                        let before = batch.bytes;
-                        batch.push(&msg, self.read_headers);
-                        largest = largest.max(Some(batch.bytes - before));
+                        let bytes = batch.push(&msg, self.read_headers);
+                        largest = largest.max(Some(bytes));
                     }
                     Err(KafkaError::PartitionEOF(_)) => {}
                     Err(e) => {
@@ -424,7 +426,11 @@ mod tests {
         let big = vec![7u8; CHUNK_BYTES * 3];
         let mut b = BatchBuilder::new();
         b.push(&message(0, None, Some(b"small")), true);
-        b.push(&message(1, Some(b"k"), Some(&big)), true);
+        assert_eq!(
+            b.push(&message(1, Some(b"k"), Some(&big)), true),
+            1 + big.len(),
+            "push returns the record's size"
+        );
         b.push(&message(2, None, Some(b"after")), true);
         assert_eq!(b.bytes, 5 + 1 + big.len() + 5);
         let rs = records(b);
