@@ -483,7 +483,8 @@ fn spring_headers(m: &impl Message, group: &str, now: i64) -> rdkafka::message::
 
 /// The retry path hand-written on raw rdkafka, as a reference for what the retry scenario
 /// costs without redrive: the main loop of [`baseline`] sends every 10th record to a retry
-/// topic (an `acks=all` idempotent producer, as redrive's) without waiting for the
+/// topic (an `acks=all` idempotent producer compressing with lz4, as redrive's by default)
+/// without waiting for the
 /// acknowledgement, and a second `StreamConsumer` reads the retry topic, sleeping until each
 /// record is due. Each copy carries the headers redrive writes for this scenario (DESIGN §3:
 /// the 14 Spring headers and a `traceparent`, same names, same value sizes), since a retry
@@ -499,6 +500,10 @@ async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Opti
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
+        .set(
+            "compression.type",
+            redrive::WorkerBuilder::DEFAULT_PRODUCER_COMPRESSION,
+        )
         .create()
         .unwrap();
     let expected = expected_retries(n);
