@@ -810,8 +810,8 @@ mod tests {
         assert_eq!(b.shared_config(true).get("compression.type"), Some("lz4"));
         // Not the admin client's: it has no such property.
         assert_eq!(b.shared_config(false).get("compression.type"), None);
-        let b = b.producer_property("compression.type", "zstd");
-        assert_eq!(b.shared_config(true).get("compression.type"), Some("zstd"));
+        let b = b.producer_property("compression.type", "none");
+        assert_eq!(b.shared_config(true).get("compression.type"), Some("none"));
         assert_eq!(
             b.shared_config(true).get("bootstrap.servers"),
             Some("127.0.0.1:9")
