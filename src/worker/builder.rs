@@ -135,9 +135,9 @@ impl WorkerBuilder {
     /// The `compression.type` of the worker's producer (retry and dead-letter copies,
     /// outputs) unless [`producer_property`](Self::producer_property) sets it (librdkafka's
     /// default is `none`). A retry copy carries 14 headers whose names and most values repeat
-    /// from copy to copy, so its batches compress well: against `none`, the broker spent
-    /// ~20 % less CPU per copy and the retry path ran ~7 % faster (BENCHMARKS.md, session 17).
-    /// Every Kafka client reads lz4.
+    /// from copy to copy, so its batches compress well: against `none`, with 10 % of records
+    /// failing, the broker used ~20 % less CPU and the main topic ran ~7 % faster on the
+    /// reference machine (BENCHMARKS.md, session 17). Every Kafka client reads lz4.
     pub const DEFAULT_PRODUCER_COMPRESSION: &'static str = "lz4";
 
     /// A builder with the defaults: commit `async:5s`, 10,000 records / 64 MiB in flight,
