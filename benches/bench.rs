@@ -484,9 +484,8 @@ fn spring_headers(m: &impl Message, group: &str, now: i64) -> rdkafka::message::
 /// The retry path hand-written on raw rdkafka, as a reference for what the retry scenario
 /// costs without redrive: the main loop of [`baseline`] sends every 10th record to a retry
 /// topic (an `acks=all` idempotent producer compressing with lz4, as redrive's by default)
-/// without waiting for the
-/// acknowledgement, and a second `StreamConsumer` reads the retry topic, sleeping until each
-/// record is due. Each copy carries the headers redrive writes for this scenario (DESIGN §3:
+/// without waiting for the acknowledgement, and a second `StreamConsumer` reads the retry
+/// topic, sleeping until each record is due. Each copy carries the headers redrive writes for this scenario (DESIGN §3:
 /// the 14 Spring headers and a `traceparent`, same names, same value sizes), since a retry
 /// path that shares topics with Spring must carry them; `BENCH_RAW_RETRY_HEADERS=due` sends
 /// only the due time instead, to measure what the headers cost. It never holds a commit back
