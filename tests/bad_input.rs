@@ -89,6 +89,20 @@ fn config_mistakes_name_the_setting() {
         .err()
         .unwrap();
     assert_eq!(setting_of(e), "no.such.property");
+    // The producer's default codec can be replaced; a codec librdkafka lacks is named.
+    let e = base()
+        .producer_property("compression.type", "brotli")
+        .route(Route::new("t", noop()).retry(redrive::policy::RetryPolicy::new()))
+        .build()
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("brotli"), "{e}");
+    assert_eq!(setting_of(e), "compression.type");
+    base()
+        .producer_property("compression.type", "none")
+        .route(Route::new("t", noop()).retry(redrive::policy::RetryPolicy::new()))
+        .build()
+        .expect("an uncompressed producer is a valid choice");
     let e = base()
         .max_in_flight_records(0)
         .route(Route::new("t", noop()))
