@@ -99,6 +99,90 @@ async fn each_attempt_goes_to_the_next_topic_then_the_dlt() {
     assert_eq!(topology.dlt(), Some("orders-dlt"));
 }
 
+/// One service (as one partition's task holds) called with records of two topics and
+/// partitions in turn: each failure's copy is built from its own record, not from the one
+/// the layer saw before.
+#[tokio::test]
+async fn a_service_switching_topics_copies_each_record_as_it_was() {
+    let policy = RetryPolicy::new().attempts(3).exponential(
+        Duration::from_secs(1),
+        2.0,
+        Duration::from_secs(2),
+    );
+    let mem = Arc::new(Memory::default());
+    let layer = RetryTopicLayer::new(policy, &["orders"], mem.clone(), "billing", "orders");
+    let mut svc = layer.layer(service_fn(|_r: Record| async {
+        Err::<(), BoxError>("boom".into())
+    }));
+    let inputs = [
+        ("orders", 1, 10, "k1"),
+        ("orders", 1, 11, "k2"),
+        ("orders-retry-1000", 4, 7, "k3"),
+        ("orders", 2, 12, "k4"),
+    ];
+    for (topic, partition, offset, key) in inputs {
+        let mut headers = Headers::new();
+        if topic != "orders" {
+            headers.push(
+                headers::ATTEMPTS,
+                Some(bytes::Bytes::copy_from_slice(&2i32.to_be_bytes())),
+            );
+        }
+        let rec = Record::new(topic, partition, offset)
+            .with_key(key.as_bytes().to_vec())
+            .with_value(&b"v"[..])
+            .with_headers(headers);
+        svc.ready().await.unwrap().call(rec).await.unwrap();
+    }
+    let sent = mem.sent.lock().unwrap().clone();
+    let seen: Vec<_> = sent
+        .iter()
+        .map(|o| {
+            let original = headers::Original::read(&o.headers);
+            (
+                o.topic.as_str(),
+                o.partition,
+                original.topic.unwrap(),
+                original.offset.unwrap(),
+                o.key.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "orders-retry-1000",
+                Some(1),
+                "orders".to_owned(),
+                10,
+                bytes::Bytes::from("k1")
+            ),
+            (
+                "orders-retry-1000",
+                Some(1),
+                "orders".to_owned(),
+                11,
+                bytes::Bytes::from("k2")
+            ),
+            (
+                "orders-retry-2000",
+                Some(4),
+                "orders-retry-1000".to_owned(),
+                7,
+                bytes::Bytes::from("k3")
+            ),
+            (
+                "orders-retry-1000",
+                Some(2),
+                "orders".to_owned(),
+                12,
+                bytes::Bytes::from("k4")
+            ),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn excluded_and_decode_errors_skip_the_retries() {
     let policy = RetryPolicy::new()

@@ -35,6 +35,7 @@ use crate::error::{error_chain, BoxError};
 use crate::headers::{self, AttemptsHeader};
 use crate::policy::{Classification, FatalReason, RetryPolicy, Topology};
 use crate::publish::{Outgoing, Publish, Sent};
+use crate::runtime::PartitionShared;
 use crate::Record;
 
 pub(crate) struct RetryShared {
@@ -213,17 +214,31 @@ impl TopicEntry {
 pub struct RetryTopic<S> {
     inner: S,
     shared: Arc<RetryShared>,
-    // Records of one partition share one interned topic name: a pointer check skips the map.
-    last: Option<(Arc<str>, Arc<Bound>)>,
+    // Records of one partition share one interned topic name and one partition state: a
+    // pointer check skips the map.
+    last: Option<Arc<Bound>>,
 }
 
 /// The layer's state and one topic's entry behind a pointer of this service's own: each
 /// partition's task calls its own clone of the service, so the count every record's future
 /// bumps is one only that task writes. (Bumping the shared counts of [`RetryShared`] and
 /// [`TopicEntry`] per record made the worker threads pass their cache lines back and forth.)
+///
+/// It also holds the topic name and partition state the partition's records carry, so the
+/// failure path's copy of each record ([`Kept`]) counts no references to them.
 pub(crate) struct Bound {
     shared: Arc<RetryShared>,
     entry: Arc<TopicEntry>,
+    topic: Arc<str>,
+    state: Option<Arc<PartitionShared>>,
+}
+
+impl Bound {
+    /// Whether `r` came from this binding's partition (the same interned name and state).
+    fn binds(&self, r: &Record) -> bool {
+        Arc::ptr_eq(&self.topic, &r.topic)
+            && self.state.as_ref().map(Arc::as_ptr) == r.partition_state.as_ref().map(Arc::as_ptr)
+    }
 }
 
 impl<S: Clone> Clone for RetryTopic<S> {
@@ -246,25 +261,65 @@ impl<S> RetryTopic<S> {
         }
     }
 
-    fn bound(&mut self, topic: &Arc<str>) -> Option<Arc<Bound>> {
-        if let Some((t, b)) = &self.last {
-            if Arc::ptr_eq(t, topic) {
+    fn bound(&mut self, r: &Record) -> Option<Arc<Bound>> {
+        if let Some(b) = &self.last {
+            if b.binds(r) {
                 return Some(b.clone());
             }
         }
         let b = Arc::new(Bound {
             shared: self.shared.clone(),
-            entry: self.shared.by_topic.get(&**topic)?.clone(),
+            entry: self.shared.by_topic.get(r.topic())?.clone(),
+            topic: r.topic.clone(),
+            state: r.partition_state.clone(),
         });
-        self.last = Some((topic.clone(), b.clone()));
+        self.last = Some(b.clone());
         Some(b)
+    }
+}
+
+/// The parts of a record its failure path needs besides those its [`Bound`] holds: kept for
+/// every call, so a success costs two reference counts (key and value) instead of four.
+struct Kept {
+    partition: i32,
+    offset: i64,
+    timestamp: Option<crate::Timestamp>,
+    key: Option<bytes::Bytes>,
+    value: Option<bytes::Bytes>,
+    headers: crate::Headers,
+}
+
+impl Kept {
+    fn of(r: &Record) -> Self {
+        Kept {
+            partition: r.partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r.headers.clone(),
+        }
+    }
+
+    /// The record again, as the handler received it.
+    fn into_record(self, b: &Bound) -> Record {
+        Record {
+            topic: b.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            key: self.key,
+            value: self.value,
+            headers: self.headers,
+            partition_state: b.state.clone(),
+        }
     }
 }
 
 /// Everything the failure path needs; built per record, used only when it fails.
 pub(crate) struct FailureCtx<S> {
     bound: Arc<Bound>,
-    record: Record,
+    kept: Kept,
     attempt: u32,
     inner: Option<S>,
 }
@@ -290,7 +345,7 @@ where
     }
 
     fn call(&mut self, record: Record) -> Self::Future {
-        let Some(bound) = self.bound(record.topic_arc()) else {
+        let Some(bound) = self.bound(&record) else {
             // Not one of the layer's topics: no retry route, errors pass through.
             return ResponseFuture::passthrough(self.inner.call(record));
         };
@@ -312,7 +367,7 @@ where
             (attempt == 1 && self.shared.policy.in_memory.attempts > 0).then(|| self.inner.clone());
         let ctx = FailureCtx {
             bound,
-            record: record.clone(),
+            kept: Kept::of(&record),
             attempt,
             inner,
         };
@@ -362,7 +417,10 @@ where
 {
     match ctx.inner {
         Some(_) => Some(Box::pin(retry_in_memory(ctx, err))),
-        None => route_failure(ctx.bound, ctx.record, ctx.attempt, err),
+        None => {
+            let record = ctx.kept.into_record(&ctx.bound);
+            route_failure(ctx.bound, record, ctx.attempt, err)
+        }
     }
 }
 
@@ -375,10 +433,11 @@ where
 {
     let FailureCtx {
         bound,
-        record,
+        kept,
         attempt,
         inner,
     } = ctx;
+    let record = kept.into_record(&bound);
     if let Some(mut inner) = inner {
         let (policy, entry) = (&bound.shared.policy, &bound.entry);
         for _ in 0..policy.in_memory.attempts {
