@@ -134,51 +134,30 @@ async fn a_service_switching_topics_copies_each_record_as_it_was() {
             .with_headers(headers);
         svc.ready().await.unwrap().call(rec).await.unwrap();
     }
-    let sent = mem.sent.lock().unwrap().clone();
-    let seen: Vec<_> = sent
+    let seen: Vec<String> = mem
+        .sent
+        .lock()
+        .unwrap()
         .iter()
         .map(|o| {
             let original = headers::Original::read(&o.headers);
-            (
-                o.topic.as_str(),
+            format!(
+                "{}/{:?} from {}@{} key {:?}",
+                o.topic,
                 o.partition,
                 original.topic.unwrap(),
                 original.offset.unwrap(),
-                o.key.clone().unwrap(),
+                o.key.clone().unwrap()
             )
         })
         .collect();
     assert_eq!(
         seen,
         [
-            (
-                "orders-retry-1000",
-                Some(1),
-                "orders".to_owned(),
-                10,
-                bytes::Bytes::from("k1")
-            ),
-            (
-                "orders-retry-1000",
-                Some(1),
-                "orders".to_owned(),
-                11,
-                bytes::Bytes::from("k2")
-            ),
-            (
-                "orders-retry-2000",
-                Some(4),
-                "orders-retry-1000".to_owned(),
-                7,
-                bytes::Bytes::from("k3")
-            ),
-            (
-                "orders-retry-1000",
-                Some(2),
-                "orders".to_owned(),
-                12,
-                bytes::Bytes::from("k4")
-            ),
+            r#"orders-retry-1000/Some(1) from orders@10 key b"k1""#,
+            r#"orders-retry-1000/Some(1) from orders@11 key b"k2""#,
+            r#"orders-retry-2000/Some(4) from orders-retry-1000@7 key b"k3""#,
+            r#"orders-retry-1000/Some(2) from orders@12 key b"k4""#,
         ]
     );
 }
