@@ -279,7 +279,8 @@ impl<S> RetryTopic<S> {
 }
 
 /// The parts of a record its failure path needs besides those its [`Bound`] holds: kept for
-/// every call, so a success costs two reference counts (key and value) instead of four.
+/// every call, so a success counts references to the key and value (and headers, if any) but
+/// not to the topic name and partition state.
 struct Kept {
     partition: i32,
     offset: i64,
