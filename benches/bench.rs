@@ -181,9 +181,16 @@ fn peak_rss() -> u64 {
         * 1024
 }
 
+/// The median; with an even count (`BENCH_ROUNDS=2`), the mean of the middle two rather
+/// than the upper one, which would favour whichever side had the better outlier.
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
