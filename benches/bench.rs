@@ -429,6 +429,20 @@ async fn baseline(
 }
 
 /// How a round line shows the local broker's CPU.
+/// Prints one round of the retry scenario (`what`: the side) and returns its main-topic
+/// records/s and the retries it completed.
+fn retry_round(
+    round: usize,
+    what: &str,
+    (r, cpu, broker, done): (f64, f64, Option<f64>, u64),
+) -> (f64, u64) {
+    eprintln!(
+        "round {round}: {what} main topic {r:.0} rec/s, {cpu:.2} cpu-s/M (broker {}), {done} retries completed",
+        broker_note(broker)
+    );
+    (r, done)
+}
+
 fn broker_note(broker: Option<f64>) -> String {
     broker.map_or("not local".into(), |b| format!("{b:.2} cpu-s/M"))
 }
@@ -492,11 +506,12 @@ fn spring_headers(m: &impl Message, group: &str, now: i64) -> rdkafka::message::
 /// costs without redrive: the main loop of [`baseline`] sends every 10th record to a retry
 /// topic (an `acks=all` idempotent producer compressing with lz4, as redrive's by default)
 /// without waiting for the acknowledgement, and a second `StreamConsumer` reads the retry
-/// topic, sleeping until each record is due. Each copy carries the headers redrive writes for this scenario (DESIGN §3:
-/// the 14 Spring headers and a `traceparent`, same names, same value sizes), since a retry
-/// path that shares topics with Spring must carry them; `BENCH_RAW_RETRY_HEADERS=due` sends
-/// only the due time instead, to measure what the headers cost. It never holds a commit back
-/// for an unacknowledged copy (redrive does), so it is an upper bound for a hand-written loop.
+/// topic, sleeping until each record is due. Each copy carries the headers redrive writes
+/// for this scenario (DESIGN §3: the 14 Spring headers and a `traceparent`, same names, same
+/// value sizes), since a retry path that shares topics with Spring must carry them;
+/// `BENCH_RAW_RETRY_HEADERS=due` sends only the due time instead, to measure what the
+/// headers cost. It never holds a commit back for an unacknowledged copy (redrive does), so
+/// it is an upper bound for a hand-written loop.
 /// Returns the main topic's records/s, CPU s per million, the broker's CPU s per million,
 /// retries completed.
 async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Option<f64>, u64) {
@@ -1338,19 +1353,12 @@ async fn bench_main() {
             support::create_topic(&bootstrap, &topic, PARTITIONS).await;
             produce(&bootstrap, &topic, m).await;
             if side != "redrive" {
-                let (r, cpu, broker, done) = baseline_retry(&bootstrap, &topic, m).await;
-                eprintln!(
-                    "round {round}: raw retry loop main topic {r:.0} rec/s, {cpu:.2} cpu-s/M (broker {}), {done} retries completed",
-                    broker_note(broker)
-                );
-                raw.push(r);
+                let measured = baseline_retry(&bootstrap, &topic, m).await;
+                raw.push(retry_round(round, "raw retry loop", measured).0);
             }
             if side != "baseline" {
-                let (r, cpu, broker, done) = redrive_retry(&bootstrap, &topic, m).await;
-                eprintln!(
-                    "round {round}: retry path main topic {r:.0} rec/s, {cpu:.2} cpu-s/M (broker {}), {done} retries completed",
-                    broker_note(broker)
-                );
+                let measured = redrive_retry(&bootstrap, &topic, m).await;
+                let (r, done) = retry_round(round, "retry path", measured);
                 rr.push(r);
                 completed = done;
             }
