@@ -680,14 +680,19 @@ impl PerPartition {
 }
 
 /// BENCH_PROPS="key=value,...": extra client properties for redrive's workers, to try
-/// settings (`producer.<key>` for the retry producer).
+/// settings (`producer.<key>` for the retry producer); BENCH_MAX_POLL_RECORDS: their
+/// `max_poll_records`.
 fn with_bench_props(mut builder: WorkerBuilder) -> WorkerBuilder {
     for kv in std::env::var("BENCH_PROPS").unwrap_or_default().split(',') {
         if let Some((k, v)) = kv.split_once('=') {
             builder = builder.property(k, v);
         }
     }
-    builder
+    let max_poll_records = env_number(
+        "BENCH_MAX_POLL_RECORDS",
+        WorkerBuilder::DEFAULT_MAX_POLL_RECORDS,
+    );
+    builder.max_poll_records(max_poll_records)
 }
 
 /// The route the happy scenario's redrive side runs.
@@ -889,7 +894,7 @@ async fn delay_precision(bootstrap: &str, n: u64) -> Vec<f64> {
             .fixed(Duration::from_secs(secs));
         builder = builder.route(Route::new(&topic, handler).retry(policy));
     }
-    let worker = builder.build().unwrap();
+    let worker = with_bench_props(builder).build().unwrap();
     let h = worker.handle();
     let run = tokio::spawn(worker.run());
     let deadline = Instant::now() + Duration::from_secs(300);
