@@ -144,7 +144,7 @@ impl WorkerBuilder {
     /// hands a partition's task at once. Each hand-over can wake the task's thread, and the
     /// worker threads handle records faster than the one poll thread copies them: with 500
     /// they parked and woke ~1.5 times as often, and an all-success workload used ~8 % more
-    /// CPU per record at ~9 % less throughput than with 2,000 (BENCHMARKS.md, session 18).
+    /// CPU per record at ~8 % less throughput than with 2,000 (BENCHMARKS.md, session 18).
     /// A batch still ends at 256 KiB, so the bound on what a partition holds is unchanged.
     /// Unlike Java's `max.poll.records` (500), it counts one partition's records, not a
     /// whole poll's.
