@@ -39,22 +39,25 @@ const JEMALLOC: bool = cfg!(all(feature = "bench-jemalloc", not(target_env = "ms
 /// The allocator of this run, as the report names it: `jemalloc`, or `system-malloc` with
 /// the `GLIBC_TUNABLES` it ran under in brackets, since glibc's fast bins alone move the
 /// retry and delay scenarios (BENCHMARKS.md, session 19).
-fn allocator_name() -> String {
-    if JEMALLOC {
-        return "jemalloc".into();
-    }
-    // Tunables are `name=value` pairs joined by `:`; anything else is left out, so the
-    // report line stays one token and the JSON stays valid.
-    let tunables: String = std::env::var("GLIBC_TUNABLES")
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "._=:-".contains(*c))
-        .collect();
-    if tunables.is_empty() {
-        "system-malloc".into()
-    } else {
-        format!("system-malloc({tunables})")
-    }
+fn allocator_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        if JEMALLOC {
+            return "jemalloc".into();
+        }
+        // Tunables are `name=value` pairs joined by `:`; anything else is left out, so the
+        // report line stays one token and the JSON stays valid.
+        let tunables: String = std::env::var("GLIBC_TUNABLES")
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._=:-".contains(*c))
+            .collect();
+        if tunables.is_empty() {
+            "system-malloc".into()
+        } else {
+            format!("system-malloc({tunables})")
+        }
+    })
 }
 
 /// The least CPU time a side's measured window must take for the happy CPU line to count:
