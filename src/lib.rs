@@ -35,7 +35,7 @@
 //! pile up in glibc's fast bins, and the next large allocation or free in that arena
 //! consolidates the whole pile on a worker thread (10-24 ms measured after a burst of
 //! failures: records due then start late). Without fast bins that pass does not exist; in
-//! alternating runs the retry path also ran ~6 % faster (median) and the all-success path
+//! alternating runs the retry path also ran ~9 % faster (median) and the all-success path
 //! no slower (BENCHMARKS.md, session 19).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
