@@ -321,12 +321,20 @@ impl Line {
         );
     }
     fn json(&self) -> String {
+        // JSON has no NaN or infinity (a ratio of two unmeasured figures): null instead.
+        fn number(v: f64) -> String {
+            if v.is_finite() {
+                v.to_string()
+            } else {
+                "null".into()
+            }
+        }
         format!(
             r#"{{"scenario":"{}","baseline":{},"redrive":{},"ratio":{},"target":"{}","pass":{},"allocator":"{}","details":"{}"}}"#,
             self.scenario,
-            self.baseline,
-            self.redrive,
-            self.ratio,
+            number(self.baseline),
+            number(self.redrive),
+            number(self.ratio),
             self.target,
             self.pass,
             allocator_name(),
