@@ -6,9 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as RdHeader, OwnedHeaders};
 use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, FutureRecord, Producer, ProducerContext,
+    BaseRecord, DeliveryResult, FutureRecord, Producer, ProducerContext, ThreadedProducer,
 };
 use rdkafka::ClientContext;
 
@@ -135,116 +133,13 @@ pub trait Publish: Send + Sync + 'static {
 }
 
 /// Publishes through an rdkafka producer configured for durability.
-///
-/// Delivery reports are served by the threads that send, right after each send, and by a
-/// thread of the publisher's own (`redrive-delivery`) for those no send came to serve: every
-/// 2 ms while records are in flight, woken by the next send when idle. A report so reaches
-/// its waiter at most ~2 ms after librdkafka queued it, and under load most are served where
-/// the copies were built: librdkafka then frees each copy (its message and one block per
-/// header) on the thread that allocated it, which glibc's `malloc` serves from a per-thread
-/// cache, where a delivery thread of its own (rdkafka's `ThreadedProducer`) frees every copy
-/// on another thread. That cost the retry path ~15 % of its throughput (BENCHMARKS.md,
-/// session 20).
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: Arc<BaseProducer<PublishContext>>,
-    reports: Arc<ReportServer>,
-}
-
-/// How often the delivery thread looks for reports while records are in flight. It does not
-/// wait for them in librdkafka: it would take each batch of reports as it arrives, before a
-/// sender can.
-const REPORT_INTERVAL: Duration = Duration::from_millis(2);
-
-/// How long the delivery thread sleeps with nothing in flight, unless a send wakes it: it
-/// still serves librdkafka's error events (logged by the context) that often.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
-
-/// The publisher's delivery thread; stopped and joined when the last clone of the publisher
-/// drops.
-struct ReportServer {
-    thread: Thread,
-    handle: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// Set while the thread sleeps for [`IDLE_WAIT`]: the next send wakes it.
-    idle: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl ReportServer {
-    fn start(producer: Arc<BaseProducer<PublishContext>>) -> std::io::Result<Self> {
-        let idle = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (idle2, stop2) = (idle.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("redrive-delivery".into())
-            .spawn(move || serve_reports(&producer, &idle2, &stop2))?;
-        Ok(ReportServer {
-            thread: handle.thread().clone(),
-            handle: std::sync::Mutex::new(Some(handle)),
-            idle,
-            stop,
-        })
-    }
-
-    /// After a send: wakes the thread if it sleeps for [`IDLE_WAIT`].
-    fn sent(&self) {
-        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
-            self.thread.unpark();
-        }
-    }
-}
-
-impl Drop for ReportServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.unpark();
-        let handle = self
-            .handle
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        // A delivery callback may hold the last clone, so this may run on the thread itself,
-        // which then ends on its own after this pass.
-        if let Some(h) = handle.filter(|h| h.thread().id() != std::thread::current().id()) {
-            let _ = h.join();
-        }
-    }
-}
-
-/// The delivery thread's loop.
-fn serve_reports(producer: &BaseProducer<PublishContext>, idle: &AtomicBool, stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        serve_queued_reports(producer);
-        if producer.in_flight_count() > 0 {
-            std::thread::park_timeout(REPORT_INTERVAL);
-            continue;
-        }
-        idle.store(true, Ordering::SeqCst);
-        // A send between the count above and the flag would not wake the thread: count again.
-        // (Should the count still miss it, the sleep ends after IDLE_WAIT all the same.)
-        if producer.in_flight_count() == 0 && !stop.load(Ordering::SeqCst) {
-            std::thread::park_timeout(IDLE_WAIT);
-        }
-        idle.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Serves the events librdkafka has queued, without waiting for more. `poll(ZERO)` serves at
-/// most one event (one batch of reports), so it is called until the count stops falling.
-fn serve_queued_reports(producer: &BaseProducer<PublishContext>) {
-    let mut left = producer.in_flight_count();
-    loop {
-        producer.poll(Duration::ZERO);
-        let now = producer.in_flight_count();
-        if now >= left || now == 0 {
-            return;
-        }
-        left = now;
-    }
+    producer: Arc<ThreadedProducer<PublishContext>>,
 }
 
 /// The producer context of a [`KafkaPublisher`]: hands each delivery report to whoever
-/// waits for that record, on the thread that serves the report (see [`KafkaPublisher`]).
+/// waits for that record, on librdkafka's delivery thread.
 pub struct PublishContext;
 
 impl ClientContext for PublishContext {}
@@ -303,22 +198,16 @@ impl KafkaPublisher {
         for (k, v) in DURABILITY {
             cfg.set(k, v);
         }
-        let producer: BaseProducer<PublishContext> = cfg
+        let producer: ThreadedProducer<PublishContext> = cfg
             .create_with_context(PublishContext)
             .map_err(crate::Error::from_client_config)?;
-        let producer = Arc::new(producer);
-        let reports = ReportServer::start(producer.clone()).map_err(|e| {
-            crate::Error::Fatal(format!("cannot start the producer's delivery thread: {e}"))
-        })?;
         Ok(KafkaPublisher {
-            producer,
-            reports: Arc::new(reports),
+            producer: Arc::new(producer),
         })
     }
 
-    /// The underlying producer. Its delivery reports are served by the publisher (see
-    /// [`KafkaPublisher`]); calling its `poll` as well is harmless.
-    pub fn producer(&self) -> &BaseProducer<PublishContext> {
+    /// The underlying producer.
+    pub fn producer(&self) -> &ThreadedProducer<PublishContext> {
         &self.producer
     }
 
@@ -340,15 +229,9 @@ impl KafkaPublisher {
             headers: f.headers,
             delivery_opaque: Box::new(to),
         };
-        let sent = self
-            .producer
+        self.producer
             .send(rec)
-            .map_err(|(e, rec)| (e, *rec.delivery_opaque));
-        // Serve what is queued here, where the copies were built (see `KafkaPublisher`); a
-        // full queue (the error above) needs it most.
-        self.producer.poll(Duration::ZERO);
-        self.reports.sent();
-        sent
+            .map_err(|(e, rec)| (e, *rec.delivery_opaque))
     }
 
     /// Sends `r` and calls `then` with what became of it: on librdkafka's delivery thread
@@ -436,82 +319,3 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
 /// How long a send waits for room in a full local queue in all, as rdkafka's
 /// `FutureProducer::send` with its usual 30 s.
 const QUEUE_FULL_DEADLINE: Duration = Duration::from_secs(30);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::mocking::MockCluster;
-    use std::sync::Weak;
-
-    fn publisher(
-        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-    ) -> KafkaPublisher {
-        KafkaPublisher::new(ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()))
-            .unwrap()
-    }
-
-    /// The producer the publisher's delivery thread holds: gone once that thread ended.
-    fn producer_of(p: &KafkaPublisher) -> Weak<BaseProducer<PublishContext>> {
-        Arc::downgrade(&p.producer)
-    }
-
-    fn wait_until(what: &str, done: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// The last send's report comes after the send returned, so only the publisher's own
-    /// thread can serve it; that thread ends with the last clone.
-    #[tokio::test]
-    async fn the_last_report_is_served_and_the_thread_ends_with_the_publisher() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("copies", 1, 1).unwrap();
-        let p = publisher(&mock);
-        let clone = p.clone();
-        for i in 0..3 {
-            let sent = Outgoing::to("copies").value(format!("copy {i}"));
-            tokio::time::timeout(Duration::from_secs(30), p.publish(&sent))
-                .await
-                .expect("the acknowledgement never came")
-                .expect("the copy was not acknowledged");
-            // Idle again (nothing in flight), so the next send must wake the thread.
-            std::thread::sleep(Duration::from_millis(150));
-        }
-        let producer = producer_of(&p);
-        drop(p);
-        assert!(producer.upgrade().is_some(), "a clone still publishes");
-        drop(clone);
-        assert!(
-            producer.upgrade().is_none(),
-            "the delivery thread still runs after the last clone dropped"
-        );
-    }
-
-    /// A delivery callback may hold the last clone: dropping it there, on the delivery thread
-    /// itself, must not join that thread, and the thread still ends.
-    #[test]
-    fn the_last_clone_may_drop_in_a_delivery_callback() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("copies", 1, 1).unwrap();
-        let p = publisher(&mock);
-        let producer = producer_of(&p);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let kept = p.clone();
-        p.send_then(
-            &Outgoing::to("copies").value("copy"),
-            Box::new(move |sent| {
-                let acked = matches!(sent, Sent::Acked);
-                drop(kept);
-                let _ = tx.send((acked, std::thread::current().name().map(str::to_owned)));
-            }),
-        );
-        drop(p);
-        let (acked, thread) = rx.recv_timeout(Duration::from_secs(30)).expect("no report");
-        assert!(acked, "the copy was not acknowledged");
-        assert_eq!(thread.as_deref(), Some("redrive-delivery"));
-        wait_until("the delivery thread ended", || producer.upgrade().is_none());
-    }
-}
