@@ -35,8 +35,9 @@
 //! pile up in glibc's fast bins, and the next large allocation or free in that arena
 //! consolidates the whole pile on a worker thread (10-24 ms measured after a burst of
 //! failures: records due then start late). Without fast bins that pass does not exist; in
-//! alternating runs the retry path also ran ~9 % faster (median) and the all-success path
-//! no slower (BENCHMARKS.md, session 19).
+//! alternating runs the retry path also ran faster in every pair (11-22 % at 16-22 % less
+//! CPU over 3-round runs) and the all-success path no slower (BENCHMARKS.md, sessions
+//! 19-20).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
