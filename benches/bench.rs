@@ -381,8 +381,13 @@ fn raw_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
 
 /// A raw consumer in exactly this group.
 fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    raw_config(bootstrap, group).create().unwrap()
+}
+
+/// The raw consumers' settings.
+fn raw_config(bootstrap: &str, group: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("session.timeout.ms", "6000")
         // redrive's default, so both sides fetch alike. With librdkafka's 500 ms whole rounds
@@ -395,9 +400,8 @@ fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
         )
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap()
+        .set("enable.auto.commit", "false");
+    cfg
 }
 
 /// Raw rdkafka: `StreamConsumer::recv` one record at a time, offsets stored and committed
@@ -409,11 +413,12 @@ async fn baseline(
     topic: &str,
     n: u64,
     read_headers: bool,
-) -> (f64, f64, Option<f64>) {
+    commit_every: u64,
+) -> HappyRun {
     let c = raw_consumer(bootstrap, "bench-raw");
     c.subscribe(&[topic]).unwrap();
     let mut positions: HashMap<i32, i64> = HashMap::new();
-    let mut count = 0u64;
+    let (mut count, mut commits) = (0u64, 0u64);
     let mut started = None;
     let (mut cpu0, mut broker0) = (0.0, None);
     let mut ticks0 = HashMap::new();
@@ -434,30 +439,29 @@ async fn baseline(
         }
         positions.insert(m.partition(), m.offset() + 1);
         count += 1;
-        if count % 1000 == 0 {
+        if count % commit_every == 0 {
             commit_positions(&c, topic, &positions);
+            commits += 1;
         }
     }
     let secs = started.unwrap().elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let broker = broker_cpu_seconds().zip(broker0).map(|(b1, b0)| b1 - b0);
-    print_thread_cpu(
-        if read_headers {
-            "baseline reading headers"
-        } else {
-            "baseline"
-        },
-        &ticks0,
-    );
+    let what = match (read_headers, commit_every) {
+        (true, _) => "baseline reading headers",
+        (false, 1000) => "baseline",
+        (false, _) => "baseline, committing as often as redrive",
+    };
+    print_thread_cpu(what, &ticks0);
     let per_million = n as f64 / 1e6;
-    (
-        n as f64 / secs,
-        cpu / per_million,
-        broker.map(|b| b / per_million),
-    )
+    HappyRun {
+        rate: n as f64 / secs,
+        cpu: cpu / per_million,
+        broker: broker.map(|b| b / per_million),
+        commits: Some(commits as f64 / per_million),
+    }
 }
 
-/// How a round line shows the local broker's CPU.
 /// Prints one round of the retry scenario (`what`: the side) and returns its main-topic
 /// records/s and the retries it completed.
 fn retry_round(
@@ -472,12 +476,102 @@ fn retry_round(
     (r, done)
 }
 
+/// How a round line shows the local broker's CPU.
 fn broker_note(broker: Option<f64>) -> String {
     broker.map_or("not local".into(), |b| format!("{b:.2} cpu-s/M"))
 }
 
+/// Offset commit requests redrive's committer has completed, counted by [`CommitCounter`].
+static REDRIVE_COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// A `metrics` recorder that only counts the samples of redrive's commit-duration
+/// histogram, one per commit request, so the happy lines can say how many commits each side
+/// sent: redrive's asynchronous commits coalesce the triggers that come while one is in
+/// flight, the raw loop sends every one. Every other metric gets a no-op handle, as with no
+/// recorder (the runtime keeps its handles, so nothing is looked up per record).
+struct CommitCounter;
+
+struct CountCommit;
+
+impl metrics::HistogramFn for CountCommit {
+    fn record(&self, _: f64) {
+        REDRIVE_COMMITS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl metrics::Recorder for CommitCounter {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        if key.name() == redrive::metrics::names::COMMIT_DURATION {
+            metrics::Histogram::from_arc(Arc::new(CountCommit))
+        } else {
+            metrics::Histogram::noop()
+        }
+    }
+}
+
+/// Whether [`CommitCounter`] is installed (not with `BENCH_PROMETHEUS`).
+static COUNTING_COMMITS: AtomicBool = AtomicBool::new(false);
+
+/// One side's happy round: records/s, CPU-s per million records, the local broker's CPU-s
+/// per million, and the offset commit requests per million records when they were counted.
+struct HappyRun {
+    rate: f64,
+    cpu: f64,
+    broker: Option<f64>,
+    commits: Option<f64>,
+}
+
+impl HappyRun {
+    fn note(&self) -> String {
+        let commits = self
+            .commits
+            .map_or(String::new(), |c| format!(", {c:.0} commits/M"));
+        format!(
+            "{:.0} rec/s, {:.2} cpu-s/M (broker {}){commits}",
+            self.rate,
+            self.cpu,
+            broker_note(self.broker)
+        )
+    }
+}
+
 /// A commit of `positions` (next offsets by partition of `topic`), asynchronous.
-fn commit_positions(c: &StreamConsumer, topic: &str, positions: &HashMap<i32, i64>) {
+fn commit_positions<C: rdkafka::consumer::ConsumerContext>(
+    c: &StreamConsumer<C>,
+    topic: &str,
+    positions: &HashMap<i32, i64>,
+) {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in positions {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
@@ -736,12 +830,7 @@ enum HappyRoute {
 }
 
 /// redrive with a no-op handler, `async:1000`. Returns (records/s, CPU s per million).
-async fn redrive_happy(
-    bootstrap: &str,
-    topic: &str,
-    n: u64,
-    kind: HappyRoute,
-) -> (f64, f64, Option<f64>) {
+async fn redrive_happy(bootstrap: &str, topic: &str, n: u64, kind: HappyRoute) -> HappyRun {
     let first: Mark = Arc::default();
     let f2 = first.clone();
     let ticks_at_first: Arc<Mutex<ThreadTicks>> = Arc::default();
@@ -783,22 +872,27 @@ async fn redrive_happy(
     let builder = builder.route(route);
     let worker = with_bench_props(builder).build().unwrap();
     let h = worker.handle();
+    let commits0 = REDRIVE_COMMITS.load(Ordering::Relaxed);
     let run = tokio::spawn(worker.run());
     while h.records_finished() < n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let end = (Instant::now(), cpu_seconds(), broker_cpu_seconds());
+    let commits = REDRIVE_COMMITS.load(Ordering::Relaxed) - commits0;
     print_thread_cpu("redrive", &ticks_at_first.lock().unwrap());
     h.shutdown();
     run.await.unwrap().unwrap();
     let (t0, c0, b0) = first.lock().unwrap().unwrap();
     let secs = (end.0 - t0).as_secs_f64();
     let per_million = n as f64 / 1e6;
-    (
-        n as f64 / secs,
-        (end.1 - c0) / per_million,
-        end.2.zip(b0).map(|(b1, b0)| (b1 - b0) / per_million),
-    )
+    HappyRun {
+        rate: n as f64 / secs,
+        cpu: (end.1 - c0) / per_million,
+        broker: end.2.zip(b0).map(|(b1, b0)| (b1 - b0) / per_million),
+        commits: COUNTING_COMMITS
+            .load(Ordering::Relaxed)
+            .then_some(commits as f64 / per_million),
+    }
 }
 
 /// Main-topic throughput with 10 % of records failing once through a 1 s retry topic; waits
@@ -1204,6 +1298,8 @@ fn main() {
     // service exporting them does (nothing scrapes it); by default no recorder is installed.
     if std::env::var_os("BENCH_PROMETHEUS").is_some() {
         install_prometheus();
+    } else if metrics::set_global_recorder(CommitCounter).is_ok() {
+        COUNTING_COMMITS.store(true, Ordering::Relaxed);
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -1276,55 +1372,63 @@ async fn bench_main() {
         eprintln!("produced {n} in {:.1} s", t.elapsed().as_secs_f64());
         let (mut br, mut bc, mut rr, mut rc) = (vec![], vec![], vec![], vec![]);
         let (mut hr, mut hc) = (vec![], vec![]);
+        let (mut cr, mut cc, mut ccommits) = (vec![], vec![], vec![]);
         let (mut yr, mut yc) = (vec![], vec![]);
         let (mut wr, mut wc) = (vec![], vec![]);
+        // Commit requests per million records of each side's plain run, for the CPU line.
+        let (mut bcommits, mut rcommits) = (vec![], vec![]);
+        let placeholder = || HappyRun {
+            rate: 1.0,
+            cpu: 1.0,
+            broker: None,
+            commits: None,
+        };
         for round in 0..rounds {
-            let (r, c, broker) = if side == "redrive" {
-                (1.0, 1.0, None)
+            let run = if side == "redrive" {
+                placeholder()
             } else {
-                baseline(&bootstrap, &topic, n, false).await
+                baseline(&bootstrap, &topic, n, false, 1000).await
             };
-            eprintln!(
-                "round {round}: baseline {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
-                broker_note(broker)
-            );
-            br.push(r);
-            bc.push(c);
-            let (r, c, broker) = if side == "baseline" {
-                (1.0, 1.0, None)
+            eprintln!("round {round}: baseline {}", run.note());
+            br.push(run.rate);
+            bc.push(run.cpu);
+            bcommits.extend(run.commits);
+            let run = if side == "baseline" {
+                placeholder()
             } else {
                 redrive_happy(&bootstrap, &topic, n, HappyRoute::Plain).await
             };
-            eprintln!(
-                "round {round}: redrive  {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
-                broker_note(broker)
-            );
-            rr.push(r);
-            rc.push(c);
+            eprintln!("round {round}: redrive  {}", run.note());
+            rr.push(run.rate);
+            rc.push(run.cpu);
+            rcommits.extend(run.commits);
             if side.is_empty() {
-                let (r, c, broker) = baseline(&bootstrap, &topic, n, true).await;
+                let run = baseline(&bootstrap, &topic, n, true, 1000).await;
+                eprintln!("round {round}: baseline reading headers {}", run.note());
+                hr.push(run.rate);
+                hc.push(run.cpu);
+                // As many commits as redrive's plain route sent this round: its policy
+                // (async every 1,000) is checked once per poll round, so under this load it
+                // commits every few thousand records, where the raw loop commits every 1,000.
+                let every = rcommits
+                    .last()
+                    .map_or(1000, |c: &f64| (1e6 / c.max(1.0)).round() as u64);
+                let run = baseline(&bootstrap, &topic, n, false, every).await;
                 eprintln!(
-                    "round {round}: baseline reading headers {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
-                    broker_note(broker)
+                    "round {round}: baseline committing every {every} records {}",
+                    run.note()
                 );
-                hr.push(r);
-                hc.push(c);
-                let (r, c, broker) =
-                    redrive_happy(&bootstrap, &topic, n, HappyRoute::Retryable).await;
-                eprintln!(
-                    "round {round}: redrive on a retryable route {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
-                    broker_note(broker)
-                );
-                yr.push(r);
-                yc.push(c);
-                let (r, c, broker) =
-                    redrive_happy(&bootstrap, &topic, n, HappyRoute::WithoutHeaders).await;
-                eprintln!(
-                    "round {round}: redrive without headers {r:.0} rec/s, {c:.2} cpu-s/M (broker {})",
-                    broker_note(broker)
-                );
-                wr.push(r);
-                wc.push(c);
+                cr.push(run.rate);
+                cc.push(run.cpu);
+                ccommits.extend(run.commits);
+                let run = redrive_happy(&bootstrap, &topic, n, HappyRoute::Retryable).await;
+                eprintln!("round {round}: redrive on a retryable route {}", run.note());
+                yr.push(run.rate);
+                yc.push(run.cpu);
+                let run = redrive_happy(&bootstrap, &topic, n, HappyRoute::WithoutHeaders).await;
+                eprintln!("round {round}: redrive without headers {}", run.note());
+                wr.push(run.rate);
+                wc.push(run.cpu);
             }
         }
         let (b, r) = (median(&mut br), median(&mut rr));
@@ -1354,6 +1458,16 @@ async fn bench_main() {
                 " too_short_to_measure=true window_cpu_seconds={window_cpu:.2}<{MIN_WINDOW_CPU_SECONDS}"
             ));
         }
+        // How many commit requests each side sent: the same policy (async every 1,000
+        // records), but redrive's committer coalesces the triggers that come while a commit is
+        // in flight, where the raw loop sends one per trigger.
+        if !bcommits.is_empty() && !rcommits.is_empty() {
+            cpu_line.extra.push_str(&format!(
+                " commits_per_million_baseline={:.0} commits_per_million_redrive={:.0}",
+                median(&mut bcommits),
+                median(&mut rcommits)
+            ));
+        }
         lines.push(cpu_line);
         // Reference lines, no target: records/s compared, both CPU figures in the extra.
         if !hr.is_empty() {
@@ -1365,6 +1479,20 @@ async fn bench_main() {
                 (median(&mut hr), median(&mut hc)),
                 (r, rcpu),
             ));
+        }
+        if !cr.is_empty() {
+            // The raw loop sending as many commit requests as redrive did.
+            let mut line = Line::with_cpu(
+                "happy_vs_raw_loop_committing_as_often",
+                "",
+                (median(&mut cr), median(&mut cc)),
+                (r, rcpu),
+            );
+            line.extra.push_str(&format!(
+                " commits_per_million_baseline={:.0}",
+                median(&mut ccommits)
+            ));
+            lines.push(line);
         }
         if !yr.is_empty() {
             // The same no-op handler behind a retry policy, never failing, against the plain

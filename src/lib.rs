@@ -25,7 +25,7 @@
 //! makes C code linked into the binary, librdkafka included, use it too) and declare it in
 //! your binary:
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 //! ```

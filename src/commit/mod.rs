@@ -20,7 +20,8 @@ pub enum CommitMode {
     /// Block until the broker confirms; a failure is returned to the caller.
     Sync,
     /// Send and go on; failures are reported through the commit callback and the log, and the
-    /// offsets are sent again by the next commit.
+    /// offsets are sent again by the next commit. One commit request is in flight at a time:
+    /// commits due while one is being made are sent as one, with the newest positions.
     Async,
 }
 
@@ -30,7 +31,11 @@ pub enum CommitTrigger {
     /// After every record whose outcome is final. Records finished while a commit was being
     /// made are covered by the next one.
     PerRecord,
-    /// After every `n` records whose outcome is final (Spring's `COUNT`).
+    /// After every `n` records whose outcome is final (Spring's `COUNT`). Like Spring's,
+    /// the count is checked once per round of the poll loop, so a busy worker whose rounds
+    /// finish more than `n` records commits once per round: at full speed on the benchmark's
+    /// machine, `n = 1,000` made one commit every 5,000-9,000 records (BENCHMARKS.md,
+    /// session 21).
     EveryRecords(u64),
     /// On a timer (Spring's `TIME`).
     Interval(Duration),
