@@ -401,9 +401,9 @@ fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
 }
 
 /// Raw rdkafka: `StreamConsumer::recv` one record at a time, offsets stored and committed
-/// asynchronously every 1,000 records. With `read_headers` the loop also asks each record
-/// for its headers, as a loop that hands its handler the headers must (redrive does).
-/// Returns (records/s, CPU s per million, the local broker's CPU s per million).
+/// asynchronously every `commit_every` records (the scenario's policy: 1,000). With
+/// `read_headers` the loop also asks each record for its headers, as a loop that hands its
+/// handler the headers must (redrive does).
 async fn baseline(
     bootstrap: &str,
     topic: &str,
