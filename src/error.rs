@@ -192,3 +192,27 @@ impl From<crate::commit::ParseCommitPolicyError> for Error {
         Error::config("commit_policy", e.to_string())
     }
 }
+
+/// Returned by a layer when a partition must stop at this record without committing it.
+/// The runtime logs it, leaves the offset uncommitted and stops the partition's task.
+#[derive(Debug, thiserror::Error)]
+#[error("partition halted: {0}")]
+pub struct Halt(pub String);
+
+/// A handler panicked; handled like any other error (retried by the retry layer).
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {0}")]
+pub struct Panicked(pub String);
+
+impl Panicked {
+    pub(crate) fn from_payload(p: &(dyn std::any::Any + Send)) -> Self {
+        let msg = if let Some(s) = p.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = p.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "non-string panic payload".to_owned()
+        };
+        Panicked(msg)
+    }
+}

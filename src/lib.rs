@@ -41,18 +41,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod clock;
 pub mod commit;
 pub mod error;
 pub mod handler;
 pub mod headers;
 pub mod layer;
 pub mod metrics;
+mod partition_state;
 pub mod policy;
 pub mod publish;
 pub mod record;
 mod runtime;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;
+pub mod timestamp;
 pub mod transaction;
 mod worker;
 
@@ -61,11 +64,13 @@ pub use error::{BoxError, DecodeError, Error, Fatal};
 #[cfg(feature = "json")]
 pub use handler::Json;
 pub use handler::{FromRecord, RetryContext};
+pub use headers::{Header, Headers};
 pub use policy::RetryPolicy;
-pub use record::{Header, Headers, Record, Timestamp, TimestampType};
+pub use record::Record;
 #[cfg(feature = "macros")]
 pub use redrive_macros::{dlt_handler, retryable_topic};
 pub use runtime::CommitErrorCallback;
+pub use timestamp::{Timestamp, TimestampType};
 pub use worker::route::{IntoRoute, Route};
 pub use worker::{shutdown_signal, Worker, WorkerBuilder, WorkerHandle};
 

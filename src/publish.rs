@@ -19,7 +19,7 @@ use rdkafka::producer::{
 use rdkafka::ClientContext;
 
 use crate::error::BoxError;
-use crate::record::Headers;
+use crate::headers::Headers;
 
 /// A record to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]

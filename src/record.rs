@@ -1,187 +1,14 @@
 //! The record a handler receives: an owned copy of one Kafka message.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::commit::Acknowledgment;
-
-/// One record header. Kafka header values are arbitrary bytes and may be null.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    /// The header name. Well-known names (Spring Kafka's retry headers, `traceparent`) are
-    /// borrowed from static strings, so copying them allocates nothing.
-    pub key: Cow<'static, str>,
-    /// The header value; `None` is a null value, distinct from an empty one.
-    pub value: Option<Bytes>,
-}
-
-/// The headers of a record, in wire order. Kafka allows repeated keys, so this is a list.
-///
-/// The list is shared copy-on-write: cloning a record (as the retry layer does, to keep a
-/// copy for the failure path) does not copy its headers.
-#[derive(Clone, Default)]
-pub struct Headers(Option<Arc<Vec<Header>>>);
-
-impl Headers {
-    /// No headers.
-    pub const fn new() -> Self {
-        Headers(None)
-    }
-
-    /// The headers of `list`, kept as they are.
-    pub(crate) fn from_list(list: Vec<Header>) -> Self {
-        Headers((!list.is_empty()).then(|| Arc::new(list)))
-    }
-
-    fn list_mut(&mut self) -> &mut Vec<Header> {
-        Arc::make_mut(self.0.get_or_insert_with(Default::default))
-    }
-
-    /// Appends a header, keeping any existing header of the same name.
-    pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: Option<impl Into<Bytes>>) {
-        self.list_mut().push(Header {
-            key: key.into(),
-            value: value.map(Into::into),
-        });
-    }
-
-    /// Replaces every header named `key` with a single one (appended at the end).
-    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Bytes>) {
-        let key = key.into();
-        self.remove(&key);
-        self.list_mut().push(Header {
-            key,
-            value: Some(value.into()),
-        });
-    }
-
-    /// Removes every header named `key`.
-    pub fn remove(&mut self, key: &str) {
-        // Copy-on-write only when there is something to remove.
-        if self.iter().any(|h| h.key == key) {
-            self.list_mut().retain(|h| h.key != key);
-        }
-    }
-
-    /// The last header named `key` (Kafka clients treat the last one as current).
-    pub fn last(&self, key: &str) -> Option<&Header> {
-        self.iter().rev().find(|h| h.key == key)
-    }
-
-    /// The value of the last header named `key`, if it has a non-null value.
-    pub fn last_value(&self, key: &str) -> Option<&[u8]> {
-        self.last(key).and_then(|h| h.value.as_deref())
-    }
-
-    /// All headers named `key`, in order.
-    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Header> + 'a {
-        self.iter().filter(move |h| h.key == key)
-    }
-
-    /// The headers as a slice, in order.
-    pub fn as_slice(&self) -> &[Header] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-
-    /// Iterates over all headers in order.
-    pub fn iter(&self) -> std::slice::Iter<'_, Header> {
-        self.as_slice().iter()
-    }
-
-    /// Number of headers.
-    pub fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    /// True when there are no headers.
-    pub fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
-    }
-
-    /// Bytes taken by names and values, used for in-flight accounting.
-    pub(crate) fn byte_len(&self) -> usize {
-        self.iter()
-            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
-            .sum()
-    }
-}
-
-impl PartialEq for Headers {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for Headers {}
-
-impl fmt::Debug for Headers {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-impl<'a> IntoIterator for &'a Headers {
-    type Item = &'a Header;
-    type IntoIter = std::slice::Iter<'a, Header>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-impl FromIterator<Header> for Headers {
-    fn from_iter<T: IntoIterator<Item = Header>>(iter: T) -> Self {
-        Headers::from_list(iter.into_iter().collect())
-    }
-}
-
-/// How the broker stamped a record's timestamp.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TimestampType {
-    /// Set by the producer.
-    CreateTime,
-    /// Set by the broker on append.
-    LogAppendTime,
-}
-
-impl TimestampType {
-    /// The name Kafka's Java `TimestampType.toString()` gives (`CreateTime`,
-    /// `LogAppendTime`), as spring-kafka writes it into `kafka_original-timestamp-type`.
-    pub fn as_java_str(self) -> &'static str {
-        match self {
-            TimestampType::CreateTime => "CreateTime",
-            TimestampType::LogAppendTime => "LogAppendTime",
-        }
-    }
-}
-
-/// A record timestamp in milliseconds since the Unix epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timestamp {
-    /// Milliseconds since the Unix epoch.
-    pub millis: i64,
-    /// Who set it.
-    pub kind: TimestampType,
-}
-
-impl Timestamp {
-    /// rdkafka's form; None when the message has no timestamp.
-    pub(crate) fn from_kafka(ts: rdkafka::Timestamp) -> Option<Self> {
-        match ts {
-            rdkafka::Timestamp::CreateTime(t) => Some(Timestamp {
-                millis: t,
-                kind: TimestampType::CreateTime,
-            }),
-            rdkafka::Timestamp::LogAppendTime(t) => Some(Timestamp {
-                millis: t,
-                kind: TimestampType::LogAppendTime,
-            }),
-            rdkafka::Timestamp::NotAvailable => None,
-        }
-    }
-}
+use crate::headers::{Header, Headers};
+use crate::partition_state::{Deferral, PartitionShared};
+use crate::timestamp::Timestamp;
 
 /// An owned Kafka record, as handed to a handler.
 ///
@@ -200,7 +27,7 @@ pub struct Record {
     /// handler can acknowledge the record. The acknowledgement's sender lives there rather than
     /// in every record: it keeps a record at 128 bytes, which the compiler moves inline
     /// where a larger one costs a `memcpy` call at each of the several moves per record.
-    pub(crate) partition_state: Option<Arc<crate::runtime::PartitionShared>>,
+    pub(crate) partition_state: Option<Arc<PartitionShared>>,
 }
 
 // See `partition_state`: the per-record moves are measurable in the happy-path benchmark.
@@ -277,7 +104,7 @@ impl Record {
     /// the service returns, but when the returned token is completed (a retry-topic copy
     /// acknowledged after the handler moved on). None outside a worker, or when the
     /// partition already has too many deferred records (the caller then finishes inline).
-    pub(crate) fn defer(&self) -> Option<crate::runtime::Deferral> {
+    pub(crate) fn defer(&self) -> Option<Deferral> {
         self.partition_state.as_ref()?.defer(self.offset)
     }
 

@@ -8,12 +8,16 @@
 //! - original partition: 4-byte int; original offset and timestamp: 8-byte longs;
 //!   topic, timestamp type, group and exception texts: UTF-8.
 
+mod list;
+
 use std::borrow::Cow;
 use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::record::{Header, Headers, TimestampType};
+pub use list::{Header, Headers};
+
+use crate::timestamp::TimestampType;
 
 /// `retry_topic-attempts`: the attempt the record is on (1 = first delivery).
 pub const ATTEMPTS: &str = "retry_topic-attempts";
@@ -45,6 +49,15 @@ pub const EXCEPTION_STACKTRACE: &str = "kafka_exception-stacktrace";
 
 /// W3C trace context header, propagated across hops so all attempts share one trace.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// Set on a dead-letter copy that had to leave its value behind, with why and where the
+/// original is. A copy the broker can never take because it exceeds the maximum record size
+/// is first sent without its error texts; if it is still too large, the dead-letter topic
+/// gets the record's key, headers and coordinates without its value, and this header.
+pub const VALUE_DROPPED: &str = "redrive-value-dropped";
+
+/// On a record replayed from a dead-letter topic: how many times it was replayed.
+pub const REPLAY_COUNT: &str = "redrive-replay-count";
 
 /// Plain `DeadLetterPublishingRecoverer` form of the same data (read, not written).
 pub mod dlt_form {
@@ -94,9 +107,8 @@ const KNOWN: [&str; 25] = [
     dlt_form::EXCEPTION_CAUSE_FQCN,
     dlt_form::EXCEPTION_MESSAGE,
     dlt_form::EXCEPTION_STACKTRACE,
-    crate::layer::retry_topic::VALUE_DROPPED,
-    // `sidecar::dlt::REPLAY_COUNT`, spelled out: that module exists only with feature `sidecar`.
-    "redrive-replay-count",
+    VALUE_DROPPED,
+    REPLAY_COUNT,
 ];
 
 /// `name` as a header key: a well-known name borrows its static string, others are copied.

@@ -8,10 +8,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode as RdCommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode as RdCommitMode, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{PartitionShared, RuntimeContext, RuntimeShared};
+use super::shared::RuntimeShared;
+use crate::partition_state::PartitionShared;
 
 enum Job {
     Commit(Vec<(Arc<PartitionShared>, i64)>),
@@ -24,8 +25,8 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn spawn(
-        consumer: Weak<BaseConsumer<RuntimeContext>>,
+    pub(crate) fn spawn<C: ConsumerContext + 'static>(
+        consumer: Weak<BaseConsumer<C>>,
         rt: Arc<RuntimeShared>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
@@ -50,8 +51,8 @@ impl Committer {
     }
 }
 
-fn run(
-    consumer: &Weak<BaseConsumer<RuntimeContext>>,
+fn run<C: ConsumerContext + 'static>(
+    consumer: &Weak<BaseConsumer<C>>,
     rt: &RuntimeShared,
     rx: &mpsc::Receiver<Job>,
 ) {

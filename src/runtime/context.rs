@@ -24,13 +24,19 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{PartitionShared, PartitionStart, RuntimeShared, TopicBinding};
+use super::committer::Committer;
+use super::fetch::{feed, Feeder};
+use super::partition::PartitionStart;
+use super::route::TopicBinding;
+use super::shared::RuntimeShared;
+use super::transactional::TxnState;
 use crate::commit::{CommitMode, CommitTrigger};
+use crate::partition_state::PartitionShared;
 
 /// One assigned partition, as the poll thread sees it.
 struct Slot {
     shared: Arc<PartitionShared>,
-    feeder: super::fetch::Feeder,
+    feeder: Feeder<RuntimeContext>,
     task: JoinHandle<()>,
     last_committed: Option<i64>,
 }
@@ -52,11 +58,11 @@ pub(crate) struct RuntimeContext {
     /// The consumer itself, to split partition queues from inside the rebalance callback.
     pub(crate) consumer: OnceLock<Weak<BaseConsumer<RuntimeContext>>>,
     /// Runs asynchronous commits and surfaces their results.
-    pub(crate) committer: OnceLock<super::Committer>,
+    pub(crate) committer: OnceLock<Committer>,
     /// Topic name -> how it is handled.
     pub(crate) routes: HashMap<String, TopicBinding>,
     /// Set in a transactional worker: rebalances only inform its loop.
-    pub(crate) txn: Option<Arc<super::TxnState>>,
+    pub(crate) txn: Option<Arc<TxnState>>,
     state: Mutex<DispatchState>,
 }
 
@@ -64,7 +70,7 @@ impl RuntimeContext {
     pub(crate) fn new(
         rt: Arc<RuntimeShared>,
         routes: HashMap<String, TopicBinding>,
-        txn: Option<Arc<super::TxnState>>,
+        txn: Option<Arc<TxnState>>,
     ) -> Self {
         RuntimeContext {
             rt,
@@ -115,7 +121,7 @@ impl RuntimeContext {
                 continue;
             };
             // Runs on the poll thread (inside `poll`), whose handle the wake-ups use.
-            let (feeder, feed) = super::fetch::feed(queue, binding.read_headers);
+            let (feeder, feed) = feed(queue, binding.read_headers);
             let (acks, acks_rx) = if cfg.manual_ack {
                 let (a, b) = mpsc::unbounded_channel();
                 (Some(a), Some(b))

@@ -12,7 +12,7 @@
 //! It takes up to [`MESSAGES_PER_READ`] messages per librdkafka call
 //! (`rd_kafka_consume_batch_queue`, through `redrive-partition-queue`): rust-rdkafka's
 //! one-message `poll` read the clock four times, took two locks and allocated per record,
-//! which made the poll thread twice as expensive (BENCHMARKS.md, session 16).
+//! which made the poll thread twice as expensive (BENCHMARKS.md, Tuning).
 //!
 //! Back-pressure is unchanged in kind: each partition holds at most a few batches waiting for
 //! its task; while they wait, the fetcher leaves that partition's records in librdkafka's
@@ -25,13 +25,14 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers as _, Message};
 use redrive_partition_queue::BatchQueue;
 use tokio::sync::mpsc;
 
-use super::RuntimeContext;
-use crate::record::{Header, Headers, Timestamp};
+use crate::headers::{interned, Header, Headers};
+use crate::timestamp::Timestamp;
 use crate::Record;
 
 /// Bytes copied into one chunk before a new one starts. A record a handler keeps alive keeps
@@ -199,7 +200,7 @@ impl Cursor {
             self.batch.headers[e.headers.clone()]
                 .iter()
                 .map(|h| Header {
-                    key: crate::headers::interned(&self.batch.keys[h.key.clone()]),
+                    key: interned(&self.batch.keys[h.key.clone()]),
                     value: h.value.clone().map(|r| chunk.slice(r)),
                 })
                 .collect()
@@ -215,8 +216,8 @@ impl Cursor {
 
 /// The poll thread's side of one partition's hand-over: its librdkafka queue and the channel
 /// to its task.
-pub(crate) struct Feeder {
-    queue: BatchQueue<RuntimeContext>,
+pub(crate) struct Feeder<C: ConsumerContext + 'static> {
+    queue: BatchQueue<C>,
     tx: mpsc::Sender<Batch>,
     /// Set when the queue became non-empty or the task took a batch.
     signal: Arc<AtomicBool>,
@@ -236,7 +237,10 @@ pub(crate) struct Feed {
 }
 
 /// The hand-over of one partition. Called on the poll thread, whose handle the wake-ups use.
-pub(crate) fn feed(mut queue: BatchQueue<RuntimeContext>, read_headers: bool) -> (Feeder, Feed) {
+pub(crate) fn feed<C: ConsumerContext + 'static>(
+    mut queue: BatchQueue<C>,
+    read_headers: bool,
+) -> (Feeder<C>, Feed) {
     let (tx, rx) = mpsc::channel(BATCHES_WAITING);
     let signal = Arc::new(AtomicBool::new(true));
     let poller = std::thread::current();
@@ -260,7 +264,7 @@ pub(crate) fn feed(mut queue: BatchQueue<RuntimeContext>, read_headers: bool) ->
     )
 }
 
-impl Feeder {
+impl<C: ConsumerContext + 'static> Feeder<C> {
     /// Hands the partition's waiting records to its task when its channel has room. True when
     /// this partition may have more right away (the caller polls again before sleeping).
     pub(crate) fn fetch(&mut self, max_records: usize, topic: &str, partition: i32) -> bool {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::RuntimeShared;
-use crate::layer::now_ms;
+use super::shared::RuntimeShared;
+use crate::clock::now_ms;
 use crate::metrics::names::{CONSUMER_LAG_RECORDS, CONSUMER_LAG_SECONDS};
 
 /// Spawns the lag thread; it ends when the worker shuts down.

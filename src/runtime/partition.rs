@@ -11,11 +11,14 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use super::fetch::{Cursor, Feed};
+use super::shared::RuntimeShared;
 use super::tracker::{Completion, OffsetTracker};
-use super::{PartitionShared, RuntimeShared};
+use crate::clock::now_ms;
 use crate::commit::CommitTrigger;
 use crate::error::{error_chain, BoxError};
-use crate::layer::{guarded_call, now_ms, Halt, Panicked, Stage};
+use crate::error::{Halt, Panicked};
+use crate::layer::{guarded_call, Stage};
+use crate::partition_state::{Completions, PartitionShared};
 use crate::Record;
 
 /// Everything a partition task needs besides its service.
@@ -24,7 +27,7 @@ pub(crate) struct PartitionStart {
     /// Record batches from the poll thread.
     pub feed: Feed,
     /// Completions of records whose completion a layer deferred.
-    pub deferred: super::Completions,
+    pub deferred: Completions,
     pub acks: Option<mpsc::UnboundedReceiver<i64>>,
     pub rt: Arc<RuntimeShared>,
     pub concurrency: usize,
@@ -463,7 +466,7 @@ where
                 }
             }
             tracker.dispatched(offset, record_ts(&record));
-            shared.observe(&tracker);
+            shared.observe(tracker.committable(), tracker.oldest_timestamp());
             let started = ended.take().unwrap_or_else(Instant::now);
             // Convert at once: the service's own error type need not be Send.
             let ready = svc.ready().await.map_err(Into::into);
@@ -481,7 +484,7 @@ where
                 outstanding += 1;
             } else {
                 if tracker.complete(offset) == Completion::Moved {
-                    shared.observe(&tracker);
+                    shared.observe(tracker.committable(), tracker.oldest_timestamp());
                 }
                 finished.add(&shared);
             }
@@ -550,7 +553,7 @@ where
                     let offset = record.offset;
                     meters.consumed.increment(1);
                     tracker.dispatched(offset, record_ts(&record));
-                    shared.observe(&tracker);
+                    shared.observe(tracker.committable(), tracker.oldest_timestamp());
                     if gated {
                         // The call starts only once due: the ready service moves into the
                         // future (tower's clone-and-swap) and is called after the gate.
@@ -607,7 +610,7 @@ fn settle(
     match tracker.complete(offset) {
         Completion::Ignored => return,
         Completion::Held => {}
-        Completion::Moved => shared.observe(tracker),
+        Completion::Moved => shared.observe(tracker.committable(), tracker.oldest_timestamp()),
     }
     finished.add(shared);
 }

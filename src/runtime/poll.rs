@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 
-use super::context::is_fatal;
-use super::RuntimeContext;
+use super::context::{is_fatal, RuntimeContext};
 use crate::commit::CommitTrigger;
 use crate::Error;
 

@@ -19,11 +19,11 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::error::BoxError;
+use crate::headers::Headers;
 use crate::headers::{self, AttemptsHeader, Original};
 use crate::publish::{KafkaPublisher, Outgoing, Publish};
-use crate::record::Headers;
 #[cfg(test)]
-use crate::record::{Timestamp, TimestampType};
+use crate::timestamp::{Timestamp, TimestampType};
 use crate::Record;
 
 /// The header a replay increments: how many times the record was replayed (4-byte big-endian
@@ -119,7 +119,7 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
             .map_err(|_| format!("`{s}` is before 1970"));
     }
     match humantime::parse_duration(s.trim()) {
-        Ok(ago) => Ok(crate::layer::now_ms() - ago.as_millis() as i64),
+        Ok(ago) => Ok(crate::clock::now_ms() - ago.as_millis() as i64),
         Err(_) => Err(format!(
             "`{s}` is neither a time (2026-11-24T10:00:00Z) nor a duration ago (2h, 30m)"
         )),
@@ -771,7 +771,7 @@ mod tests {
     fn times_parse() {
         assert_eq!(parse_time("1970-01-01T00:00:01Z"), Ok(1_000));
         let ago = parse_time("1h").unwrap();
-        assert!((crate::layer::now_ms() - ago - 3_600_000).abs() < 5_000);
+        assert!((crate::clock::now_ms() - ago - 3_600_000).abs() < 5_000);
         assert!(parse_time("yesterday").is_err());
     }
 }

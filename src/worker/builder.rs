@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use tower::Service;
 
-use super::route::{IntoRoute, Route, RouteFactory, ServiceRoute};
+use super::route::{IntoRoute, Route};
 use super::Worker;
 use crate::commit::CommitPolicy;
 use crate::error::BoxError;
@@ -15,8 +15,8 @@ use crate::layer::{Output, RetryTopicLayer, Stage};
 use crate::policy::{DltStrategy, RetryPolicy};
 use crate::publish::{IntoOutputs, KafkaPublisher, Publish};
 use crate::runtime::{
-    CommitErrorCallback, RuntimeConfig, RuntimeContext, RuntimeShared, TopicBinding, TxnParts,
-    TxnPublisher, TxnState,
+    CommitErrorCallback, RouteFactory, RuntimeConfig, RuntimeContext, RuntimeShared, ServiceRoute,
+    TopicBinding, TxnParts, TxnPublisher, TxnState,
 };
 use crate::transaction::Transactional;
 use crate::{Error, Record};

@@ -1,15 +1,10 @@
 //! Routes: which topics a service handles.
 
-use std::sync::{Arc, Mutex};
-
-use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
 use crate::error::BoxError;
 use crate::policy::RetryPolicy;
-use crate::runtime::{run_partition, PartitionStart};
 use crate::Record;
 
 /// A dead-letter handler with its type erased (the DLT path is not the hot path).
@@ -207,65 +202,5 @@ impl<S> IntoRoute for Route<S> {
     type Service = S;
     fn into_route(self) -> Route<S> {
         self
-    }
-}
-
-/// A route with its service type erased, able to start a task per assigned partition.
-pub(crate) trait RouteFactory: Send + Sync {
-    fn name(&self) -> &Arc<str>;
-    fn concurrency(&self) -> usize;
-    fn spawn(&self, handle: &Handle, start: PartitionStart) -> JoinHandle<()>;
-    /// A clone of the service, for the transactional loop.
-    fn service(&self) -> tower::util::BoxService<Record, (), BoxError>;
-}
-
-/// The factory for a concrete service type, so the per-record path is monomorphized.
-pub(crate) struct ServiceRoute<S> {
-    name: Arc<str>,
-    concurrency: usize,
-    // Services need not be Sync; the lock is taken only when a partition is assigned.
-    service: Mutex<S>,
-}
-
-impl<S> ServiceRoute<S> {
-    pub(crate) fn new(name: Arc<str>, concurrency: usize, service: S) -> Self {
-        ServiceRoute {
-            name,
-            concurrency,
-            service: Mutex::new(service),
-        }
-    }
-}
-
-impl<S> RouteFactory for ServiceRoute<S>
-where
-    S: Service<Record> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
-    fn concurrency(&self) -> usize {
-        self.concurrency
-    }
-
-    fn spawn(&self, handle: &Handle, start: PartitionStart) -> JoinHandle<()> {
-        let svc = self
-            .service
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        handle.spawn(run_partition(svc, start))
-    }
-
-    fn service(&self) -> tower::util::BoxService<Record, (), BoxError> {
-        let svc = self
-            .service
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        tower::util::BoxService::new(svc.map_response(|_| ()).map_err(Into::into))
     }
 }

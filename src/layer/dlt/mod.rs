@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use super::retry_topic::{failure_copy, publish_until_acked, RetryShared};
-use super::{guarded_call, now_ms, Halt, Stage};
+use super::{guarded_call, Stage};
+use crate::clock::now_ms;
+use crate::error::Halt;
 use crate::error::{error_chain, BoxError};
 use crate::policy::DltStrategy;
 use crate::Record;

@@ -29,13 +29,14 @@ use tower::Service;
 pub use future::ResponseFuture;
 pub use layer::RetryTopicLayer;
 
-pub use super::Panicked;
-use super::{guarded_call, now_ms, Stage};
+use super::{guarded_call, Stage};
+use crate::clock::now_ms;
+use crate::error::Panicked;
 use crate::error::{error_chain, BoxError};
 use crate::headers::{self, AttemptsHeader};
+use crate::partition_state::PartitionShared;
 use crate::policy::{Classification, FatalReason, RetryPolicy, Topology};
 use crate::publish::{Outgoing, Publish, Sent};
-use crate::runtime::PartitionShared;
 use crate::Record;
 
 pub(crate) struct RetryShared {
@@ -685,12 +686,6 @@ pub(crate) fn failure_copy(
     }
 }
 
-/// Set on a dead-letter copy that had to leave its value behind, with why and where the
-/// original is. A copy the broker can never take because it exceeds the maximum record size
-/// is first sent without its error texts; if it is still too large, the dead-letter topic
-/// gets the record's key, headers and coordinates without its value, and this header.
-pub const VALUE_DROPPED: &str = "redrive-value-dropped";
-
 fn too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     use rdkafka::error::KafkaError;
     use rdkafka::types::RDKafkaErrorCode;
@@ -709,7 +704,7 @@ fn too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 /// A copy the broker can never take because it exceeds the maximum record size (the failure
 /// headers pushed a record near the limit over it) is not retried as is: first the error
 /// texts are dropped; if it is still too large, the dead-letter topic gets the record's key,
-/// headers and coordinates without its value, with a [`VALUE_DROPPED`] header saying why and
+/// headers and coordinates without its value, with a [`VALUE_DROPPED`](crate::headers::VALUE_DROPPED) header saying why and
 /// where the original is (still in its source topic). No partition waits forever on it.
 pub(crate) async fn publish_until_acked(
     publisher: &dyn Publish,
@@ -760,7 +755,7 @@ pub(crate) async fn publish_until_acked(
                 tracing::error!(record = %record.coordinates(), dlt, "{why}: dead-lettering it without its value");
                 out.value = None;
                 out.topic = dlt.to_owned();
-                out.headers.set(VALUE_DROPPED, why.into_bytes());
+                out.headers.set(headers::VALUE_DROPPED, why.into_bytes());
                 target = "dlt";
                 continue;
             }

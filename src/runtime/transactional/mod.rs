@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -20,81 +20,18 @@ use rdkafka::{Offset, TopicPartitionList};
 use tower::util::BoxService;
 use tower::{Service, ServiceExt};
 
-use super::RuntimeContext;
-use crate::error::{error_chain, BoxError};
-use crate::layer::{now_ms, Halt, Stage};
-use crate::publish::{future_record, Outgoing, Publish, PublishFuture};
-use crate::transaction::{TransactionStats, Transactional};
+mod publisher;
+mod state;
+
+pub(crate) use publisher::TxnPublisher;
+pub(crate) use state::TxnState;
+
+use super::context::{is_fatal, RuntimeContext};
+use crate::clock::now_ms;
+use crate::error::{error_chain, BoxError, Halt};
+use crate::layer::Stage;
+use crate::transaction::Transactional;
 use crate::{Error, Record};
-
-/// What the rebalance callbacks tell the loop, and the counts handles read.
-#[derive(Default)]
-pub(crate) struct TxnState {
-    pub rebalanced: AtomicBool,
-    pub assignment: Mutex<Vec<(String, i32)>>,
-    pub committed: AtomicU64,
-    pub aborted: AtomicU64,
-    pub records_committed: AtomicU64,
-    pub offsets: Mutex<BTreeMap<(String, i32), i64>>,
-}
-
-impl TxnState {
-    pub(crate) fn stats(&self) -> TransactionStats {
-        TransactionStats {
-            committed: self.committed.load(Ordering::Relaxed),
-            aborted: self.aborted.load(Ordering::Relaxed),
-            records_committed: self.records_committed.load(Ordering::Relaxed),
-            offsets: self
-                .offsets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        }
-    }
-}
-
-/// Sends copies and outputs inside the open transaction. A send is acknowledged by the
-/// transaction's commit (which fails when any send failed), so `publish` resolves at once;
-/// a send that cannot even be enqueued marks the transaction for abort.
-pub(crate) struct TxnPublisher {
-    producer: FutureProducer,
-    failure: Mutex<Option<String>>,
-}
-
-impl TxnPublisher {
-    pub(crate) fn new(producer: FutureProducer) -> Self {
-        TxnPublisher {
-            producer,
-            failure: Mutex::new(None),
-        }
-    }
-
-    fn take_failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-    }
-
-    fn fail(&self, why: String) {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(why);
-    }
-}
-
-impl Publish for TxnPublisher {
-    fn publish(&self, r: &Outgoing) -> PublishFuture {
-        match self.producer.send_result(future_record(r)) {
-            Ok(_delivery) => Box::pin(std::future::ready(Ok(()))),
-            Err((e, _)) => {
-                self.fail(format!("cannot enqueue a record for `{}`: {e}", r.topic));
-                Box::pin(std::future::ready(Ok(())))
-            }
-        }
-    }
-}
 
 /// The transactional parts of a worker.
 pub(crate) struct TxnParts {
@@ -259,7 +196,7 @@ pub(crate) fn txn_loop(
                         batch.push(Record::from_message(&msg, topic, read_headers));
                     }
                 }
-                Some(Err(e)) if super::context::is_fatal(&e) => return Err(Error::Kafka(e)),
+                Some(Err(e)) if is_fatal(&e) => return Err(Error::Kafka(e)),
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None if !batch.is_empty() => break,
                 None => {}
