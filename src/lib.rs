@@ -53,8 +53,6 @@ pub mod policy;
 pub mod publish;
 pub mod record;
 mod runtime;
-#[cfg(feature = "sidecar")]
-pub mod sidecar;
 pub mod timestamp;
 pub mod transaction;
 mod worker;

@@ -49,9 +49,17 @@ impl Record {
         }
     }
 
+    /// An owned copy of a message consumed with rdkafka, headers included: for tools that read
+    /// topics themselves (a dead-letter browser, a replay) and hand the records to redrive's
+    /// header readers.
+    pub fn from_message(msg: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        use rdkafka::message::Message;
+        Self::from_borrowed(msg, Arc::from(msg.topic()), true)
+    }
+
     /// An owned copy of a consumed message, read from `topic` (interned by the caller); its
     /// headers only with `read_headers` (librdkafka parses them only when asked).
-    pub(crate) fn from_message(
+    pub(crate) fn from_borrowed(
         msg: &rdkafka::message::BorrowedMessage<'_>,
         topic: Arc<str>,
         read_headers: bool,

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redrive::sidecar::Config;
+use redrive_sidecar::Config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(config) => {
             let described = config.describe();
             for (k, v) in &config.kafka.0 {
-                if redrive::sidecar::config::is_secret(k) && v.len() >= 4 {
+                if redrive_sidecar::config::is_secret(k) && v.len() >= 4 {
                     assert!(!described.contains(&format!("{k} = {v}")), "secret {k} printed");
                 }
             }

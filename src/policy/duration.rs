@@ -14,11 +14,13 @@ fn parse<E: serde::de::Error>(s: &str) -> Result<Duration, E> {
     })
 }
 
-pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+/// Writes a duration in humantime form (`"1s 500ms"`); for `#[serde(with = "...")]`.
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*d))
 }
 
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// Reads a humantime duration (`"500ms"`, `"2s"`, `"1m"`); a bad value is an error naming it.
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse(&s)
 }

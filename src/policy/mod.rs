@@ -23,7 +23,7 @@
 //! ```
 
 mod classify;
-pub(crate) mod duration;
+pub mod duration;
 mod topology;
 
 use std::fmt;

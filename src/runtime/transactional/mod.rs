@@ -193,7 +193,7 @@ pub(crate) fn txn_loop(
                         if batch.is_empty() {
                             deadline = Instant::now() + settings.max_linger;
                         }
-                        batch.push(Record::from_message(&msg, topic, read_headers));
+                        batch.push(Record::from_borrowed(&msg, topic, read_headers));
                     }
                 }
                 Some(Err(e)) if is_fatal(&e) => return Err(Error::Kafka(e)),

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::WorkerHandle;
+use redrive::WorkerHandle;
 
 struct Ops {
     workers: Vec<(String, WorkerHandle)>,

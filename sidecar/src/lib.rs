@@ -28,8 +28,8 @@ use tower::ServiceBuilder;
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use forward::{HttpForward, HttpStatusError, HttpTransportError};
 
-use crate::error::BoxError;
-use crate::{Route, Worker, WorkerBuilder};
+use redrive::error::BoxError;
+use redrive::{Route, Worker, WorkerBuilder};
 
 /// The workers a configuration describes, one per consumer group, not yet running.
 pub fn build_workers(config: &Config) -> Result<Vec<(String, Worker)>, BoxError> {
@@ -85,7 +85,7 @@ pub async fn run(config: &Config, metrics: Option<PrometheusHandle>) -> Result<(
     };
     let all = handles.clone();
     let signal = tokio::spawn(async move {
-        crate::shutdown_signal().await;
+        redrive::shutdown_signal().await;
         tracing::info!("shutdown requested: draining in-flight records");
         for (_, h) in &handles {
             h.shutdown();
@@ -103,7 +103,7 @@ pub async fn run(config: &Config, metrics: Option<PrometheusHandle>) -> Result<(
             Err(e) => {
                 // One failed group stops the process (the others drain and commit first), so
                 // a supervisor restarts all of it.
-                tracing::error!(%group, error = %crate::error::error_chain(&e), "worker failed; stopping the others");
+                tracing::error!(%group, error = %redrive::error::error_chain(&e), "worker failed; stopping the others");
                 for (_, h) in &all {
                     h.shutdown();
                 }

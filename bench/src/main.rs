@@ -2,17 +2,17 @@
 //! same broker, several rounds; the median and the ratio are reported.
 //!
 //! ```text
-//! cargo bench --bench bench                    # every scenario, 3 rounds
-//! cargo bench --bench bench -- happy retry     # some scenarios
-//! cargo bench --bench bench --features bench-jemalloc   # both sides on jemalloc
-//! BENCH_RECORDS=200000 BENCH_ROUNDS=5 cargo bench --bench bench
+//! cargo bench -p redrive-bench                     # every scenario, 3 rounds
+//! cargo bench -p redrive-bench -- happy retry      # some scenarios
+//! cargo bench -p redrive-bench --features jemalloc # both sides on jemalloc
+//! BENCH_RECORDS=200000 BENCH_ROUNDS=5 cargo bench -p redrive-bench
 //! ```
 //!
 //! Starts its own nisshi broker (memory storage) unless `KAFKA_BOOTSTRAP_SERVERS` is set.
 //! Prints `bench <scenario> baseline=<x> redrive=<y> ratio=<y/x> target=<t> pass=<bool>` per
 //! scenario and writes the same to `target/bench/results.json`.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
@@ -26,15 +26,15 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker, WorkerBuilder};
 use tower::service_fn;
 
-// Feature `bench-jemalloc`: every allocation of the process, librdkafka's included, on
+// Feature `jemalloc`: every allocation of the process, librdkafka's included, on
 // jemalloc (both sides alike); the system's malloc (glibc here) otherwise, as for an
 // application that does not choose one.
-#[cfg(all(feature = "bench-jemalloc", not(target_env = "msvc")))]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Whether this run allocates with jemalloc (the `ALLOCATOR` above).
-const JEMALLOC: bool = cfg!(all(feature = "bench-jemalloc", not(target_env = "msvc")));
+const JEMALLOC: bool = cfg!(all(feature = "jemalloc", not(target_env = "msvc")));
 
 /// The allocator of this run, as the report names it: `jemalloc`, or `system-malloc` with
 /// the `GLIBC_TUNABLES` it ran under in brackets, since glibc's fast bins alone move the
@@ -1133,11 +1133,11 @@ async fn transform(n: u64, transactional: bool) -> f64 {
 }
 
 /// When each record reached the handler (or the HTTP server) and its Kafka timestamp.
-#[cfg(feature = "sidecar")]
+
 type Arrivals = Arc<Mutex<Vec<(Instant, i64)>>>;
 
 /// A no-op HTTP/1.1 server on 127.0.0.1 that logs each request's arrival in `times`; its URL.
-#[cfg(feature = "sidecar")]
+
 async fn noop_http_server(times: Arrivals) -> String {
     use std::convert::Infallible;
 
@@ -1180,7 +1180,7 @@ async fn noop_http_server(times: Arrivals) -> String {
 /// server at `url` (`via_http`), or an in-process no-op handler with the same per-partition
 /// concurrency. Returns (records/s over a backlog of `n`, p99 ms of handler start - record
 /// timestamp on a stream of 2,000 records/s for 5 s).
-#[cfg(feature = "sidecar")]
+
 async fn sidecar_side(
     bootstrap: &str,
     n: u64,
@@ -1198,8 +1198,8 @@ async fn sidecar_side(
             "[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\"session.timeout.ms\" = 6000\n[ops]\nenabled = false\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{url}\"\nconcurrency = 64\npartition_concurrency = 16\ncommit_policy = \"async:1000\"\n"
         );
         let config =
-            redrive::sidecar::Config::parse(&text, "bench.toml", std::iter::empty()).unwrap();
-        redrive::sidecar::build_workers(&config).unwrap()
+            redrive_sidecar::Config::parse(&text, "bench.toml", std::iter::empty()).unwrap();
+        redrive_sidecar::build_workers(&config).unwrap()
     } else {
         let log = times.clone();
         let handler = service_fn(move |r: Record| {
@@ -1301,18 +1301,9 @@ fn main() {
         .block_on(bench_main());
 }
 
-#[cfg(feature = "prometheus")]
 fn install_prometheus() {
     redrive::metrics::install_prometheus_recorder().expect("the Prometheus recorder");
     eprintln!("metrics: Prometheus recorder installed");
-}
-
-#[cfg(not(feature = "prometheus"))]
-fn install_prometheus() {
-    eprintln!(
-        "BENCH_PROMETHEUS needs the recorder: cargo bench --features prometheus (or sidecar)"
-    );
-    std::process::exit(2);
 }
 
 async fn bench_main() {
@@ -1633,7 +1624,6 @@ async fn bench_main() {
         ));
     }
     if want("sidecar_http") {
-        #[cfg(feature = "sidecar")]
         {
             let m = (n / 5).max(10_000);
             let times = Arrivals::default();
@@ -1671,10 +1661,6 @@ async fn bench_main() {
                 ),
             });
         }
-        #[cfg(not(feature = "sidecar"))]
-        println!(
-            "bench sidecar_http not-run: build with `cargo bench --bench bench --features sidecar`"
-        );
     }
     if !side.is_empty() {
         // The lines that compare with the side not run say so and do not pass; the retry

@@ -2,6 +2,7 @@
 //! (both on 127.0.0.1): the response classification table row by row, SIGTERM mid-run,
 //! `check` on bad configs, and DLT list/show/replay.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;

@@ -30,9 +30,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::error::{BoxError, Fatal, RetryAfter};
-use crate::headers::{self, AttemptsHeader};
-use crate::Record;
+use redrive::error::{BoxError, Fatal, RetryAfter};
+use redrive::headers::{self, AttemptsHeader};
+use redrive::Record;
 
 /// Error bodies are read up to this size; their start goes into the error message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -252,7 +252,7 @@ impl tower::Service<Record> for HttpForward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Classification, FatalReason, RetryPolicy};
+    use redrive::policy::{Classification, FatalReason, RetryPolicy};
 
     fn outcome(
         code: u16,

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,13 +17,13 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::error::BoxError;
-use crate::headers::Headers;
-use crate::headers::{self, AttemptsHeader, Original};
-use crate::publish::{KafkaPublisher, Outgoing, Publish};
+use redrive::error::BoxError;
+use redrive::headers::Headers;
+use redrive::headers::{self, AttemptsHeader, Original};
+use redrive::publish::{KafkaPublisher, Outgoing, Publish};
 #[cfg(test)]
-use crate::timestamp::{Timestamp, TimestampType};
-use crate::Record;
+use redrive::timestamp::{Timestamp, TimestampType};
+use redrive::Record;
 
 /// The header a replay increments: how many times the record was replayed (4-byte big-endian
 /// int, like `retry_topic-attempts`).
@@ -119,7 +118,7 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
             .map_err(|_| format!("`{s}` is before 1970"));
     }
     match humantime::parse_duration(s.trim()) {
-        Ok(ago) => Ok(crate::clock::now_ms() - ago.as_millis() as i64),
+        Ok(ago) => Ok(now_ms() - ago.as_millis() as i64),
         Err(_) => Err(format!(
             "`{s}` is neither a time (2026-11-24T10:00:00Z) nor a duration ago (2h, 30m)"
         )),
@@ -441,7 +440,7 @@ pub async fn run(
     // only those would keep the others waiting for librdkafka's 500 ms.
     cfg.set(
         "fetch.wait.max.ms",
-        crate::WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
+        redrive::WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
     );
     for (k, v) in kafka {
         cfg.set(k, v);
@@ -537,7 +536,6 @@ pub async fn run(
         }
         _ => None,
     };
-    let topic: Arc<str> = Arc::from(dlt_topic);
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
     let mut remaining = ranges.clone();
     let mut pending = Vec::new();
@@ -592,7 +590,7 @@ pub async fn run(
         if msg.offset() + 1 >= end {
             remaining.remove(&p);
         }
-        let r = Record::from_message(&msg, topic.clone(), true);
+        let r = Record::from_message(&msg);
         drop(msg);
         if selection.matches(&r) {
             summary.selected += 1;
@@ -654,12 +652,19 @@ pub async fn run(
     Ok(summary)
 }
 
+/// The current time in ms since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Waits for every pending send, then commits the scanned positions.
 async fn flush(
     consumer: &StreamConsumer,
     group: &str,
     topic: &str,
-    pending: &mut Vec<crate::publish::PublishFuture>,
+    pending: &mut Vec<redrive::publish::PublishFuture>,
     positions: &BTreeMap<i32, i64>,
 ) -> Result<(), BoxError> {
     for res in futures_util::future::join_all(pending.drain(..)).await {
@@ -771,7 +776,7 @@ mod tests {
     fn times_parse() {
         assert_eq!(parse_time("1970-01-01T00:00:01Z"), Ok(1_000));
         let ago = parse_time("1h").unwrap();
-        assert!((crate::clock::now_ms() - ago - 3_600_000).abs() < 5_000);
+        assert!((now_ms() - ago - 3_600_000).abs() < 5_000);
         assert!(parse_time("yesterday").is_err());
     }
 }

@@ -7,7 +7,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 
 use super::config::Config;
-use crate::BoxError;
+use redrive::BoxError;
 
 /// Creates the routes' main topics that do not exist yet, with `partitions` partitions and
 /// the cluster's default replication. Returns the topics created.

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use super::config::Config;
 use super::dlt::{self, Action, ReplaySettings, Selection};
-use crate::error::error_chain;
+use redrive::error::error_chain;
 
 /// Durable retries and dead-letter topics for Kafka consumers, as a sidecar.
 #[derive(Debug, Parser)]
@@ -204,7 +204,7 @@ impl Target {
 }
 
 async fn execute(cmd: Command) -> Result<(), Failure> {
-    let run = |e: crate::error::BoxError| Failure::Run(error_chain(&*e));
+    let run = |e: redrive::error::BoxError| Failure::Run(error_chain(&*e));
     match cmd {
         Command::Check(arg) => {
             let config = load(&arg)?;
@@ -219,7 +219,7 @@ async fn execute(cmd: Command) -> Result<(), Failure> {
         Command::Run(arg) => {
             let config = load(&arg)?;
             let metrics = if config.ops.enabled {
-                Some(crate::metrics::install_prometheus_recorder().map_err(|e| run(e.into()))?)
+                Some(redrive::metrics::install_prometheus_recorder().map_err(|e| run(e.into()))?)
             } else {
                 None
             };

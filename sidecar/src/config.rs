@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::commit::CommitPolicy;
-use crate::policy::RetryPolicy;
+use redrive::commit::CommitPolicy;
+use redrive::policy::RetryPolicy;
 
 /// One mistake in a configuration: where and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,10 +156,10 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
     /// How long SIGTERM waits for in-flight records before the final commit.
-    #[serde(with = "crate::policy::duration")]
+    #[serde(with = "redrive::policy::duration")]
     pub drain_timeout: Duration,
     /// How long start-up waits for the cluster.
-    #[serde(with = "crate::policy::duration")]
+    #[serde(with = "redrive::policy::duration")]
     pub startup_timeout: Duration,
     /// The commit policy of routes that do not set one.
     pub commit_policy: CommitPolicy,
@@ -209,7 +209,7 @@ pub struct RouteConfig {
     /// Where records are POSTed (`http://` only: the sidecar talks to its neighbour).
     pub url: String,
     /// Per-request timeout; a timeout is retryable.
-    #[serde(default = "default_timeout", with = "crate::policy::duration")]
+    #[serde(default = "default_timeout", with = "redrive::policy::duration")]
     pub timeout: Duration,
     /// Most requests in flight for this route, over all its partitions.
     #[serde(default = "default_concurrency")]
@@ -443,10 +443,10 @@ impl Config {
             }
             if let Err(e) = r.retry.validate() {
                 let (key, reason) = match e {
-                    crate::Error::Config { setting, reason } if setting.starts_with("retry.") => {
+                    redrive::Error::Config { setting, reason } if setting.starts_with("retry.") => {
                         (at(&setting), reason)
                     }
-                    crate::Error::Config { setting, reason } => {
+                    redrive::Error::Config { setting, reason } => {
                         (at(&format!("retry.{setting}")), reason)
                     }
                     other => (at("retry"), other.to_string()),
