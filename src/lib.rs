@@ -41,6 +41,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod client;
 mod clock;
 pub mod commit;
 pub mod error;

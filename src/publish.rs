@@ -188,14 +188,11 @@ pub(crate) enum Sent {
 /// The callback of [`KafkaPublisher::send_then`].
 pub(crate) type Then = Box<dyn FnOnce(Sent) + Send + Sync>;
 
-/// Producer settings the commit rule depends on; a user value for them is an error.
-pub(crate) const DURABILITY: [(&str, &str); 2] = [("acks", "all"), ("enable.idempotence", "true")];
-
 impl KafkaPublisher {
     /// An idempotent `acks=all` producer from `config` (any other property passes through).
     pub fn new(config: &ClientConfig) -> Result<Self, crate::Error> {
         let mut cfg = config.clone();
-        for (k, v) in DURABILITY {
+        for (k, v) in crate::client::DURABILITY {
             cfg.set(k, v);
         }
         let producer: ThreadedProducer<PublishContext> = cfg

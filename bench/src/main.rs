@@ -391,7 +391,7 @@ fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
         // queues, drain and wait (session 12, BENCHMARKS.md).
         .set(
             "fetch.wait.max.ms",
-            WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
+            redrive::client::DEFAULT_FETCH_WAIT_MS.to_string(),
         )
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("auto.offset.reset", "earliest")
@@ -638,7 +638,7 @@ async fn baseline_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Opti
         .set("enable.idempotence", "true")
         .set(
             "compression.type",
-            redrive::WorkerBuilder::DEFAULT_PRODUCER_COMPRESSION,
+            redrive::client::DEFAULT_PRODUCER_COMPRESSION,
         )
         .create()
         .unwrap();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use redrive::error::BoxError;
 use redrive::headers::Headers;
@@ -435,27 +435,15 @@ pub async fn run(
         ),
         _ => None,
     };
-    let mut cfg = ClientConfig::new();
-    // Partitions read to their end stay assigned and idle: as for a worker, a fetch holding
-    // only those would keep the others waiting for librdkafka's 500 ms.
+    // A worker's consumer configuration: partitions read to their end stay assigned and idle,
+    // and as for a worker a fetch holding only those must not keep the others waiting.
+    let mut cfg = redrive::client::consumer_config(kafka);
     cfg.set(
-        "fetch.wait.max.ms",
-        redrive::WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
+        "group.id",
+        group
+            .clone()
+            .unwrap_or_else(|| format!("redrive-dlt-reader.{}", std::process::id())),
     );
-    for (k, v) in kafka {
-        cfg.set(k, v);
-    }
-    cfg.set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // Reading is bounded by the end offsets, so read_committed would only stall on an
-        // open transaction; dead letters are written outside transactions.
-        .set(
-            "group.id",
-            group
-                .clone()
-                .unwrap_or_else(|| format!("redrive-dlt-reader.{}", std::process::id())),
-        );
     let consumer: StreamConsumer = cfg.create()?;
     let timeout = Duration::from_secs(10);
     let md = consumer
@@ -524,16 +512,9 @@ pub async fn run(
     consumer.assign(&tpl)?;
 
     let publisher = match replay {
-        Some(s) if !s.dry_run => {
-            let mut pc = ClientConfig::new();
-            for (k, v) in kafka {
-                if !k.starts_with("group.") && !k.starts_with("session.") && !k.starts_with("auto.")
-                {
-                    pc.set(k, v);
-                }
-            }
-            Some(KafkaPublisher::new(&pc)?)
-        }
+        Some(s) if !s.dry_run => Some(KafkaPublisher::new(&redrive::client::producer_config(
+            kafka,
+        ))?),
         _ => None,
     };
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();

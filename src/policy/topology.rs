@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{DltStrategy, RetryPolicy, TopicSuffix};
+use super::retry::{DltStrategy, RetryPolicy, TopicSuffix};
 
 /// One retry: where it waits and for how long.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +106,13 @@ impl Topology {
 }
 
 /// One line per attempt, e.g. `attempt 2: orders-retry-1000 (after 1s)`.
+impl RetryPolicy {
+    /// The retry and dead-letter topics of `main_topic` under this policy.
+    pub fn topology(&self, main_topic: &str) -> Topology {
+        Topology::new(self, main_topic)
+    }
+}
+
 impl fmt::Display for Topology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "attempt 1: {}", self.main)?;

@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use tower::Service;
 
 use super::route::{IntoRoute, Route};
-use super::Worker;
+use super::run::Worker;
+use super::topics::TopicPlan;
+use crate::client;
 use crate::commit::CommitPolicy;
 use crate::error::BoxError;
 use crate::layer::{Output, RetryTopicLayer, Stage};
@@ -20,28 +21,6 @@ use crate::runtime::{
 };
 use crate::transaction::Transactional;
 use crate::{Error, Record};
-
-/// Properties redrive owns: the commit rule cannot hold if librdkafka commits by itself.
-const OWNED_PROPERTIES: [&str; 2] = ["enable.auto.commit", "enable.auto.offset.store"];
-
-/// Properties the internal producer and admin client inherit from the worker's: connection
-/// and security settings. Anything else goes through `producer.`-prefixed keys.
-const SHARED_PREFIXES: [&str; 14] = [
-    "bootstrap.servers",
-    "security.protocol",
-    "sasl.",
-    "ssl.",
-    "client.id",
-    "broker.",
-    "socket.",
-    "api.version",
-    "metadata.",
-    "topic.metadata.",
-    "reconnect.",
-    "client.dns.lookup",
-    "debug",
-    "log_level",
-];
 
 type MakeBindings = Box<
     dyn FnOnce(
@@ -64,16 +43,6 @@ struct PendingRoute {
     /// The handler's response type can hold output records.
     produces: bool,
     make: MakeBindings,
-}
-
-/// Retry and dead-letter topics a worker checks or creates at start-up.
-#[derive(Clone, Debug)]
-pub(crate) struct TopicPlan {
-    pub main: String,
-    pub derived: Vec<String>,
-    pub partitions: Option<u32>,
-    pub replication: Option<i16>,
-    pub auto_create: bool,
 }
 
 /// Configures a [`Worker`]. Every mistake is reported by [`build`](Self::build) with the
@@ -115,6 +84,13 @@ pub struct WorkerBuilder {
     transactional: Option<Transactional>,
 }
 
+impl Worker {
+    /// Starts configuring a worker.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::new()
+    }
+}
+
 impl Default for WorkerBuilder {
     fn default() -> Self {
         Self::new()
@@ -122,29 +98,11 @@ impl Default for WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    /// The `fetch.wait.max.ms` redrive sets unless [`property`](Self::property) sets it
-    /// (librdkafka's default is 500). librdkafka keeps one fetch in flight per broker, and
-    /// the broker holds a fetch whose partitions have no new data for up to this long: with
-    /// idle retry topics next to a busy main topic (or partitions that caught up next to
-    /// partitions with a backlog), every fetch that happens to carry only the idle
-    /// partitions holds back the busy ones, left out of it while their queues were full,
-    /// for that long. The cost of a short wait is an idle worker's fetch rate: one request
-    /// per broker every 25 ms.
-    pub const DEFAULT_FETCH_WAIT_MS: u32 = 25;
-
-    /// The `compression.type` of the worker's producer (retry and dead-letter copies,
-    /// outputs) unless [`producer_property`](Self::producer_property) sets it (librdkafka's
-    /// default is `none`). A retry copy carries 14 headers whose names and most values repeat
-    /// from copy to copy, so its batches compress well: against `none`, with 10 % of records
-    /// failing, the broker used ~20 % less CPU and the main topic ran ~7 % faster on the
-    /// reference machine (BENCHMARKS.md, session 17). Every Kafka client reads lz4.
-    pub const DEFAULT_PRODUCER_COMPRESSION: &'static str = "lz4";
-
     /// The [`max_poll_records`](Self::max_poll_records) default: records the poll thread
     /// hands a partition's task at once. Each hand-over can wake the task's thread, and the
     /// worker threads handle records faster than the one poll thread copies them: with 500
     /// they parked and woke ~1.5 times as often, and an all-success workload used ~8 % more
-    /// CPU per record at ~8 % less throughput than with 2,000 (BENCHMARKS.md, session 18).
+    /// CPU per record at ~8 % less throughput than with 2,000 (BENCHMARKS.md, Tuning).
     /// A batch still ends at 256 KiB, so the bound on what a partition holds is unchanged.
     /// Unlike Java's `max.poll.records` (500), it counts one partition's records, not a
     /// whole poll's.
@@ -159,7 +117,7 @@ impl WorkerBuilder {
             manual_ack: false,
             max_in_flight_records: 10_000,
             max_in_flight_bytes: 64 << 20,
-            partition_queue: 100_000,
+            partition_queue: client::DEFAULT_PARTITION_QUEUE,
             max_poll_records: Self::DEFAULT_MAX_POLL_RECORDS,
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
@@ -186,7 +144,7 @@ impl WorkerBuilder {
     /// otherwise: `auto.offset.reset=earliest`, `isolation.level=read_committed`,
     /// `queued.min.messages` (see [`partition_queue`](Self::partition_queue)),
     /// `queued.max.messages.kbytes=1024`, `fetch.queue.backoff.ms=20` and
-    /// `fetch.wait.max.ms` ([`DEFAULT_FETCH_WAIT_MS`](Self::DEFAULT_FETCH_WAIT_MS)). The
+    /// `fetch.wait.max.ms` ([`DEFAULT_FETCH_WAIT_MS`](crate::client::DEFAULT_FETCH_WAIT_MS)). The
     /// commit properties (`enable.auto.commit`, `enable.auto.offset.store`) are redrive's own.
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.props.insert(key.into(), value.into());
@@ -197,7 +155,7 @@ impl WorkerBuilder {
     /// (same as `property("producer.<key>", value)`). Connection and security settings
     /// (`bootstrap.servers`, `security.protocol`, `sasl.*`, `ssl.*`, ...) are shared already;
     /// `acks=all` and `enable.idempotence=true` are fixed; `compression.type` defaults to
-    /// [`DEFAULT_PRODUCER_COMPRESSION`](Self::DEFAULT_PRODUCER_COMPRESSION).
+    /// [`DEFAULT_PRODUCER_COMPRESSION`](crate::client::DEFAULT_PRODUCER_COMPRESSION).
     pub fn producer_property(self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.property(format!("producer.{}", key.into()), value)
     }
@@ -434,7 +392,7 @@ impl WorkerBuilder {
                 ))
             }
         };
-        for key in OWNED_PROPERTIES {
+        for key in client::OWNED_PROPERTIES {
             if let Some(v) = self.props.get(key) {
                 if v != "false" {
                     return Err(Error::config(
@@ -444,7 +402,7 @@ impl WorkerBuilder {
                 }
             }
         }
-        for (key, required) in crate::publish::DURABILITY {
+        for (key, required) in client::DURABILITY {
             let key = format!("producer.{key}");
             if let Some(v) = self.props.get(&key) {
                 if v != required {
@@ -538,8 +496,8 @@ impl WorkerBuilder {
             }
         }
 
-        let mut producer_config = self.shared_config(true);
-        let admin_config = self.shared_config(false);
+        let mut producer_config = client::producer_config(&self.props);
+        let admin_config = client::admin_config(&self.props);
         let txn = match self.transactional.take() {
             None => None,
             Some(t) => {
@@ -567,7 +525,7 @@ impl WorkerBuilder {
                 producer_config
                     .set("transactional.id", &t.id)
                     .set("transaction.timeout.ms", t.timeout.as_millis().to_string());
-                for (k, v) in crate::publish::DURABILITY {
+                for (k, v) in client::DURABILITY {
                     producer_config.set(k, v);
                 }
                 let producer: rdkafka::producer::FutureProducer = producer_config
@@ -652,7 +610,7 @@ impl WorkerBuilder {
             }
         }
 
-        let consumer_config = consumer_config(&self.props, self.partition_queue);
+        let consumer_config = client::consumer_config_with_queue(&self.props, self.partition_queue);
         let rt = Arc::new(RuntimeShared::new(
             Arc::from(group.as_str()),
             RuntimeConfig {
@@ -685,58 +643,6 @@ impl WorkerBuilder {
             txn,
         })
     }
-
-    /// The connection and security settings of the worker, for its producer (with
-    /// `producer.`-prefixed keys) or admin client.
-    fn shared_config(&self, producer: bool) -> ClientConfig {
-        let mut cfg = ClientConfig::new();
-        if producer {
-            cfg.set("compression.type", Self::DEFAULT_PRODUCER_COMPRESSION);
-        }
-        for (k, v) in &self.props {
-            if SHARED_PREFIXES.iter().any(|p| k.starts_with(p)) {
-                cfg.set(k, v);
-            } else if let Some(k) = k.strip_prefix("producer.") {
-                if producer {
-                    cfg.set(k, v);
-                }
-            }
-        }
-        cfg
-    }
-}
-
-/// The consumer's librdkafka configuration: redrive's defaults, then the application's
-/// properties, then the properties redrive owns.
-fn consumer_config(props: &BTreeMap<String, String>, partition_queue: usize) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("auto.offset.reset", "earliest");
-    // Outputs of transactional pipelines count only once committed (librdkafka's default,
-    // stated so a reader of the config sees it).
-    cfg.set("isolation.level", "read_committed");
-    // Each partition has its own queue: these bound the prefetch per partition. 1 MiB
-    // keeps up with the poll thread; more made librdkafka's broker thread fault in fresh
-    // heap for its fetches (37k page faults per million records at 4 MiB, 13k at 1 MiB),
-    // for no more throughput (BENCHMARKS.md, sessions 6 and 7).
-    cfg.set("queued.min.messages", partition_queue.to_string());
-    cfg.set("queued.max.messages.kbytes", "1024");
-    // A partition whose queue reached those bounds is fetched again only after this back-
-    // off (librdkafka's default is 1 s): short, so a drained queue refills without a stall.
-    cfg.set("fetch.queue.backoff.ms", "20");
-    // Why 25 ms and not librdkafka's 500: see the constant.
-    cfg.set(
-        "fetch.wait.max.ms",
-        WorkerBuilder::DEFAULT_FETCH_WAIT_MS.to_string(),
-    );
-    for (k, v) in props {
-        if !k.starts_with("producer.") {
-            cfg.set(k, v);
-        }
-    }
-    for key in OWNED_PROPERTIES {
-        cfg.set(key, "false");
-    }
-    cfg
 }
 
 /// The topic bindings of one route: its main topics, and with a retry policy its retry topics
@@ -788,44 +694,4 @@ where
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_consumer_config_has_redrives_defaults_the_applications_overrides_and_owned_keys() {
-        let defaults = consumer_config(&WorkerBuilder::new().props, 100_000);
-        assert_eq!(defaults.get("fetch.wait.max.ms"), Some("25"));
-        assert_eq!(defaults.get("fetch.queue.backoff.ms"), Some("20"));
-        assert_eq!(defaults.get("auto.offset.reset"), Some("earliest"));
-
-        let b = WorkerBuilder::new()
-            .property("fetch.wait.max.ms", "500")
-            .property("enable.auto.commit", "true")
-            .property("producer.linger.ms", "7");
-        let set = consumer_config(&b.props, b.partition_queue);
-        assert_eq!(set.get("fetch.wait.max.ms"), Some("500"));
-        // Owned: the commit rule needs them off whatever the application says.
-        assert_eq!(set.get("enable.auto.commit"), Some("false"));
-        assert_eq!(set.get("enable.auto.offset.store"), Some("false"));
-        // Producer properties are not the consumer's.
-        assert_eq!(set.get("linger.ms"), None);
-        assert_eq!(set.get("producer.linger.ms"), None);
-    }
-
-    #[test]
-    fn the_producer_compresses_with_lz4_unless_the_application_says_otherwise() {
-        let b = WorkerBuilder::new().bootstrap_servers("127.0.0.1:9");
-        assert_eq!(b.shared_config(true).get("compression.type"), Some("lz4"));
-        // Not the admin client's: it has no such property.
-        assert_eq!(b.shared_config(false).get("compression.type"), None);
-        let b = b.producer_property("compression.type", "none");
-        assert_eq!(b.shared_config(true).get("compression.type"), Some("none"));
-        assert_eq!(
-            b.shared_config(true).get("bootstrap.servers"),
-            Some("127.0.0.1:9")
-        );
-    }
 }

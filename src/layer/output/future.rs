@@ -5,7 +5,7 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 
-use super::OutputError;
+use super::error::OutputError;
 use crate::error::BoxError;
 use crate::publish::{IntoOutputs, Publish};
 

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::Output;
+use super::service::Output;
 use crate::publish::Publish;
 
 /// Wraps a handler so the records it returns are published. See the [module docs](super).

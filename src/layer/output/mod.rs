@@ -8,61 +8,12 @@
 //!
 //! The worker puts this layer around every route's handler; handlers returning `()` skip it.
 
+mod error;
 mod future;
 mod layer;
+mod service;
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use tower::Service;
-
+pub use error::OutputError;
 pub use future::ResponseFuture;
 pub use layer::OutputLayer;
-
-use crate::error::BoxError;
-use crate::publish::{IntoOutputs, Publish};
-use crate::Record;
-
-/// Publishing an output record failed.
-#[derive(Debug, thiserror::Error)]
-#[error("publishing an output record to `{topic}` failed: {source}")]
-pub struct OutputError {
-    /// The output's topic.
-    pub topic: String,
-    /// The publisher's error.
-    #[source]
-    pub source: BoxError,
-}
-
-/// The service [`OutputLayer`] produces. See the [module docs](self).
-#[derive(Clone)]
-pub struct Output<S> {
-    inner: S,
-    publisher: Arc<dyn Publish>,
-}
-
-impl<S> Output<S> {
-    /// Publishes what `inner` returns through `publisher`.
-    pub fn new(inner: S, publisher: Arc<dyn Publish>) -> Self {
-        Output { inner, publisher }
-    }
-}
-
-impl<S> Service<Record> for Output<S>
-where
-    S: Service<Record>,
-    S::Response: IntoOutputs,
-    S::Error: Into<BoxError>,
-{
-    type Response = ();
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, record: Record) -> Self::Future {
-        ResponseFuture::new(self.inner.call(record), self.publisher.clone())
-    }
-}
+pub use service::Output;

@@ -6,8 +6,10 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::{on_failure, Failing, FailureCtx, Panicked};
+use super::context::FailureCtx;
+use super::failure::{on_failure, Failing};
 use crate::error::BoxError;
+use crate::error::Panicked;
 use crate::Record;
 
 pin_project! {

@@ -3,7 +3,8 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::{RetryShared, RetryTopic, TopicEntry};
+use super::service::RetryTopic;
+use super::shared::{RetryShared, TopicEntry};
 use crate::layer::Stage;
 use crate::policy::RetryPolicy;
 use crate::publish::Publish;

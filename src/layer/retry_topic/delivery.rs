@@ -1,0 +1,201 @@
+//! Delivery of a failure copy: built with the hop's headers, published until the broker
+//! acknowledges it, shrunk when it is too large.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::shared::{RetryShared, TopicEntry};
+use crate::error::{error_chain, BoxError};
+use crate::headers;
+use crate::publish::{Outgoing, Publish};
+use crate::Record;
+
+pub(crate) fn random_u64() -> u64 {
+    // Jitter and span ids need spread, not cryptographic quality: a randomly keyed hash.
+    RandomState::new().hash_one(std::time::Instant::now())
+}
+
+pub(crate) fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A failure whose first copy was not acknowledged: what it takes to send the copy again.
+///
+/// It holds the layer's state weakly: librdkafka holds it with the copy until the delivery
+/// report, and a strong reference from there to the publisher's own producer would keep
+/// that producer (its threads and connections) alive after the worker is gone, until every
+/// copy in flight timed out. Once the layer is gone there is no partition to complete.
+pub(crate) struct Failed {
+    pub(crate) shared: std::sync::Weak<RetryShared>,
+    pub(crate) entry: Arc<TopicEntry>,
+    pub(crate) record: Record,
+    pub(crate) err: BoxError,
+    pub(crate) attempt: u32,
+    pub(crate) due_ms: i64,
+    /// `"retry"` or `"dlt"`, as chosen for the first copy.
+    pub(crate) target: &'static str,
+}
+
+impl Failed {
+    /// Builds the copy again and publishes it until acknowledged; `first` is the first
+    /// send's error, or None when that send never left (it is then counted as no failure).
+    pub(crate) async fn publish_again(self, first: Option<BoxError>) {
+        let Failed {
+            shared,
+            entry,
+            record,
+            err,
+            attempt,
+            due_ms,
+            target,
+        } = self;
+        let Some(shared) = shared.upgrade() else {
+            tracing::debug!(record = %record.coordinates(), "the retry layer is gone; the record stays uncommitted, to be read again");
+            return;
+        };
+        let shared = &*shared;
+        // The topic chosen above: the topology does not change.
+        let topology = &entry.topology;
+        let topic = match target {
+            "dlt" => topology.dlt(),
+            _ => topology.hop(attempt).map(|h| h.topic.as_str()),
+        };
+        let Some(topic) = topic else {
+            // Unreachable: the same topology gave the topic above. Not silent if it is.
+            tracing::error!(record = %record.coordinates(), "the failure copy's topic is gone from the topology; the copy was not sent");
+            return;
+        };
+        let out = failure_copy(shared, &record, &*err, attempt, topic, due_ms);
+        let first =
+            first.map(|e| Box::pin(std::future::ready(Err(e))) as crate::publish::PublishFuture);
+        publish_until_acked(&*shared.publisher, out, first, &entry, target, &record).await;
+    }
+}
+
+/// The copy of `record` for `topic`, with the headers of a failure hop.
+pub(crate) fn failure_copy(
+    shared: &RetryShared,
+    record: &Record,
+    err: &(dyn std::error::Error + 'static),
+    attempt: u32,
+    topic: &str,
+    due_ms: i64,
+) -> Outgoing {
+    let headers = headers::failure_headers(
+        record.headers(),
+        &headers::Failure {
+            topic: record.topic(),
+            partition: record.partition(),
+            offset: record.offset(),
+            timestamp: record.timestamp().map(|t| (t.millis, t.kind)),
+            group: &shared.group,
+            attempt,
+            due_ms,
+            error: err,
+            max_text: shared.policy.max_header_text,
+        },
+        random_u64(),
+    );
+    Outgoing {
+        topic: topic.to_owned(),
+        partition: shared
+            .policy
+            .partitions
+            .is_none()
+            .then_some(record.partition()),
+        key: record.key().cloned(),
+        value: record.value().cloned(),
+        headers,
+    }
+}
+
+fn too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+    matches!(
+        e.downcast_ref::<KafkaError>(),
+        Some(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize
+        ))
+    )
+}
+
+/// Publishes until the broker acknowledges, backing off between failures. Never gives up: the
+/// record is not final until its copy is durable; a revoke or shutdown that cannot wait
+/// abandons it uncommitted, to be read again.
+///
+/// A copy the broker can never take because it exceeds the maximum record size (the failure
+/// headers pushed a record near the limit over it) is not retried as is: first the error
+/// texts are dropped; if it is still too large, the dead-letter topic gets the record's key,
+/// headers and coordinates without its value, with a [`VALUE_DROPPED`](crate::headers::VALUE_DROPPED) header saying why and
+/// where the original is (still in its source topic). No partition waits forever on it.
+pub(crate) async fn publish_until_acked(
+    publisher: &dyn Publish,
+    mut out: Outgoing,
+    mut first: Option<crate::publish::PublishFuture>,
+    entry: &TopicEntry,
+    mut target: &'static str,
+    record: &Record,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u32;
+    let mut shrunk = 0u8;
+    loop {
+        let attempt = first.take().unwrap_or_else(|| publisher.publish(&out));
+        match attempt.await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(record = %record.coordinates(), topic = %out.topic, failures, "published after failures");
+                }
+                return;
+            }
+            Err(e) if too_large(&*e) && shrunk < 2 => {
+                failures += 1;
+                shrunk += 1;
+                entry
+                    .counter(
+                        crate::metrics::names::PUBLISH_FAILURES,
+                        &[("target", target.into())],
+                    )
+                    .increment(1);
+                if shrunk == 1 {
+                    tracing::warn!(record = %record.coordinates(), topic = %out.topic, error = %error_chain(&*e), "the copy exceeds the maximum record size; sending it without the error texts");
+                    out.headers.remove(headers::EXCEPTION_STACKTRACE);
+                    out.headers.remove(headers::EXCEPTION_MESSAGE);
+                    continue;
+                }
+                let Some(dlt) = entry.topology.dlt() else {
+                    tracing::error!(record = %record.coordinates(), error = %error_chain(&*e), "the copy exceeds the maximum record size and the policy has no DLT (no_dlt): dropped");
+                    return;
+                };
+                let size = out.value.as_ref().map_or(0, |v| v.len());
+                let why = format!(
+                    "the {size}-byte value made the copy exceed the maximum record size; the original is {}/{}@{}",
+                    record.topic(),
+                    record.partition(),
+                    record.offset()
+                );
+                tracing::error!(record = %record.coordinates(), dlt, "{why}: dead-lettering it without its value");
+                out.value = None;
+                out.topic = dlt.to_owned();
+                out.headers.set(headers::VALUE_DROPPED, why.into_bytes());
+                target = "dlt";
+                continue;
+            }
+            Err(e) => {
+                failures += 1;
+                entry
+                    .counter(
+                        crate::metrics::names::PUBLISH_FAILURES,
+                        &[("target", target.into())],
+                    )
+                    .increment(1);
+                tracing::warn!(record = %record.coordinates(), topic = %out.topic, failures, error = %error_chain(&*e), retry_in = ?backoff, "publishing the failure copy failed; the offset is held back and the publish retried");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
