@@ -1,43 +1,54 @@
 //! # redrive
 //!
 //! Durable retries and dead-letter topics for Kafka consumers, as a tower-layered consumer
-//! runtime.
+//! runtime: Spring Kafka's `@RetryableTopic` for Rust.
 //!
-//! A handler is a [`tower::Service`]`<`[`Record`]`>`. A [`Worker`] (one consumer group member)
-//! runs a task per assigned partition that takes the partition's records in batches from the
-//! poll thread and drives each record through the route's service (in order, one at a time
-//! by default); the poll thread commits offsets by an explicit
-//! [`CommitPolicy`]. The commit rule: an offset is committed only when its record's outcome is
-//! final, so a crash means a record may be handled twice, never zero times.
+//! ```no_run
+//! use std::time::Duration;
+//! use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker};
+//! use tower::service_fn;
 //!
-//! ## Throughput: the allocator matters
+//! # async fn run() -> Result<(), redrive::Error> {
+//! let orders = Route::new("orders", service_fn(|r: Record| async move {
+//!     println!("{}", r.coordinates());
+//!     Ok::<_, BoxError>(())
+//! }))
+//! // orders-retry-1000, orders-retry-2000, then orders-dlt.
+//! .retry(RetryPolicy::new().attempts(3).exponential(Duration::from_secs(1), 2.0, Duration::from_secs(10)));
 //!
-//! librdkafka allocates on one thread what another frees (every fetched record, every
-//! header section it parses, every retry copy it sends), and it asks for zeroed memory
-//! (`calloc`) per record. glibc's `malloc` (2.36) serves `calloc` outside its per-thread
-//! cache and makes threads that free each other's memory contend for its arenas. With
-//! jemalloc for every allocation of the process, librdkafka's included, a worker on 2 cores
-//! handled 1.24-1.51x the records per second (all successes, 10 % failing through a retry
-//! topic, and the sidecar over HTTP alike; a raw rdkafka loop gained 1.11-1.27x;
-//! BENCHMARKS.md, session 14). redrive does not choose the allocator for you, since that is
-//! the application's call; the `redrive` binary uses jemalloc. To do the same, add
-//! `tikv-jemallocator` with its feature `unprefixed_malloc_on_supported_platforms` (which
-//! makes C code linked into the binary, librdkafka included, use it too) and declare it in
-//! your binary:
-//!
-//! ```text
-//! #[global_allocator]
-//! static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+//! Worker::builder()
+//!     .bootstrap_servers("127.0.0.1:9092")
+//!     .group_id("billing")
+//!     .commit_policy(CommitPolicy::async_every(1000))
+//!     .route(orders)
+//!     .build()?
+//!     .run_until(redrive::shutdown_signal())
+//!     .await
+//! # }
 //! ```
 //!
-//! Where the process stays on glibc, start it with `GLIBC_TUNABLES=glibc.malloc.mxfast=0`.
-//! The retry copies' headers, allocated on the runtime's threads and freed on librdkafka's,
-//! pile up in glibc's fast bins, and the next large allocation or free in that arena
-//! consolidates the whole pile on a worker thread (10-24 ms measured after a burst of
-//! failures: records due then start late). Without fast bins that pass does not exist; in
-//! alternating runs the retry path also ran faster in every pair (11-22 % at 16-22 % less
-//! CPU over 3-round runs) and the all-success path no slower (BENCHMARKS.md, sessions
-//! 19-20).
+//! A handler is a [`tower::Service`]`<`[`Record`]`>`, or an async fn under
+//! `#[retryable_topic]`. A [`Worker`] (one consumer group member) runs a task per assigned
+//! partition that drives each record through the route's service (in order, one at a time by
+//! default); a failure becomes a copy in the next retry topic, and after the last attempt in
+//! the dead-letter topic, with Spring Kafka's headers so both can share topics. Offsets are
+//! committed by an explicit [`CommitPolicy`], and only once a record's outcome is final (its
+//! handler succeeded, or its copy is durable): a crash means a record may be handled twice,
+//! never zero times. A [`transaction::Transactional`] worker does consume-transform-produce
+//! exactly once.
+//!
+//! The contract (layers, topics, headers, the commit rule, classification, metrics) is in
+//! `docs/design.md`; the figures behind the defaults are in `BENCHMARKS.md`.
+//!
+//! ## The allocator
+//!
+//! redrive does not choose the allocator; that is the application's call. librdkafka
+//! allocates on one thread what another frees, and glibc's `malloc` makes those threads
+//! contend: with jemalloc for every allocation of the process (`tikv-jemallocator` with its
+//! feature `unprefixed_malloc_on_supported_platforms`, so librdkafka uses it too), a worker
+//! handled 1.24-1.51x the records per second, and the `redrive` binary uses it. A process that
+//! stays on glibc runs best with `GLIBC_TUNABLES=glibc.malloc.mxfast=0` (BENCHMARKS.md,
+//! Tuning).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,4 +1,4 @@
-//! Metrics (DESIGN §8). The library only records, through the `metrics` facade; installing
+//! Metrics (docs/design.md, Metrics). The library only records, through the `metrics` facade; installing
 //! an exporter is the application's choice: `install_prometheus` (feature `prometheus`)
 //! serves `/metrics` with the buckets and idle timeout redrive's dashboard expects.
 //!
@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-/// The names of every metric redrive records (see DESIGN §8).
+/// The names of every metric redrive records (docs/design.md, Metrics).
 pub mod names {
     /// Records read, by `stage` (main, retry, dlt).
     pub const RECORDS_CONSUMED: &str = "redrive_records_consumed_total";

@@ -1,4 +1,4 @@
-//! Reliability under breakage (DESIGN §9 tier 4): a worker process killed with SIGKILL at
+//! Reliability under breakage (docs/design.md, Test tiers: tier 4): a worker process killed with SIGKILL at
 //! random moments, and a broker restarted mid-run; afterwards every input record is
 //! accounted for (handled ok at least once, or in the DLT), zero lost.
 //!

@@ -1,4 +1,4 @@
-//! Broker faults on librdkafka's mock cluster (DESIGN §9 tier 2): failing OffsetCommit and
+//! Broker faults on librdkafka's mock cluster (docs/design.md, Test tiers: tier 2): failing OffsetCommit and
 //! Fetch requests, a broker down for 10 s, a 500 ms round trip. The worker recovers without a
 //! restart, loses nothing, and never commits past an unfinished record.
 

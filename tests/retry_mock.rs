@@ -1,5 +1,5 @@
-//! Retry publication under injected broker faults, on librdkafka's mock cluster (DESIGN §9
-//! tier 2): a failing publish to the retry topic is retried, nothing is lost, and the source
+//! Retry publication under injected broker faults, on librdkafka's mock cluster (docs/design.md,
+//! Test tiers: tier 2): a failing publish to the retry topic is retried, nothing is lost, and the source
 //! offset is never committed past the record whose copy is not yet acknowledged.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! Retry topics and the dead-letter topic against the real broker (DESIGN §2-§6).
+//! Retry topics and the dead-letter topic against the real broker (docs/design.md: Topics, Headers, Delays, The commit rule, Classification).
 
 mod support;
 

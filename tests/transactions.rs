@@ -1,4 +1,4 @@
-//! Transactional consume-transform-produce (DESIGN §7) on librdkafka's mock cluster, or on a
+//! Transactional consume-transform-produce (docs/design.md, Transactions) on librdkafka's mock cluster, or on a
 //! real Kafka named by `REDRIVE_TEST_BOOTSTRAP`.
 //!
 //! Neither the mock cluster nor nisshi hides aborted records from `read_committed` readers, so

@@ -1,4 +1,4 @@
-//! The benchmark harness (DESIGN §10): baseline and redrive alternate in one run against the
+//! The benchmark harness (BENCHMARKS.md, Method): baseline and redrive alternate in one run against the
 //! same broker, several rounds; the median and the ratio are reported.
 //!
 //! ```text
@@ -38,7 +38,7 @@ const JEMALLOC: bool = cfg!(all(feature = "jemalloc", not(target_env = "msvc")))
 
 /// The allocator of this run, as the report names it: `jemalloc`, or `system-malloc` with
 /// the `GLIBC_TUNABLES` it ran under in brackets, since glibc's fast bins alone move the
-/// retry and delay scenarios (BENCHMARKS.md, session 19).
+/// retry and delay scenarios (BENCHMARKS.md, Tuning).
 fn allocator_name() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
@@ -69,7 +69,7 @@ const VALUE_BYTES: usize = 100;
 /// `fetch.queue.backoff.ms` of the raw rdkafka consumers: redrive's default, so both sides
 /// fetch alike. With librdkafka's 1,000 ms the raw loop's fetcher paused for a second each
 /// time its queue passed `queued.min.messages`: the baseline's rounds swung between 290k and
-/// 2.1M records/s, and the raw retry loop ran at 180k (session 8, BENCHMARKS.md).
+/// 2.1M records/s, and the raw retry loop ran at 180k (BENCHMARKS.md, Tuning).
 const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 
 /// The number in environment variable `name`, or `default` when it is unset; a value that
@@ -388,7 +388,7 @@ fn raw_consumer_in(bootstrap: &str, group: &str) -> StreamConsumer {
         // redrive's default, so both sides fetch alike. With librdkafka's 500 ms whole rounds
         // of either side stalled: near a round's end a fetch carrying only partitions already
         // read to their end is held that long while the others, left out of it with full
-        // queues, drain and wait (session 12, BENCHMARKS.md).
+        // queues, drain and wait (BENCHMARKS.md, Tuning).
         .set(
             "fetch.wait.max.ms",
             redrive::client::DEFAULT_FETCH_WAIT_MS.to_string(),
@@ -622,7 +622,7 @@ fn spring_headers(m: &impl Message, group: &str, now: i64) -> rdkafka::message::
 /// topic (an `acks=all` idempotent producer compressing with lz4, as redrive's by default)
 /// without waiting for the acknowledgement, and a second `StreamConsumer` reads the retry
 /// topic, sleeping until each record is due. Each copy carries the headers redrive writes
-/// for this scenario (DESIGN §3: the 14 Spring headers and a `traceparent`, same names, same
+/// for this scenario (docs/design.md, Headers: the 14 Spring headers and a `traceparent`, same names, same
 /// value sizes), since a retry path that shares topics with Spring must carry them;
 /// `BENCH_RAW_RETRY_HEADERS=due` sends only the due time instead, to measure what the
 /// headers cost. It never holds a commit back for an unacknowledged copy (redrive does), so
@@ -932,7 +932,7 @@ async fn redrive_retry(bootstrap: &str, topic: &str, n: u64) -> (f64, f64, Optio
         };
         std::future::ready(res)
     });
-    // The issue's 1 s; another delay (`BENCH_RETRY_DELAY_MS`) for profiling only.
+    // A 1 s delay, as the scenario's target states; another delay (`BENCH_RETRY_DELAY_MS`) for profiling only.
     let delay_ms = env_number("BENCH_RETRY_DELAY_MS", 1000);
     let policy = RetryPolicy::new()
         .attempts(2)
@@ -1531,7 +1531,7 @@ async fn bench_main() {
         ));
         if !raw.is_empty() {
             // For reference: the same retry flow hand-written on raw rdkafka, against which
-            // the issue sets no target; its own ratio to the raw happy path is in the extra.
+            // no target is set; its own ratio to the raw happy path is in the extra.
             let raw_retry = median(&mut raw);
             lines.push(Line::report(
                 "retry_path_vs_raw_loop",
@@ -1562,7 +1562,7 @@ async fn bench_main() {
     }
     if want("memory") {
         // The peak of a child process with default settings; then, for reference, the same
-        // with glibc's malloc held to two arenas (see BENCHMARKS.md, session 9). The child is
+        // with glibc's malloc held to two arenas (BENCHMARKS.md, Tuning). The child is
         // this binary, so it has this run's allocator.
         let peak_mib = |arenas: Option<&str>| {
             let mut child = std::process::Command::new(std::env::current_exe().unwrap());

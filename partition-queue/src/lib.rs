@@ -4,7 +4,7 @@
 //! call reads the clock in Rust and three times in librdkafka, takes librdkafka's telemetry
 //! and partition locks, and allocates an `Arc` for the event. redrive's poll thread reads
 //! every record of every partition, and those per-call costs were a quarter of its CPU
-//! (BENCHMARKS.md, session 16). librdkafka's `rd_kafka_consume_batch_queue` pays them once
+//! (BENCHMARKS.md, Tuning). librdkafka's `rd_kafka_consume_batch_queue` pays them once
 //! per batch, but rust-rdkafka does not wrap it; this crate does, so that the `unsafe` it
 //! takes stays out of `redrive` (which forbids it).
 //!

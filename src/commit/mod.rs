@@ -35,7 +35,7 @@ pub enum CommitTrigger {
     /// the count is checked once per round of the poll loop, so a busy worker whose rounds
     /// finish more than `n` records commits once per round: at full speed on the benchmark's
     /// machine, `n = 1,000` made one commit every 5,000-9,000 records (BENCHMARKS.md,
-    /// session 21).
+    /// Method).
     EveryRecords(u64),
     /// On a timer (Spring's `TIME`).
     Interval(Duration),

@@ -84,7 +84,7 @@ pub struct InMemoryRetries {
     pub delay: Duration,
 }
 
-/// A retry policy. See the [module docs](self).
+/// A retry policy. See the [module docs](crate::policy).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {

@@ -1,4 +1,4 @@
-//! Retry and dead-letter topic names (DESIGN §2, Spring's
+//! Retry and dead-letter topic names (docs/design.md, Topics; Spring's
 //! `SuffixingRetryTopicNamesProviderFactory` with the `SINGLE_TOPIC` reuse of the max delay).
 
 use std::fmt;
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(t.dlt(), Some("orders-dlt"));
     }
 
-    /// The topology the issue asks to print: attempts = 5, 1 s x2, max 5 s.
+    /// attempts = 5, 1 s x2, max 5 s: one topic per delay up to the max, then the max reused.
     #[test]
     fn attempts_5_one_second_doubling_max_5s() {
         let p = RetryPolicy::new()

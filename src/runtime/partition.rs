@@ -67,7 +67,7 @@ impl Meters {
     }
 }
 
-/// Holds a retry-topic record until its due time (DESIGN §4). False when the partition was
+/// Holds a retry-topic record until its due time (docs/design.md, Delays). False when the partition was
 /// stopped first: the record stays unhandled and uncommitted.
 async fn due_gate(
     shared: &PartitionShared,
@@ -621,7 +621,7 @@ fn settle(
 /// DEBUG, as tower-http's `TraceLayer` makes its request spans: an application's usual INFO
 /// filter would otherwise build a span per record, which with `tracing-subscriber`'s `fmt`
 /// layer cost ~5 us of CPU per record, five times the rest of the happy path (BENCHMARKS.md,
-/// session 9). `RUST_LOG=redrive=debug` (or a tracing-opentelemetry layer's own filter)
+/// Tuning). `RUST_LOG=redrive=debug` (or a tracing-opentelemetry layer's own filter)
 /// turns them on.
 fn record_span(rt: &RuntimeShared, p: &PartitionShared, r: &Record) -> tracing::Span {
     let span = tracing::debug_span!(

@@ -226,7 +226,7 @@ impl WorkerBuilder {
     /// caps each fetch request at that size unless `fetch.max.bytes` is set, and keeps one
     /// fetch in flight per broker: a worker reads at most 1 MiB per broker per round trip.
     /// Against a broker far away, set `fetch.max.bytes` higher (on a local broker larger
-    /// fetches measured slower: BENCHMARKS.md, session 12).
+    /// fetches measured slower: BENCHMARKS.md, Tuning).
     pub fn partition_queue(mut self, n: usize) -> Self {
         self.partition_queue = n;
         self

@@ -14,7 +14,7 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     /// Asks the worker to stop: no new record starts, in-flight records finish (up to the
-    /// drain timeout), final offsets are committed synchronously, then [`Worker::run`] returns.
+    /// drain timeout), final offsets are committed synchronously, then [`Worker::run`](crate::Worker::run) returns.
     pub fn shutdown(&self) {
         self.rt.request_shutdown();
     }

@@ -144,7 +144,7 @@ impl<S> Route<S> {
     /// ([`Record::headers`] is empty). For a handler that never reads headers: librdkafka
     /// parses each record's header section when asked, even an empty one, at about a fifth of
     /// what reading a record costs the worker's poll thread, and this skips it (the effect on
-    /// throughput is in BENCHMARKS.md, session 13).
+    /// throughput is in BENCHMARKS.md, Tuning).
     ///
     /// What goes without them: a W3C `traceparent` on the record is not seen (spans derive a
     /// trace id from the record's coordinates instead), and the records reach every layer

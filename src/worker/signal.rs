@@ -1,6 +1,6 @@
 //! The shutdown signal of a process.
 
-/// Completes on ctrl-c or SIGTERM: pass it to [`Worker::run_until`].
+/// Completes on ctrl-c or SIGTERM: pass it to [`Worker::run_until`](crate::Worker::run_until).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

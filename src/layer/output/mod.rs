@@ -1,4 +1,4 @@
-//! Publishes the records a handler returns (see [`IntoOutputs`]) before the input counts as
+//! Publishes the records a handler returns (see [`IntoOutputs`](crate::publish::IntoOutputs)) before the input counts as
 //! handled: consume-transform-produce.
 //!
 //! At least once, each output is acknowledged by the broker before the input's offset may be

@@ -10,7 +10,8 @@ use crate::error::BoxError;
 use crate::publish::{IntoOutputs, Publish};
 use crate::Record;
 
-/// The service [`OutputLayer`] produces. See the [module docs](self).
+/// The service [`OutputLayer`](super::OutputLayer) produces. See the
+/// [module docs](crate::layer::output).
 #[derive(Clone)]
 pub struct Output<S> {
     inner: S,

@@ -14,7 +14,8 @@ use crate::headers::{self, AttemptsHeader};
 use crate::layer::Stage;
 use crate::Record;
 
-/// The service [`RetryTopicLayer`] produces. See the [module docs](self).
+/// The service [`RetryTopicLayer`](super::RetryTopicLayer) produces. See the
+/// [module docs](crate::layer::retry_topic).
 pub struct RetryTopic<S> {
     inner: S,
     shared: Arc<RetryShared>,
