@@ -1133,11 +1133,9 @@ async fn transform(n: u64, transactional: bool) -> f64 {
 }
 
 /// When each record reached the handler (or the HTTP server) and its Kafka timestamp.
-
 type Arrivals = Arc<Mutex<Vec<(Instant, i64)>>>;
 
 /// A no-op HTTP/1.1 server on 127.0.0.1 that logs each request's arrival in `times`; its URL.
-
 async fn noop_http_server(times: Arrivals) -> String {
     use std::convert::Infallible;
 
@@ -1180,7 +1178,6 @@ async fn noop_http_server(times: Arrivals) -> String {
 /// server at `url` (`via_http`), or an in-process no-op handler with the same per-partition
 /// concurrency. Returns (records/s over a backlog of `n`, p99 ms of handler start - record
 /// timestamp on a stream of 2,000 records/s for 5 s).
-
 async fn sidecar_side(
     bootstrap: &str,
     n: u64,
