@@ -1,49 +1,22 @@
 //! The worker builder.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tower::Service;
 
-use super::route::{IntoRoute, Route};
+use super::plan::{self, PendingRoute};
+use super::route::IntoRoute;
 use super::run::Worker;
-use super::topics::TopicPlan;
+use super::validate;
 use crate::client;
 use crate::commit::CommitPolicy;
 use crate::error::BoxError;
-use crate::layer::{Output, RetryTopicLayer, Stage};
-use crate::policy::{DltStrategy, RetryPolicy};
-use crate::publish::{IntoOutputs, KafkaPublisher, Publish};
-use crate::runtime::{
-    CommitErrorCallback, RouteFactory, RuntimeConfig, RuntimeContext, RuntimeShared, ServiceRoute,
-    TopicBinding, TxnParts, TxnPublisher, TxnState,
-};
+use crate::publish::{IntoOutputs, Publish};
+use crate::runtime::{CommitErrorCallback, RuntimeConfig, RuntimeContext, RuntimeShared};
 use crate::transaction::Transactional;
 use crate::{Error, Record};
-
-type MakeBindings = Box<
-    dyn FnOnce(
-        Option<RetryTopicLayer>,
-        Option<Arc<dyn Publish>>,
-    ) -> Vec<(String, Arc<dyn RouteFactory>, Stage)>,
->;
-
-struct PendingRoute {
-    name: String,
-    topics: Vec<String>,
-    concurrency: usize,
-    retry: Option<RetryPolicy>,
-    has_dlt: bool,
-    group: Option<String>,
-    /// See `Route::layered`.
-    layered: bool,
-    /// False after `Route::without_headers`.
-    read_headers: bool,
-    /// The handler's response type can hold output records.
-    produces: bool,
-    make: MakeBindings,
-}
 
 /// Configures a [`Worker`]. Every mistake is reported by [`build`](Self::build) with the
 /// setting's name.
@@ -301,316 +274,42 @@ impl WorkerBuilder {
         <R::Service as Service<Record>>::Error: Into<BoxError>,
         <R::Service as Service<Record>>::Future: Send + 'static,
     {
-        let route = route.into_route();
-        let (name, topics, concurrency) =
-            (route.name.clone(), route.topics.clone(), route.concurrency);
-        let retry = route.retry.clone();
-        let has_dlt = route.dlt.is_some();
-        let group = route.group.clone();
-        let (layered, read_headers) = (route.layered, route.read_headers);
-        let produces = <<R::Service as Service<Record>>::Response as IntoOutputs>::MAY_PRODUCE;
-        let make: MakeBindings = Box::new(move |layer, output| {
-            let Route {
-                name,
-                topics,
-                service,
-                concurrency,
-                dlt,
-                ..
-            } = route;
-            match output.filter(|_| produces) {
-                Some(p) => bindings(
-                    &name,
-                    topics,
-                    concurrency,
-                    dlt,
-                    Output::new(service, p),
-                    layer,
-                ),
-                None => bindings(&name, topics, concurrency, dlt, service, layer),
-            }
-        });
-        self.routes.push(PendingRoute {
-            name,
-            topics,
-            concurrency,
-            retry,
-            has_dlt,
-            group,
-            layered,
-            read_headers,
-            produces,
-            make,
-        });
+        self.routes.push(PendingRoute::new(route.into_route()));
         self
     }
 
     /// Validates the configuration and creates the consumer.
     pub fn build(mut self) -> Result<Worker, Error> {
-        // Routes may declare their group (`#[retryable_topic(group = ..)]`).
-        let declared: Vec<(&str, &str)> = self
-            .routes
-            .iter()
-            .filter_map(|r| Some((r.name.as_str(), r.group.as_deref()?)))
-            .collect();
-        if let Some((route, g)) = declared.first() {
-            match self.props.get("group.id") {
-                Some(w) if w != g => {
-                    return Err(Error::config(
-                        "group.id",
-                        format!(
-                        "route `{route}` declares group `{g}` but the worker's group.id is `{w}`"
-                    ),
-                    ))
-                }
-                _ => {}
-            }
-            if let Some((other, g2)) = declared.iter().find(|(_, x)| x != g) {
-                return Err(Error::config(
-                    "group",
-                    format!("routes `{route}` and `{other}` declare different groups (`{g}`, `{g2}`); a worker is one group member: use two workers"),
-                ));
-            }
-            let g = g.to_string();
-            self.props.insert("group.id".into(), g);
-        }
-        let group = match self.props.get("group.id") {
-            Some(g) if !g.trim().is_empty() => g.clone(),
-            _ => {
-                return Err(Error::config(
-                    "group.id",
-                    "required: a worker is a consumer group member (WorkerBuilder::group_id)",
-                ))
-            }
-        };
-        let bootstrap = match self.props.get("bootstrap.servers") {
-            Some(b) if !b.trim().is_empty() => b.clone(),
-            _ => {
-                return Err(Error::config(
-                    "bootstrap.servers",
-                    "required (WorkerBuilder::bootstrap_servers)",
-                ))
-            }
-        };
-        for key in client::OWNED_PROPERTIES {
-            if let Some(v) = self.props.get(key) {
-                if v != "false" {
-                    return Err(Error::config(
-                        key,
-                        format!("must stay false (got `{v}`): redrive commits only offsets whose records are final; choose a CommitPolicy instead"),
-                    ));
-                }
-            }
-        }
-        for (key, required) in client::DURABILITY {
-            let key = format!("producer.{key}");
-            if let Some(v) = self.props.get(&key) {
-                if v != required {
-                    return Err(Error::config(
-                        key,
-                        format!("must stay `{required}` (got `{v}`): a retry or dead-letter copy counts only once the broker has it durably"),
-                    ));
-                }
-            }
-        }
-        self.commit
-            .validate()
-            .map_err(|r| Error::config("commit_policy", r))?;
-        if self.lag_interval < Duration::from_millis(100) {
-            return Err(Error::config("lag_interval", "must be at least 100ms"));
-        }
-        for (setting, value) in [
-            ("max_in_flight_records", self.max_in_flight_records),
-            ("max_in_flight_bytes", self.max_in_flight_bytes),
-            ("partition_queue", self.partition_queue as u64),
-            ("max_poll_records", self.max_poll_records as u64),
-        ] {
-            if value == 0 {
-                return Err(Error::config(setting, "must be at least 1"));
-            }
-        }
-        if self.routes.is_empty() {
-            return Err(Error::config(
-                "route",
-                "a worker needs at least one route (WorkerBuilder::route)",
-            ));
-        }
-        for r in &self.routes {
-            if r.concurrency == 0 {
-                return Err(Error::config(
-                    "concurrency",
-                    format!("route `{}`: must be at least 1", r.name),
-                ));
-            }
-            if r.topics.is_empty() {
-                return Err(Error::config(
-                    "topics",
-                    format!("route `{}` reads no topic", r.name),
-                ));
-            }
-            if let Some(t) = r.topics.iter().find(|t| t.trim().is_empty()) {
-                return Err(Error::config(
-                    "topic",
-                    format!("route `{}`: empty topic name `{t}`", r.name),
-                ));
-            }
-            if !r.read_headers && r.retry.is_some() {
-                return Err(Error::config(
-                    "without_headers",
-                    format!(
-                        "route `{}` has a retry policy: its retry and dead-letter copies carry the record's headers, so it must read them",
-                        r.name
-                    ),
-                ));
-            }
-            match &r.retry {
-                Some(p) => p.validate().map_err(|e| match e {
-                    Error::Config { setting, reason } => {
-                        Error::config(setting, format!("route `{}`: {reason}", r.name))
-                    }
-                    other => other,
-                })?,
-                None if r.has_dlt => {
-                    return Err(Error::config(
-                        "dlt_handler",
-                        format!(
-                            "route `{}` has a DLT handler but no retry policy (Route::retry)",
-                            r.name
-                        ),
-                    ))
-                }
-                None => {}
-            }
-            if r.has_dlt
-                && r.retry
-                    .as_ref()
-                    .is_some_and(|p| p.dlt_strategy == DltStrategy::NoDlt)
-            {
-                return Err(Error::config(
-                    "dlt_handler",
-                    format!(
-                        "route `{}` has a DLT handler but its dlt_strategy is no_dlt",
-                        r.name
-                    ),
-                ));
-            }
-        }
-
+        let group = validate::group(&self.routes, &mut self.props)?;
+        let bootstrap = validate::bootstrap(&self.props)?;
+        validate::settings(
+            &self.props,
+            &self.commit,
+            self.lag_interval,
+            [
+                ("max_in_flight_records", self.max_in_flight_records),
+                ("max_in_flight_bytes", self.max_in_flight_bytes),
+                ("partition_queue", self.partition_queue as u64),
+                ("max_poll_records", self.max_poll_records as u64),
+            ],
+        )?;
+        validate::routes(&self.routes)?;
         let mut producer_config = client::producer_config(&self.props);
         let admin_config = client::admin_config(&self.props);
         let txn = match self.transactional.take() {
+            Some(t) => Some(plan::transactional(
+                t,
+                self.manual_ack,
+                self.publisher.is_some(),
+                &mut producer_config,
+            )?),
             None => None,
-            Some(t) => {
-                if t.id.trim().is_empty() {
-                    return Err(Error::config("transactional_id", "must not be empty"));
-                }
-                if t.batch_size == 0 {
-                    return Err(Error::config("batch_size", "must be at least 1"));
-                }
-                if t.timeout < Duration::from_secs(1) {
-                    return Err(Error::config("transaction_timeout", "must be at least 1s"));
-                }
-                if self.manual_ack {
-                    return Err(Error::config(
-                        "manual_ack",
-                        "a transactional worker commits offsets with its transactions; manual acknowledgement does not apply",
-                    ));
-                }
-                if self.publisher.is_some() {
-                    return Err(Error::config(
-                        "publisher",
-                        "a custom publisher cannot join the worker's transactions",
-                    ));
-                }
-                producer_config
-                    .set("transactional.id", &t.id)
-                    .set("transaction.timeout.ms", t.timeout.as_millis().to_string());
-                for (k, v) in client::DURABILITY {
-                    producer_config.set(k, v);
-                }
-                let producer: rdkafka::producer::FutureProducer = producer_config
-                    .create()
-                    .map_err(Error::from_client_config)?;
-                let publisher = Arc::new(TxnPublisher::new(producer.clone()));
-                self.publisher = Some(publisher.clone());
-                Some(TxnParts {
-                    producer,
-                    publisher,
-                    settings: t,
-                    state: Arc::new(TxnState::default()),
-                })
-            }
         };
-        let publisher: Option<Arc<dyn Publish>> =
-            if self.routes.iter().any(|r| r.retry.is_some() || r.produces) {
-                match self.publisher {
-                    Some(p) => Some(p),
-                    None => Some(Arc::new(KafkaPublisher::new(&producer_config)?)),
-                }
-            } else {
-                None
-            };
-
-        let mut by_topic: HashMap<String, TopicBinding> = HashMap::new();
-        let mut owner: HashMap<String, String> = HashMap::new();
-        let mut topics = Vec::new();
-        let mut plans = Vec::new();
-        for r in self.routes {
-            let layer = match (&r.retry, &publisher) {
-                (Some(policy), Some(publisher)) => {
-                    let mains: Vec<&str> = r.topics.iter().map(String::as_str).collect();
-                    for main in &r.topics {
-                        let t = policy.topology(main);
-                        plans.push(TopicPlan {
-                            main: main.clone(),
-                            derived: t.derived_topics().map(str::to_owned).collect(),
-                            partitions: policy.partitions,
-                            replication: policy.replication_factor,
-                            auto_create: policy.auto_create_topics,
-                        });
-                    }
-                    Some(RetryTopicLayer::new(
-                        policy.clone(),
-                        &mains,
-                        publisher.clone(),
-                        &group,
-                        &r.name,
-                    ))
-                }
-                _ => None,
-            };
-            let max_wait = r
-                .retry
-                .as_ref()
-                .map_or(Duration::ZERO, RetryPolicy::max_hold);
-            let managed = r.retry.is_some();
-            for (t, factory, stage) in (r.make)(layer, publisher.clone()) {
-                if let Some(other) = owner.insert(t.clone(), r.name.clone()) {
-                    return Err(Error::config(
-                        "topic",
-                        format!(
-                            "topic `{t}` is read by two routes, `{other}` and `{}`",
-                            r.name
-                        ),
-                    ));
-                }
-                by_topic.insert(
-                    t.clone(),
-                    TopicBinding {
-                        name: Arc::from(t.as_str()),
-                        route: factory,
-                        stage,
-                        max_wait,
-                        count_outcomes: !managed,
-                        carry_state: managed || r.layered || self.manual_ack,
-                        read_headers: r.read_headers,
-                    },
-                );
-                topics.push(t);
-            }
+        if let Some(t) = &txn {
+            self.publisher = Some(t.publisher.clone());
         }
-
-        let consumer_config = client::consumer_config_with_queue(&self.props, self.partition_queue);
+        let publisher = plan::publisher(&self.routes, self.publisher.take(), &producer_config)?;
+        let planned = plan::topics(self.routes, publisher, &group, self.manual_ack)?;
         let rt = Arc::new(RuntimeShared::new(
             Arc::from(group.as_str()),
             RuntimeConfig {
@@ -625,73 +324,23 @@ impl WorkerBuilder {
                 on_commit_error: self.on_commit_error,
             },
         ));
-        let consumer = consumer_config
-            .create_with_context(RuntimeContext::new(
-                rt.clone(),
-                by_topic,
-                txn.as_ref().map(|t| t.state.clone()),
-            ))
+        let context = RuntimeContext::new(
+            rt.clone(),
+            planned.by_topic,
+            txn.as_ref().map(|t| t.state.clone()),
+        );
+        let consumer = client::consumer_config_with_queue(&self.props, self.partition_queue)
+            .create_with_context(context)
             .map_err(Error::from_client_config)?;
         Ok(Worker {
             consumer,
             rt,
-            topics,
-            plans,
+            topics: planned.topics,
+            plans: planned.plans,
             admin_config,
             bootstrap,
             startup_timeout: self.startup_timeout,
             txn,
         })
     }
-}
-
-/// The topic bindings of one route: its main topics, and with a retry policy its retry topics
-/// and (with a DLT handler) its dead-letter topic.
-fn bindings<S>(
-    name: &str,
-    topics: Vec<String>,
-    concurrency: usize,
-    dlt: Option<super::route::DltService>,
-    service: S,
-    layer: Option<RetryTopicLayer>,
-) -> Vec<(String, Arc<dyn RouteFactory>, Stage)>
-where
-    S: Service<Record> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    let rname: Arc<str> = Arc::from(name);
-    let mut out: Vec<(String, Arc<dyn RouteFactory>, Stage)> = Vec::new();
-    match layer {
-        None => {
-            let f: Arc<dyn RouteFactory> = Arc::new(ServiceRoute::new(rname, concurrency, service));
-            out.extend(topics.into_iter().map(|t| (t, f.clone(), Stage::Main)));
-        }
-        Some(layer) => {
-            let policy = layer.policy().clone();
-            let dlt_factory: Option<Arc<dyn RouteFactory>> = dlt.map(|d| {
-                Arc::new(ServiceRoute::new(
-                    rname.clone(),
-                    1,
-                    tower::Layer::layer(&layer.dlt_layer(), d),
-                )) as Arc<dyn RouteFactory>
-            });
-            let f: Arc<dyn RouteFactory> = Arc::new(ServiceRoute::new(
-                rname,
-                concurrency,
-                tower::Layer::layer(&layer, service),
-            ));
-            for main in topics {
-                let topology = policy.topology(&main);
-                for t in topology.retry_topics() {
-                    out.push((t.clone(), f.clone(), Stage::Retry));
-                }
-                if let (Some(dlt), Some(df)) = (topology.dlt(), &dlt_factory) {
-                    out.push((dlt.to_owned(), df.clone(), Stage::Dlt));
-                }
-                out.push((main, f.clone(), Stage::Main));
-            }
-        }
-    }
-    out
 }

@@ -2,10 +2,12 @@
 
 mod builder;
 mod handle;
+mod plan;
 pub(crate) mod route;
 mod run;
 mod signal;
 mod topics;
+mod validate;
 
 pub use builder::WorkerBuilder;
 pub use handle::WorkerHandle;

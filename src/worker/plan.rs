@@ -1,0 +1,285 @@
+//! What a built worker reads and how: each route's topics bound to route factories, the
+//! retry and dead-letter topics to check or create, the publisher, the transactional parts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use tower::Service;
+
+use super::route::{DltService, Route};
+use super::topics::TopicPlan;
+use crate::client;
+use crate::error::BoxError;
+use crate::layer::{Output, RetryTopicLayer, Stage};
+use crate::policy::RetryPolicy;
+use crate::publish::{IntoOutputs, KafkaPublisher, Publish};
+use crate::runtime::{RouteFactory, ServiceRoute, TopicBinding, TxnParts, TxnPublisher, TxnState};
+use crate::transaction::Transactional;
+use crate::{Error, Record};
+
+/// Builds a route's topic bindings once the worker knows its retry layer and publisher.
+type MakeBindings = Box<
+    dyn FnOnce(
+        Option<RetryTopicLayer>,
+        Option<Arc<dyn Publish>>,
+    ) -> Vec<(String, Arc<dyn RouteFactory>, Stage)>,
+>;
+
+/// A route as the builder keeps it until `build`: its settings, and its service behind
+/// [`MakeBindings`].
+pub(super) struct PendingRoute {
+    pub(super) name: String,
+    pub(super) topics: Vec<String>,
+    pub(super) concurrency: usize,
+    pub(super) retry: Option<RetryPolicy>,
+    pub(super) has_dlt: bool,
+    pub(super) group: Option<String>,
+    /// See `Route::layered`.
+    pub(super) layered: bool,
+    /// False after `Route::without_headers`.
+    pub(super) read_headers: bool,
+    /// The handler's response type can hold output records.
+    pub(super) produces: bool,
+    make: MakeBindings,
+}
+
+impl PendingRoute {
+    /// Keeps `route` for `build`.
+    pub(super) fn new<S>(route: Route<S>) -> Self
+    where
+        S: Service<Record> + Clone + Send + 'static,
+        S::Response: IntoOutputs,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let produces = <S::Response as IntoOutputs>::MAY_PRODUCE;
+        PendingRoute {
+            name: route.name.clone(),
+            topics: route.topics.clone(),
+            concurrency: route.concurrency,
+            retry: route.retry.clone(),
+            has_dlt: route.dlt.is_some(),
+            group: route.group.clone(),
+            layered: route.layered,
+            read_headers: route.read_headers,
+            produces,
+            make: Box::new(move |layer, output| {
+                let Route {
+                    name,
+                    topics,
+                    service,
+                    concurrency,
+                    dlt,
+                    ..
+                } = route;
+                match output.filter(|_| produces) {
+                    Some(p) => {
+                        let service = Output::new(service, p);
+                        bindings(&name, topics, concurrency, dlt, service, layer)
+                    }
+                    None => bindings(&name, topics, concurrency, dlt, service, layer),
+                }
+            }),
+        }
+    }
+}
+
+/// The transactional parts of a worker: its transactional producer and the publisher that
+/// sends inside its transactions.
+/// `manual_ack` and `custom_publisher` say whether the application asked for either, which a
+/// transactional worker cannot have.
+pub(super) fn transactional(
+    t: Transactional,
+    manual_ack: bool,
+    custom_publisher: bool,
+    producer_config: &mut ClientConfig,
+) -> Result<TxnParts, Error> {
+    if t.id.trim().is_empty() {
+        return Err(Error::config("transactional_id", "must not be empty"));
+    }
+    if t.batch_size == 0 {
+        return Err(Error::config("batch_size", "must be at least 1"));
+    }
+    if t.timeout < Duration::from_secs(1) {
+        return Err(Error::config("transaction_timeout", "must be at least 1s"));
+    }
+    if manual_ack {
+        return Err(Error::config(
+            "manual_ack",
+            "a transactional worker commits offsets with its transactions; manual acknowledgement does not apply",
+        ));
+    }
+    if custom_publisher {
+        return Err(Error::config(
+            "publisher",
+            "a custom publisher cannot join the worker's transactions",
+        ));
+    }
+    producer_config
+        .set("transactional.id", &t.id)
+        .set("transaction.timeout.ms", t.timeout.as_millis().to_string());
+    for (k, v) in client::DURABILITY {
+        producer_config.set(k, v);
+    }
+    let producer: rdkafka::producer::FutureProducer = producer_config
+        .create()
+        .map_err(Error::from_client_config)?;
+    Ok(TxnParts {
+        publisher: Arc::new(TxnPublisher::new(producer.clone())),
+        producer,
+        settings: t,
+        state: Arc::new(TxnState::default()),
+    })
+}
+
+/// The publisher of copies and outputs: the application's, or a Kafka producer when a route
+/// has a retry policy or may return records; none otherwise.
+pub(super) fn publisher(
+    routes: &[PendingRoute],
+    given: Option<Arc<dyn Publish>>,
+    producer_config: &ClientConfig,
+) -> Result<Option<Arc<dyn Publish>>, Error> {
+    if !routes.iter().any(|r| r.retry.is_some() || r.produces) {
+        return Ok(None);
+    }
+    match given {
+        Some(p) => Ok(Some(p)),
+        None => Ok(Some(Arc::new(KafkaPublisher::new(producer_config)?))),
+    }
+}
+
+/// What the worker reads: every topic's binding, the subscription, and the retry and
+/// dead-letter topics to check or create.
+pub(super) struct Planned {
+    pub(super) by_topic: HashMap<String, TopicBinding>,
+    pub(super) topics: Vec<String>,
+    pub(super) plans: Vec<TopicPlan>,
+}
+
+/// Binds every route's topics; a topic read by two routes is an error.
+pub(super) fn topics(
+    routes: Vec<PendingRoute>,
+    publisher: Option<Arc<dyn Publish>>,
+    group: &str,
+    manual_ack: bool,
+) -> Result<Planned, Error> {
+    let mut planned = Planned {
+        by_topic: HashMap::new(),
+        topics: Vec::new(),
+        plans: Vec::new(),
+    };
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for r in routes {
+        let layer = retry_layer(&r, publisher.as_ref(), group, &mut planned.plans);
+        let max_wait = r
+            .retry
+            .as_ref()
+            .map_or(Duration::ZERO, RetryPolicy::max_hold);
+        let managed = r.retry.is_some();
+        let (name, layered, read_headers) = (r.name.clone(), r.layered, r.read_headers);
+        for (t, factory, stage) in (r.make)(layer, publisher.clone()) {
+            if let Some(other) = owner.insert(t.clone(), name.clone()) {
+                return Err(Error::config(
+                    "topic",
+                    format!("topic `{t}` is read by two routes, `{other}` and `{name}`"),
+                ));
+            }
+            let binding = TopicBinding {
+                name: Arc::from(t.as_str()),
+                route: factory,
+                stage,
+                max_wait,
+                count_outcomes: !managed,
+                carry_state: managed || layered || manual_ack,
+                read_headers,
+            };
+            planned.by_topic.insert(t.clone(), binding);
+            planned.topics.push(t);
+        }
+    }
+    Ok(planned)
+}
+
+/// The retry layer of a route with a retry policy, and its topics' plans.
+fn retry_layer(
+    r: &PendingRoute,
+    publisher: Option<&Arc<dyn Publish>>,
+    group: &str,
+    plans: &mut Vec<TopicPlan>,
+) -> Option<RetryTopicLayer> {
+    let (policy, publisher) = (r.retry.as_ref()?, publisher?);
+    for main in &r.topics {
+        plans.push(TopicPlan {
+            main: main.clone(),
+            derived: policy
+                .topology(main)
+                .derived_topics()
+                .map(str::to_owned)
+                .collect(),
+            partitions: policy.partitions,
+            replication: policy.replication_factor,
+            auto_create: policy.auto_create_topics,
+        });
+    }
+    let mains: Vec<&str> = r.topics.iter().map(String::as_str).collect();
+    Some(RetryTopicLayer::new(
+        policy.clone(),
+        &mains,
+        publisher.clone(),
+        group,
+        &r.name,
+    ))
+}
+
+/// The topic bindings of one route: its main topics, and with a retry policy its retry topics
+/// and (with a DLT handler) its dead-letter topic.
+fn bindings<S>(
+    name: &str,
+    topics: Vec<String>,
+    concurrency: usize,
+    dlt: Option<DltService>,
+    service: S,
+    layer: Option<RetryTopicLayer>,
+) -> Vec<(String, Arc<dyn RouteFactory>, Stage)>
+where
+    S: Service<Record> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let rname: Arc<str> = Arc::from(name);
+    let mut out: Vec<(String, Arc<dyn RouteFactory>, Stage)> = Vec::new();
+    match layer {
+        None => {
+            let f: Arc<dyn RouteFactory> = Arc::new(ServiceRoute::new(rname, concurrency, service));
+            out.extend(topics.into_iter().map(|t| (t, f.clone(), Stage::Main)));
+        }
+        Some(layer) => {
+            let policy = layer.policy().clone();
+            let dlt_factory: Option<Arc<dyn RouteFactory>> = dlt.map(|d| {
+                Arc::new(ServiceRoute::new(
+                    rname.clone(),
+                    1,
+                    tower::Layer::layer(&layer.dlt_layer(), d),
+                )) as Arc<dyn RouteFactory>
+            });
+            let f: Arc<dyn RouteFactory> = Arc::new(ServiceRoute::new(
+                rname,
+                concurrency,
+                tower::Layer::layer(&layer, service),
+            ));
+            for main in topics {
+                let topology = policy.topology(&main);
+                for t in topology.retry_topics() {
+                    out.push((t.clone(), f.clone(), Stage::Retry));
+                }
+                if let (Some(dlt), Some(df)) = (topology.dlt(), &dlt_factory) {
+                    out.push((dlt.to_owned(), df.clone(), Stage::Dlt));
+                }
+                out.push((main, f.clone(), Stage::Main));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,172 @@
+//! What `WorkerBuilder::build` checks before it creates anything: every mistake is an
+//! [`Error::Config`] naming the setting.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::plan::PendingRoute;
+use crate::client;
+use crate::commit::CommitPolicy;
+use crate::policy::DltStrategy;
+use crate::Error;
+
+/// The worker's consumer group: `group.id`, or the group the routes declare
+/// (`#[retryable_topic(group = ..)]`), which must agree. Sets `group.id` from the routes.
+pub(super) fn group(
+    routes: &[PendingRoute],
+    props: &mut BTreeMap<String, String>,
+) -> Result<String, Error> {
+    let declared: Vec<(&str, &str)> = routes
+        .iter()
+        .filter_map(|r| Some((r.name.as_str(), r.group.as_deref()?)))
+        .collect();
+    if let Some((route, g)) = declared.first() {
+        if let Some(w) = props.get("group.id").filter(|w| w != g) {
+            return Err(Error::config(
+                "group.id",
+                format!("route `{route}` declares group `{g}` but the worker's group.id is `{w}`"),
+            ));
+        }
+        if let Some((other, g2)) = declared.iter().find(|(_, x)| x != g) {
+            return Err(Error::config(
+                "group",
+                format!("routes `{route}` and `{other}` declare different groups (`{g}`, `{g2}`); a worker is one group member: use two workers"),
+            ));
+        }
+        props.insert("group.id".into(), g.to_string());
+    }
+    match props.get("group.id") {
+        Some(g) if !g.trim().is_empty() => Ok(g.clone()),
+        _ => Err(Error::config(
+            "group.id",
+            "required: a worker is a consumer group member (WorkerBuilder::group_id)",
+        )),
+    }
+}
+
+/// `bootstrap.servers`, which is required.
+pub(super) fn bootstrap(props: &BTreeMap<String, String>) -> Result<String, Error> {
+    match props.get("bootstrap.servers") {
+        Some(b) if !b.trim().is_empty() => Ok(b.clone()),
+        _ => Err(Error::config(
+            "bootstrap.servers",
+            "required (WorkerBuilder::bootstrap_servers)",
+        )),
+    }
+}
+
+/// The worker-wide settings: properties redrive owns, the commit policy, the lag interval,
+/// and `counts`, settings that must be at least 1.
+pub(super) fn settings(
+    props: &BTreeMap<String, String>,
+    commit: &CommitPolicy,
+    lag_interval: Duration,
+    counts: [(&'static str, u64); 4],
+) -> Result<(), Error> {
+    owned_properties(props)?;
+    commit
+        .validate()
+        .map_err(|r| Error::config("commit_policy", r))?;
+    if lag_interval < Duration::from_millis(100) {
+        return Err(Error::config("lag_interval", "must be at least 100ms"));
+    }
+    match counts.iter().find(|(_, value)| *value == 0) {
+        Some((setting, _)) => Err(Error::config(*setting, "must be at least 1")),
+        None => Ok(()),
+    }
+}
+
+/// Every route; a worker needs at least one.
+pub(super) fn routes(routes: &[PendingRoute]) -> Result<(), Error> {
+    if routes.is_empty() {
+        return Err(Error::config(
+            "route",
+            "a worker needs at least one route (WorkerBuilder::route)",
+        ));
+    }
+    routes.iter().try_for_each(route)
+}
+
+/// The commit rule needs librdkafka's own offset commits off, and a copy counts only once the
+/// broker has it durably: neither may be overridden.
+fn owned_properties(props: &BTreeMap<String, String>) -> Result<(), Error> {
+    for key in client::OWNED_PROPERTIES {
+        if let Some(v) = props.get(key).filter(|v| *v != "false") {
+            return Err(Error::config(
+                key,
+                format!("must stay false (got `{v}`): redrive commits only offsets whose records are final; choose a CommitPolicy instead"),
+            ));
+        }
+    }
+    for (key, required) in client::DURABILITY {
+        let key = format!("producer.{key}");
+        if let Some(v) = props.get(&key).filter(|v| *v != required) {
+            return Err(Error::config(
+                key,
+                format!("must stay `{required}` (got `{v}`): a retry or dead-letter copy counts only once the broker has it durably"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One route: its topics, concurrency, retry policy and dead-letter handler.
+fn route(r: &PendingRoute) -> Result<(), Error> {
+    let name = &r.name;
+    if r.concurrency == 0 {
+        return Err(Error::config(
+            "concurrency",
+            format!("route `{name}`: must be at least 1"),
+        ));
+    }
+    if r.topics.is_empty() {
+        return Err(Error::config(
+            "topics",
+            format!("route `{name}` reads no topic"),
+        ));
+    }
+    if let Some(t) = r.topics.iter().find(|t| t.trim().is_empty()) {
+        return Err(Error::config(
+            "topic",
+            format!("route `{name}`: empty topic name `{t}`"),
+        ));
+    }
+    if !r.read_headers && r.retry.is_some() {
+        return Err(Error::config(
+            "without_headers",
+            format!("route `{name}` has a retry policy: its retry and dead-letter copies carry the record's headers, so it must read them"),
+        ));
+    }
+    retry(r)
+}
+
+/// A route's retry policy and its dead-letter handler.
+fn retry(r: &PendingRoute) -> Result<(), Error> {
+    let name = &r.name;
+    match &r.retry {
+        Some(p) => p.validate().map_err(|e| match e {
+            Error::Config { setting, reason } => {
+                Error::config(setting, format!("route `{name}`: {reason}"))
+            }
+            other => other,
+        })?,
+        None if r.has_dlt => {
+            return Err(Error::config(
+                "dlt_handler",
+                format!("route `{name}` has a DLT handler but no retry policy (Route::retry)"),
+            ))
+        }
+        None => {}
+    }
+    let no_dlt = r
+        .retry
+        .as_ref()
+        .is_some_and(|p| p.dlt_strategy == DltStrategy::NoDlt);
+    if r.has_dlt && no_dlt {
+        return Err(Error::config(
+            "dlt_handler",
+            format!("route `{name}` has a DLT handler but its dlt_strategy is no_dlt"),
+        ));
+    }
+    Ok(())
+}
