@@ -15,10 +15,12 @@ mod committer;
 mod context;
 mod fetch;
 mod lag;
+mod meters;
 mod partition;
 mod poll;
 mod route;
 mod shared;
+mod source;
 mod tracker;
 mod transactional;
 
