@@ -6,8 +6,6 @@
 //! dropped (eager assignment resets every position to the committed offset).
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +25,7 @@ pub(crate) use publisher::TxnPublisher;
 pub(crate) use state::TxnState;
 
 use super::context::{is_fatal, RuntimeContext};
+use super::shared::RuntimeShared;
 use crate::clock::now_ms;
 use crate::error::{error_chain, BoxError, Halt};
 use crate::layer::Stage;
@@ -104,63 +103,121 @@ pub(crate) fn txn_loop(
     consumer: Arc<BaseConsumer<RuntimeContext>>,
     parts: TxnParts,
 ) -> Result<(), Error> {
-    let ctx = consumer.context();
-    let rt = ctx.rt.clone();
-    let handle = ctx.handle.get().expect("the runtime handle is set").clone();
-    let TxnParts {
-        producer,
-        publisher,
-        settings,
-        state,
-    } = parts;
-    let id = settings.id.clone();
-    with_retries("init_transactions", settings.timeout, || {
-        producer.init_transactions(settings.timeout)
-    })
-    .map_err(|e| {
-        fatal(&e, &id).unwrap_or_else(|| {
-            Error::Fatal(format!(
-                "cannot initialise transactions for transactional.id `{id}`: {e} (the cluster must support transactions)"
-            ))
-        })
-    })?;
-    tracing::info!(transactional_id = %id, "transactions initialised");
-    let group = rt.group.to_string();
-    let counter = |outcome: &'static str| ::metrics::counter!(crate::metrics::names::TRANSACTIONS, "group" => group.clone(), "outcome" => outcome);
-    let (committed_total, aborted_total) = (counter("committed"), counter("aborted"));
-    committed_total.increment(0);
-    aborted_total.increment(0);
-
-    let mut services: HashMap<Key, BoxService<Record, (), BoxError>> = HashMap::new();
-    // Topic name -> (interned name, read its headers?).
-    let mut topics: HashMap<String, (Arc<str>, bool)> = HashMap::new();
-    let mut waiting: HashMap<Key, i64> = HashMap::new();
-    loop {
-        let stopping = rt.shutdown.load(Ordering::Acquire);
-        if stopping {
-            return Ok(());
+    let mut l = TxnLoop::start(consumer, parts)?;
+    while !l.rt.shutdown.load(Ordering::Acquire) {
+        l.resume_due();
+        let batch = l.collect()?;
+        if !batch.is_empty() {
+            l.transact(batch)?;
         }
-        // Resume partitions whose retry record is due.
+    }
+    Ok(())
+}
+
+/// The transactional loop's state between batches.
+struct TxnLoop {
+    consumer: Arc<BaseConsumer<RuntimeContext>>,
+    rt: Arc<RuntimeShared>,
+    handle: tokio::runtime::Handle,
+    producer: FutureProducer,
+    publisher: Arc<TxnPublisher>,
+    settings: Transactional,
+    state: Arc<TxnState>,
+    committed_total: ::metrics::Counter,
+    aborted_total: ::metrics::Counter,
+    /// Each partition's service, kept between batches.
+    services: HashMap<Key, BoxService<Record, (), BoxError>>,
+    /// Topic name -> (interned name, read its headers?).
+    topics: HashMap<String, (Arc<str>, bool)>,
+    /// Partitions paused until their retry record is due.
+    waiting: HashMap<Key, i64>,
+}
+
+/// A batch's records by partition, with each partition's first offset.
+struct Batch {
+    firsts: BTreeMap<Key, i64>,
+    groups: BTreeMap<Key, Vec<Record>>,
+}
+
+/// What the partitions' outcomes add up to.
+#[derive(Default)]
+struct Settled {
+    offsets: TopicPartitionList,
+    /// Partitions that stopped at a record due later: (partition, position, due).
+    pause: Vec<(Key, i64, i64)>,
+    failure: Option<String>,
+    halted: Option<String>,
+}
+
+impl TxnLoop {
+    /// Initialises transactions (retrying retriable errors) and registers the counters.
+    fn start(consumer: Arc<BaseConsumer<RuntimeContext>>, parts: TxnParts) -> Result<Self, Error> {
+        let ctx = consumer.context();
+        let rt = ctx.rt.clone();
+        let handle = ctx.handle.get().expect("the runtime handle is set").clone();
+        let TxnParts {
+            producer,
+            publisher,
+            settings,
+            state,
+        } = parts;
+        let id = &settings.id;
+        with_retries("init_transactions", settings.timeout, || {
+            producer.init_transactions(settings.timeout)
+        })
+        .map_err(|e| {
+            fatal(&e, id).unwrap_or_else(|| {
+                Error::Fatal(format!(
+                    "cannot initialise transactions for transactional.id `{id}`: {e} (the cluster must support transactions)"
+                ))
+            })
+        })?;
+        tracing::info!(transactional_id = %id, "transactions initialised");
+        let group = rt.group.to_string();
+        let counter = |outcome: &'static str| ::metrics::counter!(crate::metrics::names::TRANSACTIONS, "group" => group.clone(), "outcome" => outcome);
+        let (committed_total, aborted_total) = (counter("committed"), counter("aborted"));
+        committed_total.increment(0);
+        aborted_total.increment(0);
+        Ok(TxnLoop {
+            consumer,
+            rt,
+            handle,
+            producer,
+            publisher,
+            settings,
+            state,
+            committed_total,
+            aborted_total,
+            services: HashMap::new(),
+            topics: HashMap::new(),
+            waiting: HashMap::new(),
+        })
+    }
+
+    /// Resumes partitions whose retry record is due.
+    fn resume_due(&mut self) {
         let now = now_ms();
-        let due: Vec<Key> = waiting
+        let due: Vec<Key> = self
+            .waiting
             .iter()
             .filter(|(_, d)| **d <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for k in due {
             tracing::trace!(topic = %k.0, partition = k.1, "partition resumed: its record is due");
-            waiting.remove(&k);
+            self.waiting.remove(&k);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&k.0, k.1);
-            if let Err(e) = consumer.resume(&tpl) {
+            if let Err(e) = self.consumer.resume(&tpl) {
                 tracing::warn!(topic = %k.0, partition = k.1, error = %e, "resume failed");
             }
         }
+    }
 
-        // Collect a batch.
-        let collect_start = Instant::now();
+    /// Collects a batch: up to `batch_size` records, within `max_linger` of the first.
+    fn collect(&mut self) -> Result<Vec<Record>, Error> {
         let mut batch: Vec<Record> = Vec::new();
-        let mut deadline = Instant::now() + settings.max_linger;
+        let mut deadline = Instant::now() + self.settings.max_linger;
         loop {
             // Once a batch has begun it takes only what is already waiting: an idle moment
             // commits it rather than holding its records back.
@@ -169,242 +226,282 @@ pub(crate) fn txn_loop(
             } else {
                 Duration::ZERO
             };
-            let polled = consumer.poll(wait);
-            if state.rebalanced.swap(false, Ordering::AcqRel) {
+            let polled = self.consumer.poll(wait);
+            if self.state.rebalanced.swap(false, Ordering::AcqRel) {
                 // Positions restart from the committed offsets: drop what was collected (and
                 // the record in hand, which may predate the rebalance).
                 batch.clear();
-                waiting.clear();
-                services.clear();
+                self.waiting.clear();
+                self.services.clear();
                 continue;
             }
             match polled {
                 Some(Ok(msg)) => {
-                    let (topic, read_headers) = match topics.get(msg.topic()) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t: Arc<str> = Arc::from(msg.topic());
-                            let read = ctx.routes.get(msg.topic()).is_none_or(|b| b.read_headers);
-                            topics.insert(msg.topic().to_owned(), (t.clone(), read));
-                            (t, read)
-                        }
-                    };
-                    if !waiting.contains_key(&(topic.clone(), msg.partition())) {
+                    let routes = &self.consumer.context().routes;
+                    let (topic, read_headers) = intern(&mut self.topics, routes, msg.topic());
+                    if !self.waiting.contains_key(&(topic.clone(), msg.partition())) {
                         if batch.is_empty() {
-                            deadline = Instant::now() + settings.max_linger;
+                            deadline = Instant::now() + self.settings.max_linger;
                         }
                         batch.push(Record::from_borrowed(&msg, topic, read_headers));
                     }
                 }
                 Some(Err(e)) if is_fatal(&e) => return Err(Error::Kafka(e)),
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                None if !batch.is_empty() => break,
+                None if !batch.is_empty() => return Ok(batch),
                 None => {}
             }
-            if batch.len() >= settings.batch_size
-                || (!batch.is_empty() && Instant::now() >= deadline)
-                || rt.shutdown.load(Ordering::Acquire)
-            {
-                break;
-            }
-            if batch.is_empty() && waiting.values().any(|d| *d <= now_ms()) {
-                break;
+            let full = batch.len() >= self.settings.batch_size
+                || (!batch.is_empty() && Instant::now() >= deadline);
+            let due = batch.is_empty() && self.waiting.values().any(|d| *d <= now_ms());
+            if full || due || self.rt.shutdown.load(Ordering::Acquire) {
+                return Ok(batch);
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
+    }
 
-        // Handle it inside a transaction.
-        tracing::trace!(records = batch.len(), collected_in = ?collect_start.elapsed(), "beginning a transaction");
+    /// Handles a batch inside a transaction and commits or aborts it.
+    fn transact(&mut self, records: Vec<Record>) -> Result<(), Error> {
+        tracing::trace!(records = records.len(), "beginning a transaction");
         let handle_start = Instant::now();
-        producer.begin_transaction().map_err(|e| {
-            fatal(&e, &id).unwrap_or_else(|| Error::Fatal(format!("begin_transaction: {e}")))
+        self.producer.begin_transaction().map_err(|e| {
+            fatal(&e, &self.settings.id)
+                .unwrap_or_else(|| Error::Fatal(format!("begin_transaction: {e}")))
         })?;
-        let mut firsts: BTreeMap<Key, i64> = BTreeMap::new();
-        let mut groups: BTreeMap<Key, Vec<Record>> = BTreeMap::new();
-        for r in batch {
+        let mut batch = Batch {
+            firsts: BTreeMap::new(),
+            groups: BTreeMap::new(),
+        };
+        for r in records {
             let k: Key = (r.topic_arc().clone(), r.partition());
-            firsts.entry(k.clone()).or_insert(r.offset());
-            groups.entry(k).or_default().push(r);
+            batch.firsts.entry(k.clone()).or_insert(r.offset());
+            batch.groups.entry(k).or_default().push(r);
         }
-        let n_records: usize = groups.values().map(Vec::len).sum();
-        type Job = Pin<Box<dyn Future<Output = (Running, PartOutcome)> + Send>>;
-        let mut jobs: Vec<Job> = Vec::new();
-        let mut taken: Vec<(Key, BoxService<Record, (), BoxError>)> = Vec::new();
-        for k in groups.keys() {
-            let svc = match services.remove(k) {
-                Some(s) => s,
-                None => match ctx.routes.get(&*k.0) {
-                    Some(b) => b.route.service(),
-                    None => {
-                        return Err(Error::Fatal(format!(
-                            "a record of `{}` arrived but no route reads it",
-                            k.0
-                        )))
-                    }
-                },
-            };
-            taken.push((k.clone(), svc));
-        }
-        let mut taken_iter = taken.into_iter();
-        for (k, records) in groups {
-            let (_, mut svc) = taken_iter.next().expect("one service per group");
-            let binding = ctx.routes.get(&*k.0).expect("checked above");
-            let (stage, max_wait) = (binding.stage, binding.max_wait);
-            jobs.push(Box::pin(async move {
-                let mut position = records[0].offset();
-                for r in records {
-                    if stage == Stage::Retry {
-                        if let Some(due) = crate::headers::due_at_ms(r.headers()) {
-                            let ahead = due - now_ms();
-                            if ahead > 0 && ahead <= max_wait.as_millis() as i64 {
-                                return ((k, svc), PartOutcome::Waiting { position, due });
-                            }
-                        }
-                    }
-                    let offset = r.offset();
-                    let res = match svc.ready().await {
-                        Ok(s) => s.call(r).await,
-                        Err(e) => Err(e),
-                    };
-                    match res {
-                        Ok(()) => position = offset + 1,
-                        Err(e) if e.is::<Halt>() => {
-                            return ((k, svc), PartOutcome::Halted(error_chain(&*e)))
-                        }
-                        Err(e) => {
-                            return (
-                                (k, svc),
-                                PartOutcome::Failed(format!(
-                                    "offset {offset}: {}",
-                                    error_chain(&*e)
-                                )),
-                            )
-                        }
-                    }
-                }
-                ((k, svc), PartOutcome::Done(position))
-            }) as Job);
-        }
-        // Partitions run as tasks, so the runtime's threads share the batch's work.
-        let tasks: Vec<_> = jobs.into_iter().map(|j| handle.spawn(j)).collect();
-        let mut outcomes = Vec::with_capacity(tasks.len());
-        for joined in handle.block_on(futures_util::future::join_all(tasks)) {
-            match joined {
-                Ok(o) => outcomes.push(o),
-                Err(e) => {
-                    let _ = producer.abort_transaction(settings.timeout);
-                    return Err(Error::Fatal(format!(
-                        "a partition task of the transactional loop failed: {e}"
-                    )));
-                }
-            }
-        }
-
+        let n_records: usize = batch.groups.values().map(Vec::len).sum();
+        let outcomes = self.handle_partitions(std::mem::take(&mut batch.groups))?;
         tracing::trace!(handled_in = ?handle_start.elapsed(), "batch handled");
-        let mut offsets = TopicPartitionList::new();
-        let mut pause: Vec<(Key, i64, i64)> = Vec::new();
-        let mut failure: Option<String> = None;
-        let mut halted: Option<String> = None;
-        for ((k, svc), outcome) in outcomes {
-            services.insert(k.clone(), svc);
-            let position = match outcome {
-                PartOutcome::Done(p) => p,
-                PartOutcome::Waiting { position, due } => {
-                    pause.push((k.clone(), position, due));
-                    position
-                }
-                PartOutcome::Failed(why) => {
-                    failure.get_or_insert(format!("{}/{} {why}", k.0, k.1));
-                    continue;
-                }
-                PartOutcome::Halted(why) => {
-                    halted.get_or_insert(format!("{}/{}: {why}", k.0, k.1));
-                    continue;
-                }
-            };
-            if position > firsts[&k] {
-                let _ = offsets.add_partition_offset(&k.0, k.1, Offset::Offset(position));
-            }
-        }
-        if failure.is_none() {
-            failure = publisher.take_failure();
-        }
-
-        let verdict = match (halted, failure) {
+        let settled = self.settle(outcomes, &batch.firsts);
+        let verdict = match (settled.halted.clone(), settled.failure.clone()) {
             (Some(why), _) => Verdict::Stop(Error::Fatal(format!(
                 "transactional worker stopped: a partition halted ({why})"
             ))),
             (None, Some(why)) => Verdict::Abort(format!(
                 "a record failed and no retry policy routed it: {why}"
             )),
-            (None, None) => commit(&consumer, &producer, &offsets, &settings),
+            (None, None) => commit(
+                &self.consumer,
+                &self.producer,
+                &settled.offsets,
+                &self.settings,
+            ),
         };
         match verdict {
             Verdict::Commit => {
-                tracing::debug!(records = n_records, offsets = ?offsets, waiting = pause.len(), "transaction committed");
-                {
-                    let mut m = state.offsets.lock().unwrap_or_else(|e| e.into_inner());
-                    for e in offsets.elements() {
-                        if let Offset::Offset(o) = e.offset() {
-                            m.insert((e.topic().to_owned(), e.partition()), o);
-                        }
-                    }
-                }
-                state.committed.fetch_add(1, Ordering::Relaxed);
-                committed_total.increment(1);
-                let handled: i64 = offsets
-                    .elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => firsts
-                            .get(&(Arc::from(e.topic()), e.partition()))
-                            .map(|f| o - f),
-                        _ => None,
-                    })
-                    .sum();
-                state
-                    .records_committed
-                    .fetch_add(handled as u64, Ordering::Relaxed);
-                rt.finished_records
-                    .fetch_add(handled as u64, Ordering::Relaxed);
-                for (k, position, due) in pause {
-                    tracing::trace!(topic = %k.0, partition = k.1, position, due, "partition waits for a due record");
-                    // The rest of the partition waits for its due record.
-                    seek(&consumer, &k, position);
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&k.0, k.1);
-                    let _ = consumer.pause(&tpl);
-                    waiting.insert(k, due);
-                }
+                tracing::debug!(records = n_records, offsets = ?settled.offsets, waiting = settled.pause.len(), "transaction committed");
+                self.committed(&batch.firsts, settled);
+                Ok(())
             }
             Verdict::Stop(e) => {
-                let _ = producer.abort_transaction(settings.timeout);
-                for (k, first) in &firsts {
-                    seek(&consumer, k, *first);
-                }
-                return Err(e);
+                let _ = self.producer.abort_transaction(self.settings.timeout);
+                self.rewind(&batch.firsts);
+                Err(e)
             }
-            Verdict::Abort(why) => {
-                tracing::warn!(transactional_id = %id, reason = %why, records = n_records, "aborting the transaction; the batch will be handled again");
-                state.aborted.fetch_add(1, Ordering::Relaxed);
-                aborted_total.increment(1);
-                if let Err(e) = with_retries("abort_transaction", settings.timeout, || {
-                    producer.abort_transaction(settings.timeout)
-                }) {
-                    return Err(fatal(&e, &id).unwrap_or_else(|| {
-                        Error::Fatal(format!("abort_transaction failed: {e}"))
-                    }));
+            Verdict::Abort(why) => self.aborted(&batch.firsts, &why, n_records),
+        }
+    }
+
+    /// Runs each partition's records through its service, the partitions as tasks so the
+    /// runtime's threads share the batch's work.
+    fn handle_partitions(
+        &mut self,
+        groups: BTreeMap<Key, Vec<Record>>,
+    ) -> Result<Vec<(Running, PartOutcome)>, Error> {
+        let routes = &self.consumer.context().routes;
+        let mut tasks = Vec::with_capacity(groups.len());
+        for (k, records) in groups {
+            let Some(binding) = routes.get(&*k.0) else {
+                return Err(Error::Fatal(format!(
+                    "a record of `{}` arrived but no route reads it",
+                    k.0
+                )));
+            };
+            let svc = match self.services.remove(&k) {
+                Some(s) => s,
+                None => binding.route.service(),
+            };
+            let job = handle_partition(k, svc, records, binding.stage, binding.max_wait);
+            tasks.push(self.handle.spawn(job));
+        }
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for joined in self.handle.block_on(futures_util::future::join_all(tasks)) {
+            match joined {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    let _ = self.producer.abort_transaction(self.settings.timeout);
+                    return Err(Error::Fatal(format!(
+                        "a partition task of the transactional loop failed: {e}"
+                    )));
                 }
-                // Back to the last committed offsets: the batch's first offsets.
-                for (k, first) in &firsts {
-                    seek(&consumer, k, *first);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Keeps the services for the next batch and adds up the partitions' outcomes.
+    fn settle(
+        &mut self,
+        outcomes: Vec<(Running, PartOutcome)>,
+        firsts: &BTreeMap<Key, i64>,
+    ) -> Settled {
+        let mut s = Settled::default();
+        for ((k, svc), outcome) in outcomes {
+            self.services.insert(k.clone(), svc);
+            let position = match outcome {
+                PartOutcome::Done(p) => p,
+                PartOutcome::Waiting { position, due } => {
+                    s.pause.push((k.clone(), position, due));
+                    position
                 }
-                let _ = publisher.take_failure();
+                PartOutcome::Failed(why) => {
+                    s.failure.get_or_insert(format!("{}/{} {why}", k.0, k.1));
+                    continue;
+                }
+                PartOutcome::Halted(why) => {
+                    s.halted.get_or_insert(format!("{}/{}: {why}", k.0, k.1));
+                    continue;
+                }
+            };
+            if position > firsts[&k] {
+                let _ = s
+                    .offsets
+                    .add_partition_offset(&k.0, k.1, Offset::Offset(position));
+            }
+        }
+        if s.failure.is_none() {
+            s.failure = self.publisher.take_failure();
+        }
+        s
+    }
+
+    /// After a commit: the counts, and the partitions that wait for a due record.
+    fn committed(&mut self, firsts: &BTreeMap<Key, i64>, settled: Settled) {
+        {
+            let mut m = self.state.offsets.lock().unwrap_or_else(|e| e.into_inner());
+            for e in settled.offsets.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    m.insert((e.topic().to_owned(), e.partition()), o);
+                }
+            }
+        }
+        self.state.committed.fetch_add(1, Ordering::Relaxed);
+        self.committed_total.increment(1);
+        let handled: i64 = settled
+            .offsets
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => firsts
+                    .get(&(Arc::from(e.topic()), e.partition()))
+                    .map(|f| o - f),
+                _ => None,
+            })
+            .sum();
+        self.state
+            .records_committed
+            .fetch_add(handled as u64, Ordering::Relaxed);
+        self.rt
+            .finished_records
+            .fetch_add(handled as u64, Ordering::Relaxed);
+        for (k, position, due) in settled.pause {
+            tracing::trace!(topic = %k.0, partition = k.1, position, due, "partition waits for a due record");
+            // The rest of the partition waits for its due record.
+            seek(&self.consumer, &k, position);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&k.0, k.1);
+            let _ = self.consumer.pause(&tpl);
+            self.waiting.insert(k, due);
+        }
+    }
+
+    /// Aborts the transaction and rewinds to the batch's first offsets, so it is handled
+    /// again.
+    fn aborted(
+        &mut self,
+        firsts: &BTreeMap<Key, i64>,
+        why: &str,
+        n_records: usize,
+    ) -> Result<(), Error> {
+        let (id, timeout) = (&self.settings.id, self.settings.timeout);
+        tracing::warn!(transactional_id = %id, reason = %why, records = n_records, "aborting the transaction; the batch will be handled again");
+        self.state.aborted.fetch_add(1, Ordering::Relaxed);
+        self.aborted_total.increment(1);
+        if let Err(e) = with_retries("abort_transaction", timeout, || {
+            self.producer.abort_transaction(timeout)
+        }) {
+            return Err(fatal(&e, id)
+                .unwrap_or_else(|| Error::Fatal(format!("abort_transaction failed: {e}"))));
+        }
+        self.rewind(firsts);
+        let _ = self.publisher.take_failure();
+        Ok(())
+    }
+
+    /// Back to the last committed offsets: the batch's first offsets.
+    fn rewind(&self, firsts: &BTreeMap<Key, i64>) {
+        for (k, first) in firsts {
+            seek(&self.consumer, k, *first);
+        }
+    }
+}
+
+/// A topic's interned name and whether its route reads headers, remembered in `topics`.
+fn intern(
+    topics: &mut HashMap<String, (Arc<str>, bool)>,
+    routes: &HashMap<String, super::route::TopicBinding>,
+    name: &str,
+) -> (Arc<str>, bool) {
+    if let Some(t) = topics.get(name) {
+        return t.clone();
+    }
+    let t: Arc<str> = Arc::from(name);
+    let read = routes.get(name).is_none_or(|b| b.read_headers);
+    topics.insert(name.to_owned(), (t.clone(), read));
+    (t, read)
+}
+
+/// One partition's share of a batch, in order, until a record fails, halts or is not due.
+async fn handle_partition(
+    k: Key,
+    mut svc: BoxService<Record, (), BoxError>,
+    records: Vec<Record>,
+    stage: Stage,
+    max_wait: Duration,
+) -> (Running, PartOutcome) {
+    let mut position = records[0].offset();
+    for r in records {
+        if stage == Stage::Retry {
+            if let Some(due) = crate::headers::due_at_ms(r.headers()) {
+                let ahead = due - now_ms();
+                if ahead > 0 && ahead <= max_wait.as_millis() as i64 {
+                    return ((k, svc), PartOutcome::Waiting { position, due });
+                }
+            }
+        }
+        let offset = r.offset();
+        let res = match svc.ready().await {
+            Ok(s) => s.call(r).await,
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(()) => position = offset + 1,
+            Err(e) if e.is::<Halt>() => return ((k, svc), PartOutcome::Halted(error_chain(&*e))),
+            Err(e) => {
+                let why = format!("offset {offset}: {}", error_chain(&*e));
+                return ((k, svc), PartOutcome::Failed(why));
             }
         }
     }
+    ((k, svc), PartOutcome::Done(position))
 }
 
 enum Verdict {
