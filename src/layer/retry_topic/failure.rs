@@ -87,6 +87,49 @@ where
     Ok(())
 }
 
+/// Where a failure of `class` at `attempt` goes: the next retry topic with its due time, or
+/// the dead-letter topic with the reason.
+fn destination<'a>(
+    bound: &'a Bound,
+    record: &Record,
+    attempt: u32,
+    err: &(dyn std::error::Error + 'static),
+    class: Classification,
+    now: i64,
+) -> Destination<'a> {
+    let policy = &bound.shared.policy;
+    let hop = match class {
+        Classification::Fatal(FatalReason::Decode) => return Destination::Dlt { reason: "decode" },
+        Classification::Fatal(FatalReason::Fatal) => return Destination::Dlt { reason: "fatal" },
+        Classification::Retryable => match bound.entry.topology.hop(attempt) {
+            Some(hop) if attempt < policy.attempts => hop,
+            _ => {
+                return Destination::Dlt {
+                    reason: "exhausted",
+                }
+            }
+        },
+    };
+    let mut delay = policy.jittered_delay(attempt, random_unit());
+    if let Some(after) = crate::error::RetryAfter::find(err) {
+        // Never earlier than the failure asked; never longer than a retry topic holds.
+        delay = delay.max(after.min(policy.max_hold()));
+    }
+    let due_ms = now + delay.as_millis() as i64;
+    let first = headers::original_timestamp(record.headers())
+        .or(record.timestamp().map(|t| t.millis))
+        .unwrap_or(now);
+    match policy.timeout {
+        Some(t) if due_ms > first.saturating_add(t.as_millis() as i64) => {
+            Destination::Dlt { reason: "timeout" }
+        }
+        _ => Destination::Retry {
+            topic: &hop.topic,
+            due_ms,
+        },
+    }
+}
+
 /// Classifies the failure, counts it and sends the copy to the next retry topic or the
 /// dead-letter topic. The send is issued now, in record order; its acknowledgement is awaited
 /// off the partition's path when the runtime lets this layer defer the record's completion
@@ -105,36 +148,7 @@ fn route_failure(
 
     let now = now_ms();
     let topology = &entry.topology;
-    let dest = match class {
-        Classification::Fatal(FatalReason::Decode) => Destination::Dlt { reason: "decode" },
-        Classification::Fatal(FatalReason::Fatal) => Destination::Dlt { reason: "fatal" },
-        Classification::Retryable => match topology.hop(attempt) {
-            Some(hop) if attempt < policy.attempts => {
-                let mut delay = policy.jittered_delay(attempt, random_unit());
-                if let Some(after) = crate::error::RetryAfter::find(&*err) {
-                    // Never earlier than the failure asked; never longer than a retry topic holds.
-                    delay = delay.max(after.min(policy.max_hold()));
-                }
-                let due_ms = now + delay.as_millis() as i64;
-                let first = headers::original_timestamp(record.headers())
-                    .or(record.timestamp().map(|t| t.millis))
-                    .unwrap_or(now);
-                match policy.timeout {
-                    Some(t) if due_ms > first.saturating_add(t.as_millis() as i64) => {
-                        Destination::Dlt { reason: "timeout" }
-                    }
-                    _ => Destination::Retry {
-                        topic: &hop.topic,
-                        due_ms,
-                    },
-                }
-            }
-            _ => Destination::Dlt {
-                reason: "exhausted",
-            },
-        },
-    };
-
+    let dest = destination(&bound, &record, attempt, &*err, class, now);
     let (topic, due_ms, target) = match dest {
         Destination::Retry { topic, due_ms } => (topic, due_ms, "retry"),
         Destination::Dlt { reason } => match topology.dlt() {
