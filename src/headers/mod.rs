@@ -56,7 +56,8 @@ pub const TRACEPARENT: &str = "traceparent";
 /// gets the record's key, headers and coordinates without its value, and this header.
 pub const VALUE_DROPPED: &str = "redrive-value-dropped";
 
-/// On a record replayed from a dead-letter topic: how many times it was replayed.
+/// On a record replayed from a dead-letter topic: how many times it was replayed (4-byte
+/// big-endian int, like `retry_topic-attempts`).
 pub const REPLAY_COUNT: &str = "redrive-replay-count";
 
 /// Plain `DeadLetterPublishingRecoverer` form of the same data (read, not written).
