@@ -1,0 +1,287 @@
+//! The sidecar's configuration: a TOML file plus `REDRIVE_...` environment overrides.
+//!
+//! Every mistake is reported as `FILE: KEY: REASON`, all of them at once, and secrets
+//! (`sasl.password`, `ssl.key.password`, any property naming a password or secret, passwords in
+//! endpoint URLs) are redacted wherever the configuration is printed, logged or debugged.
+//! `examples/sidecar.toml` documents every key.
+//!
+//! Environment overrides (applied after the file; the error names the variable):
+//!
+//! | variable | sets |
+//! |---|---|
+//! | `REDRIVE_KAFKA_SASL_PASSWORD` | `kafka."sasl.password"` (`_` becomes `.`, lower case) |
+//! | `REDRIVE_WORKER_DRAIN_TIMEOUT` | `worker.drain_timeout` |
+//! | `REDRIVE_OPS_LISTEN` | `ops.listen` |
+//! | `REDRIVE_ROUTE_ORDERS__URL` | `url` of the route named `orders` (`__` nests: `..._RETRY__ATTEMPTS`) |
+//!
+//! A route's name matches case-insensitively, with any character other than a letter or digit
+//! written as `_`.
+
+mod env;
+mod model;
+mod validate;
+
+use std::path::Path;
+
+pub use model::{
+    is_secret, redact_url, Config, ConfigError, ConfigErrors, KafkaProperties, OpsSettings,
+    RouteConfig, WorkerSettings,
+};
+
+use env::{apply_env, describe_key};
+use validate::validate;
+
+impl Config {
+    /// Reads `path`, applies the `REDRIVE_...` variables of the process environment, and
+    /// validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.display().to_string(),
+                key: "-".into(),
+                reason: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        Self::parse(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses `text` (named `file` in messages) with the given environment, and validates.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        let err = |key: String, reason: String| ConfigError {
+            file: file.to_owned(),
+            key,
+            reason,
+        };
+        let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let key = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}")
+                }
+                None => "-".into(),
+            };
+            ConfigErrors(vec![err(key, e.message().to_owned())])
+        })?;
+        let mut origins: Vec<(String, String)> = Vec::new();
+        let mut errors = Vec::new();
+        apply_env(&mut root, env, &mut origins, &mut errors, file);
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let key = describe_key(&path, &origins);
+                let mut reason = e.into_inner().to_string();
+                // toml appends its own location, which is meaningless for a re-built table.
+                if let Some(i) = reason.find("\nin ") {
+                    reason.truncate(i);
+                }
+                ConfigErrors(vec![err(key, reason.trim().to_owned())])
+            })?;
+        config.file = file.to_owned();
+        validate(&mut config, &origins)?;
+        Ok(config)
+    }
+
+    /// The consumer groups, each with the indexes of its routes, in file order.
+    pub fn groups(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            match out.iter_mut().find(|(g, _)| *g == r.group) {
+                Some((_, v)) => v.push(i),
+                None => out.push((r.group.clone(), vec![i])),
+            }
+        }
+        out
+    }
+
+    /// The resolved configuration and topology, secrets redacted: what `redrive check`
+    /// prints.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "config: {}", self.file);
+        let _ = writeln!(s, "kafka:");
+        for (k, v) in self.kafka.redacted() {
+            let _ = writeln!(s, "  {k} = {v}");
+        }
+        let _ = writeln!(
+            s,
+            "worker: drain_timeout={} startup_timeout={} commit_policy={}",
+            humantime::format_duration(self.worker.drain_timeout),
+            humantime::format_duration(self.worker.startup_timeout),
+            self.worker.commit_policy
+        );
+        if self.ops.enabled {
+            let _ = writeln!(
+                s,
+                "ops: http://{} (/healthz /readyz /metrics)",
+                self.ops.listen
+            );
+        } else {
+            let _ = writeln!(s, "ops: disabled");
+        }
+        for (group, routes) in self.groups() {
+            let _ = writeln!(s, "group {group}:");
+            for i in routes {
+                let r = &self.routes[i];
+                let _ = writeln!(
+                    s,
+                    "  route {}: {} -> POST {} (timeout {}, concurrency {} per route / {} per partition, commit {}, content-type {})",
+                    r.name,
+                    r.topic,
+                    redact_url(&r.url),
+                    humantime::format_duration(r.timeout),
+                    r.concurrency,
+                    r.partition_concurrency,
+                    r.commit_policy(&self.worker),
+                    r.content_type,
+                );
+                let _ = writeln!(s, "    policy: {}", r.retry);
+                for line in r.retry.topology(&r.topic).to_string().lines() {
+                    let _ = writeln!(s, "    {line}");
+                }
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const GOOD: &str = r#"
+[kafka]
+"bootstrap.servers" = "127.0.0.1:9092"
+"sasl.password" = "hunter2"
+"session.timeout.ms" = 6000
+
+[[routes]]
+topic = "orders"
+group = "orders-sidecar"
+url = "http://127.0.0.1:8080/orders"
+timeout = "5s"
+[routes.retry]
+attempts = 4
+backoff = { delay = "1s", multiplier = 2.0, max = "10s" }
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        Config::parse(
+            text,
+            "redrive.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn reads_a_good_file_with_defaults() {
+        let c = parse(GOOD, &[]).unwrap();
+        assert_eq!(c.routes[0].name, "orders");
+        assert_eq!(c.routes[0].timeout, Duration::from_secs(5));
+        assert_eq!(c.routes[0].retry.attempts, 4);
+        assert_eq!(c.kafka.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(c.ops.listen, "127.0.0.1:9464");
+        let d = c.describe();
+        assert!(d.contains("orders-retry-1000"), "{d}");
+        assert!(d.contains("sasl.password = ***"), "{d}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let mut with_user = c.clone();
+        with_user.routes[0].url = "http://u:hunter2@127.0.0.1/x".into();
+        assert!(!format!("{with_user:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = parse(
+            GOOD,
+            &[
+                ("REDRIVE_KAFKA_BOOTSTRAP_SERVERS", "10.0.0.1:9092"),
+                ("REDRIVE_ROUTE_ORDERS__URL", "http://127.0.0.1:9/x"),
+                ("REDRIVE_ROUTE_ORDERS__RETRY__ATTEMPTS", "2"),
+                ("REDRIVE_OPS_LISTEN", "127.0.0.1:1234"),
+                ("REDRIVE_TEST_BOOTSTRAP", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.get("bootstrap.servers"), Some("10.0.0.1:9092"));
+        assert_eq!(c.routes[0].url, "http://127.0.0.1:9/x");
+        assert_eq!(c.routes[0].retry.attempts, 2);
+        assert_eq!(c.ops.listen, "127.0.0.1:1234");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let e = parse(
+            &GOOD.replace("timeout = \"5s\"", "timeout = \"5 sekunds\""),
+            &[],
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with("redrive.toml: routes[0].timeout: invalid duration `5 sekunds`"),
+            "{s}"
+        );
+
+        let e = parse(&GOOD.replace("attempts = 4", "atempts = 4"), &[]).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("routes[0].retry.atempts"), "{s}");
+        assert!(
+            s.contains("unknown field `atempts`, expected one of"),
+            "{s}"
+        );
+
+        let e = parse(GOOD, &[("REDRIVE_ROUTE_ORDERS__RETRY__ATTEMPTS", "0")]).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("from $REDRIVE_ROUTE_ORDERS__RETRY__ATTEMPTS"),
+            "{s}"
+        );
+
+        let e = parse(GOOD, &[("REDRIVE_ROUTE_PAYMENTS__URL", "http://x")]).unwrap_err();
+        assert!(
+            e.to_string().contains("no route is named `payments`"),
+            "{e}"
+        );
+
+        let e = parse("[kafka\n", &[]).unwrap_err();
+        assert!(e.to_string().starts_with("redrive.toml: line 1:"), "{e}");
+    }
+
+    #[test]
+    fn validation_reports_every_mistake() {
+        let text = format!(
+            "{GOOD}\n[[routes]]\ntopic = \"orders\"\ngroup = \"\"\nurl = \"https://user:pw@example.com/x\"\nconcurrency = 0\ntransactional = true\n"
+        );
+        let e = parse(&text, &[]).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes[1].group",
+                "routes[1].name",
+                "routes[1].topic",
+                "routes[1].url",
+                "routes[1].concurrency",
+                "routes[1].transactional"
+            ],
+            "{e}"
+        );
+        assert!(!e.to_string().contains(":pw@"), "{e}");
+    }
+
+    #[test]
+    fn redacts_url_passwords() {
+        assert_eq!(redact_url("http://u:p@h:1/x"), "http://u:***@h:1/x");
+        assert_eq!(redact_url("http://h:1/x@y"), "http://h:1/x@y");
+    }
+}
