@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use redrive_policy_rules as rules;
+
 use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
@@ -20,6 +22,11 @@ pub(crate) struct DurationLit {
 }
 
 impl DurationLit {
+    /// The duration written.
+    fn duration(&self) -> Duration {
+        Duration::from_millis(self.millis) + Duration::from_nanos(u64::from(self.nanos))
+    }
+
     fn parse(lit: &LitStr) -> syn::Result<Self> {
         let d: Duration = humantime::parse_duration(lit.value().trim()).map_err(|e| {
             syn::Error::new(
@@ -90,6 +97,12 @@ where
     Ok(v)
 }
 
+/// A value refused by one of the policy's rules, as a compile error on it: the same rule and
+/// reason as `RetryPolicy::validate`, under the attribute's name for the key.
+fn rule(span: Span, key: &str, checked: Result<(), String>) -> syn::Result<()> {
+    checked.map_err(|reason| syn::Error::new(span, format!("{key} {reason}")))
+}
+
 fn one_of(lit: &LitStr, valid: &[&'static str], key: &str) -> syn::Result<(Span, &'static str)> {
     let v = lit.value();
     valid
@@ -127,31 +140,26 @@ impl Parse for Backoff {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let mut b = Backoff::default();
         let mut seen = Vec::new();
+        let mut max_span = Span::call_site();
         while !input.is_empty() {
             let key: Ident = input.parse()?;
             duplicate(&mut seen, &key)?;
             input.parse::<Token![=]>()?;
             match key.to_string().as_str() {
                 "delay" => b.delay = Some(DurationLit::parse(&input.parse()?)?),
-                "max" => b.max = Some(DurationLit::parse(&input.parse()?)?),
+                "max" => {
+                    let lit: LitStr = input.parse()?;
+                    max_span = lit.span();
+                    b.max = Some(DurationLit::parse(&lit)?);
+                }
                 "multiplier" => {
                     let (m, span) = float(input)?;
-                    if !(m >= 1.0 && m.is_finite()) {
-                        return Err(syn::Error::new(
-                            span,
-                            format!("multiplier must be >= 1.0 (1.0 is a fixed back-off), got {m}"),
-                        ));
-                    }
+                    rule(span, "multiplier", rules::multiplier(m))?;
                     b.multiplier = Some(m);
                 }
                 "jitter" => {
                     let (j, span) = float(input)?;
-                    if !(0.0..1.0).contains(&j) {
-                        return Err(syn::Error::new(
-                            span,
-                            format!("jitter is a fraction of the delay in [0, 1), got {j}"),
-                        ));
-                    }
+                    rule(span, "jitter", rules::jitter(j))?;
                     b.jitter = Some(j);
                 }
                 other => {
@@ -167,12 +175,8 @@ impl Parse for Backoff {
             input.parse::<Token![,]>()?;
         }
         if let (Some(d), Some(m)) = (&b.delay, &b.max) {
-            if (m.millis, m.nanos) < (d.millis, d.nanos) {
-                return Err(syn::Error::new(
-                    Span::call_site(),
-                    "backoff max is shorter than backoff delay",
-                ));
-            }
+            let max_delay = rules::max_delay(d.duration(), m.duration());
+            rule(max_span, "max", max_delay)?;
         }
         Ok(b)
     }
@@ -213,17 +217,9 @@ impl Parse for Args {
                     "group" => a.group = Some(input.parse()?),
                     "attempts" => {
                         let l: LitInt = input.parse()?;
-                        let n: i64 = l.base10_parse()?;
-                        if n < 1 {
-                            return Err(syn::Error::new(
-                                l.span(),
-                                "attempts must be at least 1 (it counts the first delivery)",
-                            ));
-                        }
-                        a.attempts = Some(
-                            u32::try_from(n)
-                                .map_err(|_| syn::Error::new(l.span(), "attempts is too large"))?,
-                        );
+                        let n: u64 = l.base10_parse()?;
+                        rule(l.span(), "attempts", rules::attempts(n))?;
+                        a.attempts = Some(n as u32);
                     }
                     "include" => a.include = paths(input)?,
                     "exclude" => a.exclude = paths(input)?,
@@ -237,14 +233,29 @@ impl Parse for Args {
                     "suffix" => {
                         a.suffix = Some(one_of(&input.parse()?, &["delay", "index"], "suffix")?)
                     }
-                    "timeout" => a.timeout = Some(DurationLit::parse(&input.parse()?)?),
+                    "timeout" => {
+                        let lit: LitStr = input.parse()?;
+                        let t = DurationLit::parse(&lit)?;
+                        rule(lit.span(), "timeout", rules::timeout(t.duration()))?;
+                        a.timeout = Some(t);
+                    }
                     "concurrency" => {
                         a.concurrency = Some(positive(&input.parse()?, "concurrency")?)
                     }
                     "auto_create_topics" => {
                         a.auto_create_topics = Some(input.parse::<LitBool>()?.value)
                     }
-                    "partitions" => a.partitions = Some(positive(&input.parse()?, "partitions")?),
+                    "partitions" => {
+                        let l: LitInt = input.parse()?;
+                        let n: u64 = l.base10_parse()?;
+                        rule(l.span(), "partitions", rules::partitions(n))?;
+                        a.partitions = Some(u32::try_from(n).map_err(|_| {
+                            syn::Error::new(
+                                l.span(),
+                                format!("partitions must be at most {}", u32::MAX),
+                            )
+                        })?);
+                    }
                     "dlt_handler" => a.dlt_handler = Some(input.parse()?),
                     _ => unreachable!("every key in KEYS is handled"),
                 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serializer};
 
 fn parse<E: serde::de::Error>(s: &str) -> Result<Duration, E> {
@@ -72,32 +71,27 @@ pub(super) mod list {
     }
 }
 
+/// A rule's refusal as a deserialisation error naming the key, so a config file says what
+/// the builder and the macro say.
+fn refused<E: serde::de::Error>(key: &str, checked: Result<(), String>) -> Result<(), E> {
+    checked.map_err(|reason| E::custom(format!("{key} {reason}")))
+}
+
 pub(super) fn attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let n = i64::deserialize(d)?;
-    if n < 1 {
-        return Err(D::Error::custom(format!(
-            "attempts must be at least 1 (it counts the first delivery), got {n}"
-        )));
-    }
-    u32::try_from(n).map_err(|_| D::Error::custom(format!("attempts {n} is too large")))
+    let n = u64::try_from(n).unwrap_or(0);
+    refused("attempts", redrive_policy_rules::attempts(n))?;
+    Ok(n as u32)
 }
 
 pub(super) fn multiplier<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let m = f64::deserialize(d)?;
-    if !(m >= 1.0 && m.is_finite()) {
-        return Err(D::Error::custom(format!(
-            "backoff multiplier must be a finite number >= 1.0, got {m}"
-        )));
-    }
+    refused("backoff.multiplier", redrive_policy_rules::multiplier(m))?;
     Ok(m)
 }
 
 pub(super) fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let j = f64::deserialize(d)?;
-    if !(0.0..1.0).contains(&j) {
-        return Err(D::Error::custom(format!(
-            "backoff jitter must be in [0, 1), got {j}"
-        )));
-    }
+    refused("backoff.jitter", redrive_policy_rules::jitter(j))?;
     Ok(j)
 }

@@ -243,58 +243,29 @@ impl RetryPolicy {
 
     /// Checks every field; the error names the field as the config file spells it.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad =
-            |field: &str, reason: String| Err(Error::config(format!("retry.{field}"), reason));
-        if self.attempts == 0 {
-            return bad(
-                "attempts",
-                "must be at least 1 (it counts the first delivery)".into(),
-            );
+        use redrive_policy_rules as rules;
+        let b = &self.backoff;
+        let checks = [
+            ("attempts", rules::attempts(u64::from(self.attempts))),
+            ("backoff.multiplier", rules::multiplier(b.multiplier)),
+            ("backoff.jitter", rules::jitter(b.jitter)),
+            ("backoff.max", rules::max_delay(b.delay, b.max)),
+            (
+                "partitions",
+                self.partitions
+                    .map_or(Ok(()), |n| rules::partitions(u64::from(n))),
+            ),
+            ("timeout", self.timeout.map_or(Ok(()), rules::timeout)),
+            (
+                "max_header_text",
+                rules::max_header_text(self.max_header_text),
+            ),
+        ];
+        for (field, check) in checks {
+            check.map_err(|reason| Error::config(format!("retry.{field}"), reason))?;
         }
-        if !(self.backoff.multiplier >= 1.0 && self.backoff.multiplier.is_finite()) {
-            return bad(
-                "backoff.multiplier",
-                format!(
-                    "must be a finite number >= 1.0, got {}",
-                    self.backoff.multiplier
-                ),
-            );
-        }
-        if !(0.0..1.0).contains(&self.backoff.jitter) {
-            return bad(
-                "backoff.jitter",
-                format!("must be in [0, 1), got {}", self.backoff.jitter),
-            );
-        }
-        if self.backoff.max < self.backoff.delay {
-            return bad(
-                "backoff.max",
-                format!(
-                    "{} is shorter than backoff.delay {}",
-                    humantime::format_duration(self.backoff.max),
-                    humantime::format_duration(self.backoff.delay)
-                ),
-            );
-        }
-        if self.retry_topic_suffix.is_empty() || self.retry_topic_suffix == self.dlt_topic_suffix {
-            return bad(
-                "retry_topic_suffix",
-                "must be non-empty and differ from dlt_topic_suffix".into(),
-            );
-        }
-        if self.dlt_topic_suffix.is_empty() {
-            return bad("dlt_topic_suffix", "must be non-empty".into());
-        }
-        if self.partitions == Some(0) {
-            return bad("partitions", "must be at least 1".into());
-        }
-        if self.timeout == Some(Duration::ZERO) {
-            return bad("timeout", "must be longer than 0".into());
-        }
-        if self.max_header_text < 64 {
-            return bad("max_header_text", "must be at least 64 bytes".into());
-        }
-        Ok(())
+        rules::suffixes(&self.retry_topic_suffix, &self.dlt_topic_suffix)
+            .map_err(|(field, reason)| Error::config(format!("retry.{field}"), reason))
     }
 
     /// The nominal delay before retry `n` (1-based: retry 1 follows the first delivery).
