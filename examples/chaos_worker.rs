@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker};
+use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker};
 use tower::service_fn;
 
 #[tokio::main]

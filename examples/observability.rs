@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker};
+use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker};
 use tower::service_fn;
 
 #[tokio::main]

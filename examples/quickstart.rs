@@ -21,7 +21,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use redrive::headers::Original;
-use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker};
+use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker};
 use tower::service_fn;
 
 const RECORDS: u64 = 300;

@@ -21,7 +21,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 use redrive::publish::Outgoing;
 use redrive::transaction::Transactional;
-use redrive::{BoxError, Record, RetryPolicy, Route, Worker};
+use redrive::{policy::RetryPolicy, BoxError, Record, Route, Worker};
 use tower::service_fn;
 
 const ORDERS: u64 = 500;

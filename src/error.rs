@@ -123,7 +123,7 @@ impl DecodeError {
 /// once (`redrive_dead_lettered_total{reason="fatal"}`).
 ///
 /// ```
-/// # use redrive::error::Fatal;
+/// # use redrive::Fatal;
 /// # fn check(amount: i64) -> Result<(), redrive::BoxError> {
 /// if amount < 0 {
 ///     return Err(Fatal::new(format!("negative amount {amount}")).into());
@@ -143,12 +143,12 @@ impl Fatal {
 
 /// A retryable error that names the earliest time to try again, e.g. from an HTTP
 /// `Retry-After` header. The next retry waits at least `after`, even when the policy's back-off
-/// is shorter; it is capped at [`RetryPolicy::max_hold`](crate::RetryPolicy::max_hold), the
+/// is shorter; it is capped at [`RetryPolicy::max_hold`](crate::policy::RetryPolicy::max_hold), the
 /// longest a retry topic holds a record. Matched anywhere in the `source()` chain.
 ///
 /// ```
 /// # use std::time::Duration;
-/// # use redrive::error::RetryAfter;
+/// # use redrive::RetryAfter;
 /// # fn call() -> Result<(), redrive::BoxError> {
 /// let throttled = std::io::Error::other("503 Service Unavailable");
 /// return Err(RetryAfter::new(Duration::from_secs(30), throttled).into());

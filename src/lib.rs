@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker};
+//! use redrive::{BoxError, CommitPolicy, Record, policy::RetryPolicy, Route, Worker};
 //! use tower::service_fn;
 //!
 //! # async fn run() -> Result<(), redrive::Error> {
@@ -52,32 +52,33 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 pub mod admin;
 pub mod client;
 mod clock;
-pub mod commit;
-pub mod error;
-pub mod handler;
+mod commit;
+mod error;
+mod handler;
 pub mod headers;
 pub mod layer;
 pub mod metrics;
 mod partition_state;
 pub mod policy;
 pub mod publish;
-pub mod record;
+mod record;
 mod runtime;
-pub mod timestamp;
+mod timestamp;
 pub mod transaction;
 mod worker;
 
-pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger};
-pub use error::{BoxError, DecodeError, Error, Fatal};
+pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger, ParseCommitPolicyError};
+pub use error::{error_chain, BoxError, DecodeError, Error, Fatal, Halt, Panicked, RetryAfter};
 #[cfg(feature = "json")]
 pub use handler::Json;
 pub use handler::{FromRecord, RetryContext};
-pub use headers::{Header, Headers};
-pub use policy::RetryPolicy;
-pub use record::Record;
+pub use record::{Coordinates, Record};
 #[cfg(feature = "macros")]
 pub use redrive_macros::{dlt_handler, retryable_topic};
 pub use runtime::CommitErrorCallback;

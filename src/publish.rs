@@ -140,7 +140,7 @@ pub struct KafkaPublisher {
 
 /// The producer context of a [`KafkaPublisher`]: hands each delivery report to whoever
 /// waits for that record, on librdkafka's delivery thread.
-pub struct PublishContext;
+pub(crate) struct PublishContext;
 
 impl ClientContext for PublishContext {}
 
@@ -165,7 +165,7 @@ impl ProducerContext for PublishContext {
 }
 
 /// Who learns what became of one record sent by a [`KafkaPublisher`].
-pub struct Delivery(Waiter);
+pub(crate) struct Delivery(Waiter);
 
 enum Waiter {
     /// [`Publish::publish`]'s future.
@@ -201,11 +201,6 @@ impl KafkaPublisher {
         Ok(KafkaPublisher {
             producer: Arc::new(producer),
         })
-    }
-
-    /// The underlying producer.
-    pub fn producer(&self) -> &ThreadedProducer<PublishContext> {
-        &self.producer
     }
 
     /// Waits up to `timeout` for queued records to be delivered.

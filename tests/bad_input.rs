@@ -301,7 +301,7 @@ async fn a_record_too_large_to_copy_reaches_the_dlt_without_its_value() {
             }
         })
     };
-    let policy = redrive::RetryPolicy::new()
+    let policy = redrive::policy::RetryPolicy::new()
         .attempts(2)
         .fixed(Duration::from_millis(100));
     let dlt = policy.topology(&topic).dlt().unwrap().to_owned();

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker};
+use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker};
 use support::*;
 use tower::service_fn;
 

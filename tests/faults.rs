@@ -11,7 +11,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
-use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker, WorkerHandle};
+use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker, WorkerHandle};
 use tower::service_fn;
 
 mod support;

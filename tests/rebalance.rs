@@ -149,7 +149,7 @@ async fn a_rebalance_storm_with_pending_retries_loses_nothing() {
     let n = 900u64;
     produce_n(&bootstrap, &topic, 6, 0, n).await;
     let calls: Arc<Mutex<Vec<StormCall>>> = Arc::default();
-    let policy = redrive::RetryPolicy::new()
+    let policy = redrive::policy::RetryPolicy::new()
         .attempts(3)
         .fixed(Duration::from_millis(1500));
     let worker = |calls: Arc<Mutex<Vec<StormCall>>>| {

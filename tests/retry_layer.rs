@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redrive::headers;
-use redrive::layer::RetryTopicLayer;
+use redrive::layer::retry_topic::RetryTopicLayer;
 use redrive::policy::{DltStrategy, ErrorMatcher, RetryPolicy};
 use redrive::publish::{Outgoing, Publish, PublishFuture};
-use redrive::{BoxError, DecodeError, Headers, Record};
+use redrive::{headers::Headers, BoxError, DecodeError, Record};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 #[derive(Default)]

@@ -283,7 +283,7 @@ impl Publish for HeldFirst {
 /// so the records behind it are handled meanwhile, and the offset still waits for the copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_built_retry_layer_does_not_block_its_partition() {
-    use redrive::layer::RetryTopicLayer;
+    use redrive::layer::retry_topic::RetryTopicLayer;
     let mock = MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("shipments", "dispatch");

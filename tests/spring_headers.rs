@@ -3,7 +3,7 @@
 //! and fails if the checked-in bytes differ). Proves both writing and reading.
 
 use redrive::headers::{self, AttemptsHeader, Failure, Original};
-use redrive::{Headers, TimestampType};
+use redrive::{headers::Headers, TimestampType};
 
 fn fixtures() -> Vec<(String, String, Vec<u8>)> {
     let text = include_str!("fixtures/spring/headers.txt");

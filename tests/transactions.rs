@@ -23,7 +23,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redrive::publish::Outgoing;
 use redrive::transaction::Transactional;
-use redrive::{BoxError, Record, RetryPolicy, Route, Worker, WorkerHandle};
+use redrive::{policy::RetryPolicy, BoxError, Record, Route, Worker, WorkerHandle};
 use tower::service_fn;
 
 mod support;

@@ -6,7 +6,7 @@ use crate::support;
 use crate::workload::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use redrive::{BoxError, CommitPolicy, Record, RetryPolicy, Route, Worker, WorkerBuilder};
+use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker, WorkerBuilder};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use redrive::headers::{self, AttemptsHeader, Failure, Original};
-use redrive::{Headers, TimestampType};
+use redrive::{headers::Headers, TimestampType};
 
 const KEYS: [&str; 14] = [
     headers::ATTEMPTS,

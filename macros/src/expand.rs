@@ -76,15 +76,15 @@ fn handler_parts(f: &ItemFn) -> (TokenStream, TokenStream) {
         ReturnType::Default => sig.ident.span(),
     };
     let call = quote_spanned! {ret_span=>
-        ::redrive::handler::HandlerResult::into_result(#name::handler(#(#args),*).await)
+        ::redrive::__private::HandlerResult::into_result(#name::handler(#(#args),*).await)
     };
     // Spanned at the signature: a future that is not Send is reported on the handler.
     let service = quote_spanned! {sig.span()=>
-        ::redrive::handler::FnService::new(|record: ::redrive::Record| {
+        ::redrive::__private::FnService::new(|record: ::redrive::Record| {
             ::std::boxed::Box::pin(async move {
                 #(#extract)*
                 #call
-            }) as ::redrive::handler::HandlerFuture
+            }) as ::redrive::__private::HandlerFuture
         })
     };
     (item, service)
@@ -179,7 +179,7 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
     }
     if let Some(d) = &args.dlt_handler {
         route = quote_spanned! {d.span()=>
-            #route.dlt_handler(::redrive::handler::DltHandlerFn::into_service(#d))
+            #route.dlt_handler(::redrive::__private::DltHandlerFn::into_service(#d))
         };
     }
     Ok(quote! {
@@ -191,16 +191,16 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
 
             /// The retry policy the attribute declares (the same type the builder and the
             /// sidecar config use).
-            #vis fn retry_policy() -> ::redrive::RetryPolicy {
+            #vis fn retry_policy() -> ::redrive::policy::RetryPolicy {
                 #[allow(unused_mut)]
-                let mut p = ::redrive::RetryPolicy::new();
+                let mut p = ::redrive::policy::RetryPolicy::new();
                 #(#policy)*
                 p
             }
         }
 
         impl ::redrive::IntoRoute for #name {
-            type Service = ::redrive::handler::FnService;
+            type Service = ::redrive::__private::FnService;
 
             fn into_route(self) -> ::redrive::Route<Self::Service> {
                 #route
@@ -216,8 +216,8 @@ pub(crate) fn dlt_handler(f: &ItemFn) -> syn::Result<TokenStream> {
     Ok(quote! {
         #item
 
-        impl ::redrive::handler::DltHandlerFn for #name {
-            fn into_service(self) -> ::redrive::handler::FnService {
+        impl ::redrive::__private::DltHandlerFn for #name {
+            fn into_service(self) -> ::redrive::__private::FnService {
                 #service
             }
         }

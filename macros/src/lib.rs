@@ -69,7 +69,7 @@ use syn::ItemFn;
 ///
 /// The function becomes a unit struct of the same name that implements
 /// `redrive::IntoRoute`; the function itself stays callable as `bill::handler(..)`, its policy
-/// as `bill::retry_policy()` (a `redrive::RetryPolicy`, the type the builder and the sidecar
+/// as `bill::retry_policy()` (a `redrive::policy::RetryPolicy`, the type the builder and the sidecar
 /// config use: every key here has the same name and meaning there).
 #[proc_macro_attribute]
 pub fn retryable_topic(attr: TokenStream, item: TokenStream) -> TokenStream {

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use super::config::Config;
 use super::dlt::{self, Action, ReplaySettings, Selection};
-use redrive::error::error_chain;
+use redrive::error_chain;
 
 /// Durable retries and dead-letter topics for Kafka consumers, as a sidecar.
 #[derive(Debug, Parser)]
@@ -204,7 +204,7 @@ impl Target {
 }
 
 async fn execute(cmd: Command) -> Result<(), Failure> {
-    let run = |e: redrive::error::BoxError| Failure::Run(error_chain(&*e));
+    let run = |e: redrive::BoxError| Failure::Run(error_chain(&*e));
     match cmd {
         Command::Check(arg) => {
             let config = load(&arg)?;

@@ -30,9 +30,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use redrive::error::{BoxError, Fatal, RetryAfter};
 use redrive::headers::{self, AttemptsHeader};
 use redrive::Record;
+use redrive::{BoxError, Fatal, RetryAfter};
 
 /// Error bodies are read up to this size; their start goes into the error message.
 const MAX_ERROR_BODY: usize = 64 * 1024;

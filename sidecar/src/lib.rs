@@ -28,7 +28,7 @@ use tower::ServiceBuilder;
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use forward::{HttpForward, HttpStatusError, HttpTransportError};
 
-use redrive::error::BoxError;
+use redrive::BoxError;
 use redrive::{Route, Worker, WorkerBuilder};
 
 /// The workers a configuration describes, one per consumer group, not yet running.
@@ -103,7 +103,7 @@ pub async fn run(config: &Config, metrics: Option<PrometheusHandle>) -> Result<(
             Err(e) => {
                 // One failed group stops the process (the others drain and commit first), so
                 // a supervisor restarts all of it.
-                tracing::error!(%group, error = %redrive::error::error_chain(&e), "worker failed; stopping the others");
+                tracing::error!(%group, error = %redrive::error_chain(&e), "worker failed; stopping the others");
                 for (_, h) in &all {
                     h.shutdown();
                 }

@@ -11,9 +11,6 @@ pub mod output;
 pub mod retry_topic;
 
 pub(crate) use call::guarded_call;
-pub use dlt::{DltHandler, DltHandlerLayer};
-pub use output::{Output, OutputLayer};
-pub use retry_topic::{RetryTopic, RetryTopicLayer};
 
 /// Where a record was read from, relative to its route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

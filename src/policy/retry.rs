@@ -12,6 +12,7 @@ use crate::Error;
 /// How long to wait before each retry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Backoff {
     /// The first retry's delay (Spring's `@Backoff(delay)`); default 1 s.
     #[serde(with = "duration")]
@@ -76,6 +77,7 @@ pub enum TopicSuffix {
 /// wait, so keep them short.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct InMemoryRetries {
     /// Extra calls after the first failure; 0 (the default) disables them.
     pub attempts: u32,
@@ -87,6 +89,7 @@ pub struct InMemoryRetries {
 /// A retry policy. See the [module docs](crate::policy).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Deliveries in total, counting the first: 4 = 1 try + 3 retries, then the DLT.
     /// Default 3.

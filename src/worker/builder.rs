@@ -245,7 +245,7 @@ impl WorkerBuilder {
     /// Publishes retry and dead-letter copies with `publisher` instead of the worker's own
     /// idempotent `acks=all` producer (e.g. to share one producer between workers).
     ///
-    /// A [`KafkaPublisher`] (the worker's own is one) tells the retry layer of each copy's
+    /// A [`KafkaPublisher`](crate::publish::KafkaPublisher) (the worker's own is one) tells the retry layer of each copy's
     /// acknowledgement straight from librdkafka's delivery report; any other implementation
     /// through the future [`Publish::publish`] returns, which costs a few allocations and a
     /// task wake-up more per failure (see [`Publish::as_kafka`]).

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use redrive::commit::CommitPolicy;
 use redrive::policy::RetryPolicy;
+use redrive::CommitPolicy;
 
 /// One mistake in a configuration: where and why.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use redrive::commit::CommitPolicy;
+use redrive::CommitPolicy;
 
 use super::env::describe_key;
 use super::model::{redact_url, Config, ConfigError, ConfigErrors, RouteConfig, WorkerSettings};

@@ -34,8 +34,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use redrive::headers::{self, Headers};
-    use redrive::timestamp::{Timestamp, TimestampType};
     use redrive::Record;
+    use redrive::{Timestamp, TimestampType};
 
     fn dead_letter() -> Record {
         let mut h = Headers::new();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use redrive::error::BoxError;
 use redrive::publish::{KafkaPublisher, Publish, PublishFuture};
+use redrive::BoxError;
 use redrive::Record;
 
 use super::progress::Progress;

@@ -21,7 +21,7 @@ use crate::error::{error_chain, BoxError};
 use crate::policy::DltStrategy;
 use crate::Record;
 
-/// Applies [`DltHandler`]; made by [`RetryTopicLayer::dlt_layer`](super::RetryTopicLayer::dlt_layer).
+/// Applies [`DltHandler`]; made by [`RetryTopicLayer::dlt_layer`](crate::layer::retry_topic::RetryTopicLayer::dlt_layer).
 #[derive(Clone)]
 pub struct DltHandlerLayer {
     pub(crate) shared: Arc<RetryShared>,

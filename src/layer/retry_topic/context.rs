@@ -37,7 +37,7 @@ pub(crate) struct Kept {
     pub(crate) timestamp: Option<crate::Timestamp>,
     pub(crate) key: Option<bytes::Bytes>,
     pub(crate) value: Option<bytes::Bytes>,
-    pub(crate) headers: crate::Headers,
+    pub(crate) headers: crate::headers::Headers,
 }
 
 impl Kept {

@@ -82,8 +82,8 @@ impl RetryTopicLayer {
 
     /// The layer for the routes' dead-letter handler, sharing this layer's policy and
     /// publisher.
-    pub fn dlt_layer(&self) -> crate::layer::DltHandlerLayer {
-        crate::layer::DltHandlerLayer {
+    pub fn dlt_layer(&self) -> crate::layer::dlt::DltHandlerLayer {
+        crate::layer::dlt::DltHandlerLayer {
             shared: self.shared.clone(),
         }
     }

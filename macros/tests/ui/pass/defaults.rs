@@ -7,7 +7,7 @@ async fn pay(record: redrive::Record) -> Result<(), std::io::Error> {
 fn main() {
     // Spring's defaults: 3 attempts, 1 s fixed back-off, one `-retry` topic.
     let p = pay::retry_policy();
-    assert_eq!(p, redrive::RetryPolicy::default());
+    assert_eq!(p, redrive::policy::RetryPolicy::default());
     assert_eq!(p.topology(pay::TOPIC).retry_topics(), ["payments-retry"]);
     let _worker = redrive::Worker::builder()
         .bootstrap_servers("127.0.0.1:1")
