@@ -181,10 +181,7 @@ async fn handler_panic_does_not_stop_the_worker() {
             }
         })
     };
-    let w = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let w = test_worker(&bootstrap, &group)
         .commit_policy(CommitPolicy::sync_per_record())
         .route(Route::new(&topic, svc))
         .build()
@@ -234,10 +231,7 @@ async fn record_larger_than_the_byte_bound_is_handled() {
             }
         })
     };
-    let w = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let w = test_worker(&bootstrap, &group)
         .max_in_flight_bytes(1000)
         .route(Route::new(&topic, svc))
         .build()
@@ -305,10 +299,7 @@ async fn a_record_too_large_to_copy_reaches_the_dlt_without_its_value() {
         .attempts(2)
         .fixed(Duration::from_millis(100));
     let dlt = policy.topology(&topic).dlt().unwrap().to_owned();
-    let w = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let w = test_worker(&bootstrap, &group)
         .commit_policy(CommitPolicy::sync_per_record())
         .route(Route::new(&topic, svc).retry(policy))
         .build()

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker};
+use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route};
 use support::*;
 use tower::service_fn;
 
@@ -209,10 +209,7 @@ async fn broker_restart_mid_run_loses_nothing() {
             Ok(())
         }
     });
-    let worker = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let worker = test_worker(&bootstrap, &group)
         .commit_policy(CommitPolicy::async_interval(Duration::from_millis(200)))
         .route(
             Route::new(&topic, handler).retry(

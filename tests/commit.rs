@@ -12,20 +12,6 @@ use redrive::{BoxError, CommitPolicy, Record, Route, Worker};
 use support::*;
 use tower::service_fn;
 
-type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
-
-fn recording(
-    seen: Seen,
-) -> impl tower::Service<Record, Response = (), Error = BoxError, Future = impl Send> + Clone {
-    service_fn(move |r: Record| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap().push((r.partition(), r.offset()));
-            Ok::<_, BoxError>(())
-        }
-    })
-}
-
 fn worker(
     bootstrap: &str,
     group: &str,
@@ -36,10 +22,7 @@ fn worker(
         + Send
         + 'static,
 ) -> Worker {
-    Worker::builder()
-        .bootstrap_servers(bootstrap)
-        .group_id(group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    test_worker(bootstrap, group)
         .commit_policy(policy)
         .route(Route::new(topic, svc))
         .build()
@@ -287,10 +270,7 @@ async fn out_of_order_completion_never_commits_past_an_unfinished_record() {
             }
         })
     };
-    let w = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let w = test_worker(&bootstrap, &group)
         .commit_policy(CommitPolicy::async_per_record())
         .drain_timeout(Duration::from_millis(300))
         .route(Route::new(&topic, slow).concurrency(4))
@@ -371,10 +351,7 @@ async fn manual_ack_commits_only_what_was_acknowledged() {
             std::future::ready(Ok::<_, BoxError>(()))
         })
     };
-    let w = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let w = test_worker(&bootstrap, &group)
         .commit_policy(CommitPolicy::async_per_record())
         .manual_ack(true)
         .route(Route::new(&topic, svc))

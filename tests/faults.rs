@@ -15,6 +15,7 @@ use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker
 use tower::service_fn;
 
 mod support;
+use support::{mock_cluster, Mock};
 
 const PARTITIONS: i32 = 2;
 
@@ -57,23 +58,15 @@ fn metric(name: &str, group: &str) -> f64 {
 }
 
 /// `start`, with a group named after the test and faults armed before the worker joins.
-async fn start_with(
-    n: i64,
-    name: &str,
-    before: impl FnOnce(&MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
-) -> Run {
+async fn start_with(n: i64, name: &str, before: impl FnOnce(&Mock)) -> Run {
     support::init_tracing();
     let _ = metrics_text();
-    let mock = MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("faults".to_owned(), format!("{name}-group"));
     let policy = RetryPolicy::new()
         .attempts(3)
         .fixed(Duration::from_millis(200));
-    mock.create_topic(&topic, PARTITIONS, 1).unwrap();
-    for t in policy.topology(&topic).derived_topics() {
-        mock.create_topic(t, PARTITIONS, 1).unwrap();
-    }
+    let mock = mock_cluster(&topic, PARTITIONS, Some(&policy));
+    let bootstrap = mock.bootstrap_servers();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()

@@ -122,10 +122,7 @@ async fn annotated_and_hand_built_routes_produce_the_same_topics_and_headers() {
     // The same policy by hand, in the same group name (a different topic).
     let hand_dead: Arc<Mutex<usize>> = Arc::default();
     let hd = hand_dead.clone();
-    let hand = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id("macro-billing-hand")
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let hand = test_worker(&bootstrap, "macro-billing-hand")
         .route(
             Route::new(
                 &hand_topic,

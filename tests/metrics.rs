@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redrive::policy::RetryPolicy;
-use redrive::{BoxError, CommitPolicy, Record, Route, Worker};
+use redrive::{BoxError, CommitPolicy, Record, Route};
 use support::*;
 use tokio::sync::Semaphore;
 use tower::service_fn;
@@ -99,10 +99,7 @@ async fn counters_equal_the_mix_and_lag_drains_to_zero() {
         .attempts(2)
         .fixed(Duration::from_millis(300));
     let retry_topic = policy.topology(&topic).retry_topics()[0].clone();
-    let worker = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let worker = test_worker(&bootstrap, &group)
         .commit_policy(CommitPolicy::async_interval(Duration::from_millis(100)))
         .lag_interval(Duration::from_millis(200))
         .route(Route::new(&topic, handler).retry(policy))

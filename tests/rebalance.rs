@@ -7,11 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redrive::{BoxError, CommitPolicy, Record, Route, Worker};
+use redrive::{BoxError, CommitPolicy, Record, Route};
 use support::*;
 use tower::service_fn;
-
-type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
 
 fn start(
     bootstrap: &str,
@@ -30,10 +28,7 @@ fn start(
             Ok::<_, BoxError>(())
         }
     });
-    let w = Worker::builder()
-        .bootstrap_servers(bootstrap)
-        .group_id(group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let w = test_worker(bootstrap, group)
         .property("heartbeat.interval.ms", "500")
         .commit_policy(CommitPolicy::async_interval(Duration::from_millis(200)))
         .route(Route::new(topic, svc))
@@ -173,10 +168,7 @@ async fn a_rebalance_storm_with_pending_retries_loses_nothing() {
                 Ok(())
             }
         });
-        let w = Worker::builder()
-            .bootstrap_servers(&bootstrap)
-            .group_id(&group)
-            .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+        let w = test_worker(&bootstrap, &group)
             .property("heartbeat.interval.ms", "500")
             .commit_policy(CommitPolicy::async_interval(Duration::from_millis(200)))
             .route(Route::new(&topic, svc).retry(policy.clone()))

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
@@ -19,6 +18,7 @@ use redrive::{BoxError, CommitPolicy, Record, Route, Worker};
 use tower::service_fn;
 
 mod support;
+use support::{mock_cluster, Mock};
 
 /// Fails its first `fail_first` publishes, then delegates.
 struct Flaky {
@@ -62,16 +62,8 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
 
 /// A one-broker mock cluster holding `topic` (one partition) with `n` keyed records, and the
 /// policy's retry and dead-letter topics.
-async fn cluster_with(
-    topic: &str,
-    policy: &RetryPolicy,
-    n: usize,
-) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic(topic, 1, 1).unwrap();
-    for t in policy.topology(topic).derived_topics() {
-        mock.create_topic(t, 1, 1).unwrap();
-    }
+async fn cluster_with(topic: &str, policy: &RetryPolicy, n: usize) -> Mock {
+    let mock = mock_cluster(topic, 1, Some(policy));
     produce_keys(&mock.bootstrap_servers(), topic, n).await;
     mock
 }
@@ -203,13 +195,11 @@ async fn produce_errors_on_the_retry_topic_hold_offsets_back_and_lose_nothing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_errors_on_the_dlt_hold_offsets_back_and_lose_nothing() {
     let _ = metrics();
-    let mock = MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("payments", "ledger");
     let policy = RetryPolicy::new().attempts(1);
     let dlt = policy.topology(topic).dlt().unwrap().to_owned();
-    mock.create_topic(topic, 1, 1).unwrap();
-    mock.create_topic(&dlt, 1, 1).unwrap();
+    let mock = mock_cluster(topic, 1, Some(&policy));
+    let bootstrap = mock.bootstrap_servers();
     produce_keys(&bootstrap, topic, 10).await;
     mock.request_errors(
         RDKafkaApiKey::Produce,
@@ -284,10 +274,9 @@ impl Publish for HeldFirst {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_built_retry_layer_does_not_block_its_partition() {
     use redrive::layer::retry_topic::RetryTopicLayer;
-    let mock = MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
     let (topic, group) = ("shipments", "dispatch");
-    mock.create_topic(topic, 1, 1).unwrap();
+    let mock = mock_cluster(topic, 1, None);
+    let bootstrap = mock.bootstrap_servers();
     produce_keys(&bootstrap, topic, 10).await;
     let publisher = Arc::new(HeldFirst::default());
     let handled = Arc::new(AtomicU32::new(0));

@@ -87,10 +87,7 @@ fn worker_with(
             + 'static,
     >,
 ) -> Worker {
-    Worker::builder()
-        .bootstrap_servers(bootstrap)
-        .group_id(group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    test_worker(bootstrap, group)
         .commit_policy(CommitPolicy::async_interval(Duration::from_millis(200)))
         .route(route)
         .build()
@@ -548,10 +545,7 @@ async fn a_route_without_headers_gets_everything_else() {
             std::future::ready(Ok::<_, BoxError>(()))
         })
     };
-    let w = Worker::builder()
-        .bootstrap_servers(&bootstrap)
-        .group_id(&group)
-        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+    let w = test_worker(&bootstrap, &group)
         .route(Route::new(&bare, handler.clone()).without_headers())
         .route(Route::new(&full, handler))
         .build()

@@ -1,4 +1,5 @@
-//! Test support: a real broker per test binary, unique names, produce and offset helpers.
+//! Test support: a real broker per test binary, a mock-cluster fixture, unique names, a test
+//! worker builder, a recording handler, produce and offset helpers.
 //!
 //! The broker is nisshi (an Apache-Kafka-compatible broker) started on a free 127.0.0.1 port
 //! and stopped when the test process exits. `REDRIVE_TEST_BOOTSTRAP=host:port` uses an
@@ -16,8 +17,13 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use redrive::policy::RetryPolicy;
+use redrive::{BoxError, Record, Worker, WorkerBuilder};
+use std::sync::{Arc, Mutex};
 
 pub const INSTALL_HINT: &str = "the test broker `nisshi` is not on PATH. Install it with \
 `cargo +nightly install nisshi --version 0.8.1 --locked` (scripts/test does this), or point \
@@ -372,4 +378,48 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// A worker builder for `group` on `bootstrap`, with the session timeout nisshi joins
+/// quickly with.
+pub fn test_worker(bootstrap: &str, group: &str) -> WorkerBuilder {
+    Worker::builder()
+        .bootstrap_servers(bootstrap)
+        .group_id(group)
+        .property("session.timeout.ms", SESSION_TIMEOUT_MS)
+}
+
+/// What a [`recording`] handler saw: (partition, offset) in the order handled.
+pub type Seen = Arc<Mutex<Vec<(i32, i64)>>>;
+
+/// A handler that succeeds and appends each record's (partition, offset) to `seen`.
+pub fn recording(
+    seen: Seen,
+) -> impl tower::Service<Record, Response = (), Error = BoxError, Future = impl Send> + Clone {
+    tower::service_fn(move |r: Record| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push((r.partition(), r.offset()));
+            Ok::<_, BoxError>(())
+        }
+    })
+}
+
+/// librdkafka's in-process mock cluster with `brokers` brokers.
+pub type Mock = MockCluster<'static, DefaultProducerContext>;
+
+/// A mock cluster of one broker with `topic` (`partitions` partitions) and, under `policy`,
+/// its retry and dead-letter topics.
+pub fn mock_cluster(topic: &str, partitions: i32, policy: Option<&RetryPolicy>) -> Mock {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(topic, partitions, 1).unwrap();
+    for t in policy.iter().flat_map(|p| {
+        p.topology(topic)
+            .derived_topics()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    }) {
+        mock.create_topic(&t, partitions, 1).unwrap();
+    }
+    mock
 }
