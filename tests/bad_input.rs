@@ -25,6 +25,40 @@ fn setting_of(e: Error) -> String {
     }
 }
 
+/// A transactional worker's loop assumes eager rebalancing and reads committed outputs only:
+/// the consumer properties that would break either are refused at `build()`, not accepted
+/// and left to drop records later.
+#[test]
+fn a_transactional_worker_refuses_incremental_rebalancing_and_other_isolation_levels() {
+    let txn = |key: &str, value: &str| {
+        Worker::builder()
+            .bootstrap_servers("127.0.0.1:1")
+            .group_id("g")
+            .transactional(redrive::transaction::Transactional::new("t-0"))
+            .property(key, value)
+            .route(Route::new("t", noop()))
+            .build()
+            .err()
+    };
+    for (key, value) in [
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("group.protocol", "consumer"),
+        ("isolation.level", "read_uncommitted"),
+    ] {
+        let e = txn(key, value).unwrap_or_else(|| panic!("{key}={value} was accepted"));
+        assert!(e.to_string().contains(value), "{e}");
+        assert_eq!(setting_of(e), key);
+    }
+    // The same properties are a plain worker's to choose.
+    let plain = Worker::builder()
+        .bootstrap_servers("127.0.0.1:1")
+        .group_id("g")
+        .property("partition.assignment.strategy", "cooperative-sticky")
+        .route(Route::new("t", noop()))
+        .build();
+    assert!(plain.is_ok(), "{:?}", plain.err());
+}
+
 #[test]
 fn config_mistakes_name_the_setting() {
     let base = || {

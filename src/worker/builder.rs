@@ -294,6 +294,9 @@ impl WorkerBuilder {
             ],
         )?;
         validate::routes(&self.routes)?;
+        if self.transactional.is_some() {
+            validate::transactional_consumer(&self.props)?;
+        }
         let mut producer_config = client::producer_config(&self.props);
         let admin_config = client::admin_config(&self.props);
         let txn = match self.transactional.take() {

@@ -170,3 +170,34 @@ fn retry(r: &PendingRoute) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// A transactional worker's consumer: its loop assumes eager rebalancing (a rebalance resets
+/// every position to the committed offset and it drops the batch in hand) and reads only
+/// committed outputs, so the properties that would change either are refused.
+pub(super) fn transactional_consumer(props: &BTreeMap<String, String>) -> Result<(), Error> {
+    if let Some(v) = props
+        .get("partition.assignment.strategy")
+        .filter(|v| v.contains("cooperative"))
+    {
+        return Err(Error::config(
+            "partition.assignment.strategy",
+            format!("`{v}` is incremental: a transactional worker needs an eager strategy (range or roundrobin, librdkafka's default), since it drops the batch in hand when partitions move"),
+        ));
+    }
+    if let Some(v) = props
+        .get("group.protocol")
+        .filter(|v| !v.eq_ignore_ascii_case("classic"))
+    {
+        return Err(Error::config(
+            "group.protocol",
+            format!("`{v}` (KIP-848) rebalances incrementally: a transactional worker needs the classic protocol"),
+        ));
+    }
+    if let Some(v) = props.get("isolation.level") {
+        return Err(Error::config(
+            "isolation.level",
+            format!("set to `{v}`: a transactional worker reads read_committed, so outputs of aborted transactions are never handled; remove the property"),
+        ));
+    }
+    Ok(())
+}

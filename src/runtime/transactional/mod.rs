@@ -88,9 +88,13 @@ fn fatal(e: &KafkaError, id: &str) -> Option<Error> {
         return None;
     }
     let why = match t.code() {
-        rdkafka::types::RDKafkaErrorCode::ProducerFenced
-        | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch => format!(
+        rdkafka::types::RDKafkaErrorCode::ProducerFenced => format!(
             "the transactional producer `{id}` was fenced: another instance with the same transactional.id started, so this one must stop ({e})"
+        ),
+        // The coordinator bumped the epoch: most often a transaction that outlived
+        // `transaction_timeout` and was aborted by the broker.
+        rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch => format!(
+            "the transactional producer `{id}` has an outdated epoch: a transaction took longer than transaction_timeout and the broker aborted it, or another instance took over ({e})"
         ),
         _ => format!("fatal transactional error for `{id}`: {e}"),
     };
