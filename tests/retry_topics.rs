@@ -847,6 +847,68 @@ async fn in_memory_retries_run_before_the_first_hop() {
     );
 }
 
+/// always_retry_on_error with a dead-letter handler that always fails: the record goes back
+/// to the DLT and is tried again at the policy's pace (a fixed 300 ms here), not in a hot
+/// loop; each try starts no earlier than that after the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlt_handler_that_always_fails_retries_at_the_policys_pace() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("dlt-pace");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 1).await;
+    let policy = RetryPolicy::new()
+        .attempts(1)
+        .fixed(Duration::from_millis(300));
+    let dlt_topic = policy.topology(&topic).dlt().unwrap().to_owned();
+    let dead = Ledger::default();
+    let w = worker_with(
+        &bootstrap,
+        &group,
+        Route::new(
+            &topic,
+            scripted(Ledger::default(), |_, _| Err("fail".into())),
+        )
+        .retry(policy)
+        .dlt_handler(scripted(
+            dead.clone(),
+            |_, _| Err("dlt handler down".into()),
+        )),
+    );
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "dlt handler called", || {
+        !dead.calls("key-0").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    let calls = dead.calls("key-0");
+    // 3 s at one try per 300 ms: about 10; a hot loop makes hundreds.
+    assert!(
+        (4..=14).contains(&calls.len()),
+        "{} tries of the dead letter in ~3 s",
+        calls.len()
+    );
+    for pair in calls.windows(2) {
+        let gap = pair[1].at_ms - pair[0].at_ms;
+        assert!(gap >= 290, "a try {gap} ms after the one before: {calls:?}");
+    }
+    let copies = read_topic(&bootstrap, &dlt_topic);
+    let failures: Vec<Option<&[u8]>> = copies
+        .iter()
+        .map(|m| header(m, headers::DLT_HANDLER_FAILURES))
+        .collect();
+    assert_eq!(
+        failures[0], None,
+        "the first dead letter has no failures yet"
+    );
+    assert_eq!(failures[1], Some(&[0, 0, 0, 1][..]), "{failures:?}");
+    assert_eq!(failures[2], Some(&[0, 0, 0, 2][..]), "{failures:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlt_strategies_retry_or_stop() {
     init_tracing();

@@ -56,6 +56,11 @@ pub const TRACEPARENT: &str = "traceparent";
 /// gets the record's key, headers and coordinates without its value, and this header.
 pub const VALUE_DROPPED: &str = "redrive-value-dropped";
 
+/// On a dead letter that its route's dead-letter handler failed on and the
+/// `always_retry_on_error` strategy published to the DLT again: how many times the handler
+/// failed on it (4-byte big-endian int). It sets the back-off before the next try.
+pub const DLT_HANDLER_FAILURES: &str = "redrive-dlt-handler-failures";
+
 /// On a record replayed from a dead-letter topic: how many times it was replayed (4-byte
 /// big-endian int, like `retry_topic-attempts`).
 pub const REPLAY_COUNT: &str = "redrive-replay-count";
@@ -84,7 +89,7 @@ pub mod dlt_form {
 
 /// The header names redrive writes or reads, so a consumed record's copy of them borrows a
 /// static string instead of allocating one per header.
-const KNOWN: [&str; 25] = [
+const KNOWN: [&str; 26] = [
     ATTEMPTS,
     BACKOFF_TIMESTAMP,
     ORIGINAL_TIMESTAMP_RETRY,
@@ -110,6 +115,7 @@ const KNOWN: [&str; 25] = [
     dlt_form::EXCEPTION_STACKTRACE,
     VALUE_DROPPED,
     REPLAY_COUNT,
+    DLT_HANDLER_FAILURES,
 ];
 
 /// `name` as a header key: a well-known name borrows its static string, others are copied.

@@ -38,16 +38,20 @@ pub(crate) struct PartitionStart {
     pub carry_state: bool,
 }
 
-/// Holds a retry-topic record until its due time (docs/design.md, Delays). False when the partition was
-/// stopped first: the record stays unhandled and uncommitted.
+/// Holds a retry-topic record (or a dead letter its handler failed on) until its due time
+/// (docs/design.md, Delays); `delay_error` records a retry's lateness. False when the
+/// partition was stopped first: the record stays unhandled and uncommitted.
 async fn due_gate(
     shared: &PartitionShared,
     record: &Record,
     max_wait: Duration,
-    delay_error: &::metrics::Histogram,
+    delay_error: Option<&::metrics::Histogram>,
 ) -> bool {
     let Some(due) = crate::headers::due_at_ms(record.headers()) else {
-        tracing::warn!(record = %record.coordinates(), "retry-topic record without a valid `retry_topic-backoff-timestamp`; handling it now");
+        // A dead letter need not have one (a plain Spring recoverer writes none).
+        if delay_error.is_some() {
+            tracing::warn!(record = %record.coordinates(), "retry-topic record without a valid `retry_topic-backoff-timestamp`; handling it now");
+        }
         return true;
     };
     let ahead = due - now_ms();
@@ -57,11 +61,13 @@ async fn due_gate(
     }
     if ahead > 0 {
         tracing::debug!(record = %record.coordinates(), wait_ms = ahead, "holding the partition until the record is due");
+        if !shared.hold_until(due).await {
+            return false;
+        }
     }
-    if ahead > 0 && !shared.hold_until(due).await {
-        return false;
+    if let Some(h) = delay_error {
+        h.record((now_ms() - due).max(0) as f64 / 1000.0);
     }
-    delay_error.record((now_ms() - due).max(0) as f64 / 1000.0);
     true
 }
 
@@ -96,7 +102,8 @@ where
         finished: FinishedCount::new(&rt),
         deferred,
         outstanding: 0,
-        gated: stage == Stage::Retry,
+        gated: matches!(stage, Stage::Retry | Stage::Dlt),
+        retry: stage == Stage::Retry,
         max_wait,
     };
     if concurrency == 1 && acks.is_none() {
@@ -118,8 +125,11 @@ struct Task<'r> {
     /// acknowledged), and how many are outstanding.
     deferred: Completions,
     outstanding: usize,
-    /// Records wait for their due time (a retry topic).
+    /// Records wait for their due time (a retry topic, or a DLT whose handler's failures are
+    /// retried later).
     gated: bool,
+    /// A retry topic: the records' lateness is measured.
+    retry: bool,
     max_wait: Duration,
 }
 
@@ -177,14 +187,8 @@ impl<'r> Task<'r> {
                 ended = None;
                 // Holds nothing spare while the record waits for its due time.
                 source.release_spare();
-                if !due_gate(
-                    self.shared,
-                    &record,
-                    self.max_wait,
-                    &self.meters.delay_error,
-                )
-                .await
-                {
+                let delay_error = self.retry.then_some(&self.meters.delay_error);
+                if !due_gate(self.shared, &record, self.max_wait, delay_error).await {
                     break;
                 }
             }
@@ -308,10 +312,11 @@ impl<'r> Task<'r> {
         let clone = svc.clone();
         let mut ready_svc = std::mem::replace(svc, clone);
         let (shared, rt) = (self.shared.clone(), self.rt.clone());
-        let (delay_error, max_wait) = (self.meters.delay_error.clone(), self.max_wait);
+        let delay_error = self.retry.then(|| self.meters.delay_error.clone());
+        let max_wait = self.max_wait;
         Either::Left(async move {
             let _permits = permits;
-            if !due_gate(&shared, &record, max_wait, &delay_error).await {
+            if !due_gate(&shared, &record, max_wait, delay_error.as_ref()).await {
                 return (offset, None);
             }
             let started = Instant::now();

@@ -1,7 +1,9 @@
 //! The dead-letter handler of a route, run under the policy's [`DltStrategy`].
 //!
 //! - `always_retry_on_error` (Spring's default): a failing DLT record is published to the DLT
-//!   again, with the new error in its headers, and handled again later;
+//!   again, with the new error in its headers, and handled again once due: the policy's
+//!   back-off for the number of times the handler failed on it (a handler that always fails
+//!   retries at the policy's pace, never in a hot loop; the DLT partition waits meanwhile);
 //! - `fail_on_error`: the DLT partition stops at the failing record, uncommitted, and the
 //!   error is logged; a restart handles it again;
 //! - `no_dlt`: there is no DLT, so there is no DLT handler either.
@@ -18,6 +20,7 @@ use super::{guarded_call, Stage};
 use crate::clock::now_ms;
 use crate::error::Halt;
 use crate::error::{error_chain, BoxError};
+use crate::headers::{Headers, DLT_HANDLER_FAILURES};
 use crate::policy::DltStrategy;
 use crate::Record;
 
@@ -87,19 +90,32 @@ where
                     ))))
                 }
                 DltStrategy::AlwaysRetryOnError => {
-                    tracing::warn!(record = %copy.coordinates(), error = %error_chain(&*err), "the dead-letter handler failed (always_retry_on_error): the record goes back to the DLT");
-                    let out = failure_copy(
+                    let failures = dlt_handler_failures(copy.headers()).saturating_add(1);
+                    let delay = shared.policy.delay_before_retry(failures);
+                    tracing::warn!(record = %copy.coordinates(), error = %error_chain(&*err), failures, retry_in = ?delay, "the dead-letter handler failed (always_retry_on_error): the record goes back to the DLT");
+                    let mut out = failure_copy(
                         &shared,
                         &copy,
                         &*err,
                         attempt.saturating_sub(1),
                         copy.topic(),
-                        now_ms(),
+                        now_ms() + delay.as_millis() as i64,
                     );
+                    let count = crate::headers::encode_int(failures as i32);
+                    out.headers.set(DLT_HANDLER_FAILURES, count.to_vec());
                     publish_until_acked(&*shared.publisher, out, None, &entry, "dlt", &copy).await;
                     Ok(())
                 }
             }
         })
     }
+}
+
+/// How many times the dead-letter handler failed on this record before (0 for a fresh dead
+/// letter or an unreadable header).
+fn dlt_handler_failures(headers: &Headers) -> u32 {
+    headers
+        .last_value(DLT_HANDLER_FAILURES)
+        .and_then(crate::headers::decode_int)
+        .map_or(0, |n| n.max(0) as u32)
 }

@@ -483,7 +483,7 @@ async fn handle_partition(
 ) -> (Running, PartOutcome) {
     let mut position = records[0].offset();
     for r in records {
-        if stage == Stage::Retry {
+        if matches!(stage, Stage::Retry | Stage::Dlt) {
             if let Some(due) = crate::headers::due_at_ms(r.headers()) {
                 let ahead = due - now_ms();
                 if ahead > 0 && ahead <= max_wait.as_millis() as i64 {
