@@ -48,7 +48,10 @@ fn the_quickstart_handles_every_order_and_its_summary_adds_up() {
         .collect();
     let orders = 0..300u64;
     let dead = orders.clone().filter(|o| o % 25 == 7).count() as u64;
-    let retried = orders.clone().filter(|o| o % 10 == 3 && o % 25 != 7).count() as u64;
+    let retried = orders
+        .clone()
+        .filter(|o| o % 10 == 3 && o % 25 != 7)
+        .count() as u64;
     let expected = BTreeMap::from([
         ("consumed", 300),
         ("ok", 300 - dead),
