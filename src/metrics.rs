@@ -22,6 +22,9 @@ pub mod names {
     pub const RETRIES_SCHEDULED: &str = "redrive_retries_scheduled_total";
     /// Records published to a dead-letter topic, by `reason`.
     pub const DEAD_LETTERED: &str = "redrive_dead_lettered_total";
+    /// Retry or dead-letter copies skipped because another consumer group's flow wrote them
+    /// (their `kafka_dlt-original-consumer-group` names that group).
+    pub const FOREIGN_COPIES_SKIPPED: &str = "redrive_foreign_copies_skipped_total";
     /// Failed publications to retry or dead-letter topics, by `target`.
     pub const PUBLISH_FAILURES: &str = "redrive_publish_failures_total";
     /// Handler latency histogram, seconds.

@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -845,6 +845,96 @@ async fn in_memory_retries_run_before_the_first_hop() {
         0,
         "nothing published to {retry_topic}"
     );
+}
+
+fn billing_fails_every_third(i: u64, n: usize) -> Result<(), BoxError> {
+    if i % 3 == 0 && n == 1 {
+        Err("billing declined".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn shipping_fails_every_fifth(i: u64, n: usize) -> Result<(), BoxError> {
+    if i % 5 == 0 && n == 1 {
+        Err("no courier".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Two consumer groups with retry policies on one topic, each failing its own records once.
+/// With Spring's shared names both read `<topic>-retry`; with `group_scoped` each has its own.
+/// Either way each group handles exactly its own retries: a copy the other group's flow wrote
+/// is skipped, never handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_on_one_topic_each_handle_exactly_their_own_failures() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    for scoped in [false, true] {
+        let topic = unique("shared-orders");
+        create_topic(&bootstrap, &topic, 2).await;
+        produce_n(&bootstrap, &topic, 2, 0, 60).await;
+        let policy = RetryPolicy::new()
+            .attempts(2)
+            .fixed(Duration::from_millis(300))
+            .group_scoped(scoped);
+        let (billing, shipping) = (unique("billing"), unique("shipping"));
+        let (bl, sl) = (Ledger::default(), Ledger::default());
+        let route = |ledger: &Ledger, script: fn(u64, usize) -> Result<(), BoxError>| {
+            Route::new(&topic, scripted(ledger.clone(), script)).retry(policy.clone())
+        };
+        let b = worker_with(&bootstrap, &billing, route(&bl, billing_fails_every_third));
+        let s = worker_with(
+            &bootstrap,
+            &shipping,
+            route(&sl, shipping_fails_every_fifth),
+        );
+        let (bh, sh) = (b.handle(), s.handle());
+        let (br, sr) = (tokio::spawn(b.run()), tokio::spawn(s.run()));
+        eventually(
+            Duration::from_secs(90),
+            "both groups handled every record",
+            || bl.ok_count() == 60 && sl.ok_count() == 60,
+        )
+        .await;
+        // Time for a copy of the other group to arrive, were it handled.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        bh.shutdown();
+        sh.shutdown();
+        br.await.unwrap().unwrap();
+        sr.await.unwrap().unwrap();
+        let retried = |ledger: &Ledger| -> BTreeSet<u64> {
+            let all = ledger.all();
+            let on_retry = |calls: &Vec<Call>| calls.iter().any(|c| c.topic != topic);
+            all.iter()
+                .filter(|(_, calls)| on_retry(calls))
+                .map(|(k, _)| index_of(k))
+                .collect()
+        };
+        let own = |m: u64| (0..60).filter(|i| i % m == 0).collect::<BTreeSet<u64>>();
+        assert_eq!(
+            retried(&bl),
+            own(3),
+            "billing retried exactly its own (scoped={scoped})"
+        );
+        assert_eq!(
+            retried(&sl),
+            own(5),
+            "shipping retried exactly its own (scoped={scoped})"
+        );
+        if scoped {
+            for (group, m) in [(&billing, 3), (&shipping, 5)] {
+                let retry = format!("{topic}-{group}-retry");
+                let copies: i64 = high_watermarks(&bootstrap, &retry, 2).values().sum();
+                assert_eq!(
+                    copies,
+                    own(m).len() as i64,
+                    "{retry} holds its group's copies"
+                );
+            }
+        }
+    }
 }
 
 /// always_retry_on_error with a dead-letter handler that always fails: the record goes back

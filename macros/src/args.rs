@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::{bracketed, parenthesized, Ident, LitBool, LitFloat, LitInt, LitStr, Path, Token};
 
 /// Every key `#[retryable_topic]` accepts.
-pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, partitions, dlt_handler";
+pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, dlt_handler";
 /// Every key of `backoff(...)`.
 pub(crate) const BACKOFF_KEYS: &str = "delay, multiplier, max, jitter";
 
@@ -66,6 +66,7 @@ pub(crate) struct Args {
     pub timeout: Option<DurationLit>,
     pub concurrency: Option<usize>,
     pub auto_create_topics: Option<bool>,
+    pub group_scoped: Option<bool>,
     pub partitions: Option<u32>,
     pub dlt_handler: Option<Path>,
 }
@@ -245,6 +246,7 @@ impl Parse for Args {
                     "auto_create_topics" => {
                         a.auto_create_topics = Some(input.parse::<LitBool>()?.value)
                     }
+                    "group_scoped" => a.group_scoped = Some(input.parse::<LitBool>()?.value),
                     "partitions" => {
                         let l: LitInt = input.parse()?;
                         let n: u64 = l.base10_parse()?;

@@ -162,6 +162,9 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
     if let Some(b) = args.auto_create_topics {
         policy.push(quote!(p.auto_create_topics = #b;));
     }
+    if let Some(b) = args.group_scoped {
+        policy.push(quote!(p.group_scoped = #b;));
+    }
     if let Some(n) = args.partitions {
         policy.push(quote!(p.partitions = ::std::option::Option::Some(#n);));
     }

@@ -41,6 +41,7 @@ use syn::ItemFn;
 ///     timeout = "5m",                    // give up (to the DLT) past this since the first delivery
 ///     concurrency = 4,                   // records of one partition handled at once (default 1)
 ///     auto_create_topics = true,         // create retry/DLT topics at start-up (default true)
+///     group_scoped = false,              // orders-billing-retry-1000 instead of orders-retry-1000
 ///     partitions = 6,                    // partitions of created topics (default: the main's)
 ///     dlt_handler = billing_dlt,         // a #[dlt_handler] fn consuming orders-dlt
 /// )]

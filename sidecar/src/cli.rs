@@ -188,6 +188,7 @@ impl Target {
                         ))
                     })?;
                 r.retry
+                    .for_group(&r.group)
                     .topology(&r.topic)
                     .dlt()
                     .ok_or_else(|| {
@@ -245,7 +246,12 @@ async fn execute(cmd: Command) -> Result<(), Failure> {
                 }
             }
             for r in &config.routes {
-                for t in r.retry.topology(&r.topic).derived_topics() {
+                for t in r
+                    .retry
+                    .for_group(&r.group)
+                    .topology(&r.topic)
+                    .derived_topics()
+                {
                     println!("route {}: {t}", r.name);
                 }
             }

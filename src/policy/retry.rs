@@ -118,6 +118,12 @@ pub struct RetryPolicy {
     pub retry_topic_suffix: String,
     /// The dead-letter topic's suffix; default `-dlt`.
     pub dlt_topic_suffix: String,
+    /// Name the retry and dead-letter topics after the consumer group too
+    /// (`orders-billing-retry-1000`, `orders-billing-dlt`), so two groups with retry policies
+    /// on one topic have topics of their own. Default false: the names Spring uses, shared by
+    /// every group (each group still handles only its own copies: a copy whose
+    /// `kafka_dlt-original-consumer-group` names another group is skipped).
+    pub group_scoped: bool,
     /// Create missing retry and dead-letter topics at start-up; default true.
     pub auto_create_topics: bool,
     /// Partitions of created topics; default: the main topic's count, so a record keeps its
@@ -145,6 +151,7 @@ impl Default for RetryPolicy {
             suffix: TopicSuffix::default(),
             retry_topic_suffix: "-retry".into(),
             dlt_topic_suffix: "-dlt".into(),
+            group_scoped: false,
             auto_create_topics: true,
             partitions: None,
             replication_factor: None,
@@ -224,6 +231,26 @@ impl RetryPolicy {
     pub fn suffix(mut self, s: TopicSuffix) -> Self {
         self.suffix = s;
         self
+    }
+
+    /// Names the retry and dead-letter topics after the consumer group too (see
+    /// [`group_scoped`](Self::group_scoped)).
+    pub fn group_scoped(mut self, yes: bool) -> Self {
+        self.group_scoped = yes;
+        self
+    }
+
+    /// The policy as a worker of `group` applies it: with [`group_scoped`](Self::group_scoped)
+    /// the topic suffixes name the group (`-billing-retry`, `-billing-dlt`); otherwise the
+    /// policy itself.
+    pub fn for_group(&self, group: &str) -> RetryPolicy {
+        let mut p = self.clone();
+        if p.group_scoped {
+            p.retry_topic_suffix = format!("-{group}{}", p.retry_topic_suffix);
+            p.dlt_topic_suffix = format!("-{group}{}", p.dlt_topic_suffix);
+            p.group_scoped = false;
+        }
+        p
     }
 
     /// Whether missing retry/DLT topics are created at start-up.

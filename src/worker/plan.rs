@@ -211,7 +211,7 @@ fn retry_layer(
     group: &str,
     plans: &mut Vec<TopicPlan>,
 ) -> Option<RetryTopicLayer> {
-    let (policy, publisher) = (r.retry.as_ref()?, publisher?);
+    let (policy, publisher) = (&r.retry.as_ref()?.for_group(group), publisher?);
     for main in &r.topics {
         plans.push(TopicPlan {
             main: main.clone(),

@@ -143,7 +143,13 @@ impl Config {
                     r.content_type,
                 );
                 let _ = writeln!(s, "    policy: {}", r.retry);
-                for line in r.retry.topology(&r.topic).to_string().lines() {
+                for line in r
+                    .retry
+                    .for_group(&r.group)
+                    .topology(&r.topic)
+                    .to_string()
+                    .lines()
+                {
                     let _ = writeln!(s, "    {line}");
                 }
             }

@@ -63,6 +63,10 @@ where
 
     fn call(&mut self, record: Record) -> Self::Future {
         let shared = self.shared.clone();
+        let foreign = shared.by_topic.get(record.topic());
+        if foreign.is_some_and(|entry| entry.foreign(&record, &shared.group)) {
+            return Box::pin(std::future::ready(Ok(())));
+        }
         let copy = record.clone();
         let call = guarded_call(&mut self.inner, record);
         Box::pin(async move {

@@ -41,6 +41,14 @@ impl<F, S> ResponseFuture<F, S> {
         }
     }
 
+    /// A record the layer skips without calling the handler: final at once.
+    pub(crate) fn skipped() -> Self {
+        ResponseFuture {
+            state: State::Done,
+            ctx: None,
+        }
+    }
+
     pub(crate) fn passthrough(fut: F) -> Self {
         ResponseFuture {
             state: State::Passthrough { fut },

@@ -20,8 +20,9 @@ pub struct RetryTopicLayer {
 }
 
 impl RetryTopicLayer {
-    /// A layer for the given main topics under `policy`, publishing with `publisher`; `group`
-    /// and `route` label metrics and the `kafka_dlt-original-consumer-group` header.
+    /// A layer for the given main topics under `policy` (as applied by `group`, see
+    /// [`RetryPolicy::for_group`]), publishing with `publisher`; `group` and `route` label
+    /// metrics and the `kafka_dlt-original-consumer-group` header.
     pub fn new(
         policy: RetryPolicy,
         main_topics: &[&str],
@@ -29,6 +30,7 @@ impl RetryTopicLayer {
         group: &str,
         route: &str,
     ) -> Self {
+        let policy = policy.for_group(group);
         let mut by_topic = HashMap::new();
         for main in main_topics {
             let topology = Arc::new(policy.topology(main));

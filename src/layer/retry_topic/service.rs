@@ -80,6 +80,9 @@ where
             // Not one of the layer's topics: no retry route, errors pass through.
             return ResponseFuture::passthrough(self.inner.call(record));
         };
+        if bound.entry.foreign(&record, &bound.shared.group) {
+            return ResponseFuture::skipped();
+        }
         let attempt = match bound.entry.stage {
             Stage::Main => 1,
             _ => match headers::read_attempts(record.headers()) {

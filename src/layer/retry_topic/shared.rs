@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::layer::Stage;
 use crate::policy::{RetryPolicy, Topology};
 use crate::publish::Publish;
+use crate::Record;
 
 pub(crate) struct RetryShared {
     pub(crate) policy: RetryPolicy,
@@ -28,6 +29,9 @@ pub(crate) struct TopicEntry {
     scheduled: ByAttempt,
     /// `records_dead_lettered_total` by [`DLT_REASONS`].
     dead: Vec<::metrics::Counter>,
+    /// `foreign_copies_skipped_total`, and the foreign groups already logged.
+    foreign: ::metrics::Counter,
+    foreign_logged: std::sync::Mutex<Vec<String>>,
     labels: [(&'static str, String); 3],
 }
 
@@ -101,7 +105,9 @@ impl TopicEntry {
         route: &str,
         topic: &str,
     ) -> Self {
-        use crate::metrics::names::{DEAD_LETTERED, RECORDS_HANDLED, RETRIES_SCHEDULED};
+        use crate::metrics::names::{
+            DEAD_LETTERED, FOREIGN_COPIES_SKIPPED, RECORDS_HANDLED, RETRIES_SCHEDULED,
+        };
         let labels = [
             ("group", group.to_owned()),
             ("topic", topic.to_owned()),
@@ -127,8 +133,11 @@ impl TopicEntry {
             fatal: handled("fatal_error"),
             scheduled: ByAttempt::new(&labels, attempts, RETRIES_SCHEDULED, None, true),
             dead,
+            foreign: ::metrics::counter!(FOREIGN_COPIES_SKIPPED, &labels),
+            foreign_logged: std::sync::Mutex::new(Vec::new()),
             labels,
         };
+        entry.foreign.increment(0);
         // Failure counters exist from the start (at 0), so dashboards show 0, not "no data".
         for target in ["retry", "dlt"] {
             entry
@@ -139,6 +148,36 @@ impl TopicEntry {
                 .increment(0);
         }
         entry
+    }
+
+    /// Whether `record`, read from this retry or dead-letter topic, belongs to another
+    /// consumer group's flow (its `kafka_dlt-original-consumer-group` names another group):
+    /// then it is counted, logged once per foreign group, and must be skipped. Records of
+    /// main topics, and copies without the header, belong to every group that reads them.
+    pub(crate) fn foreign(&self, record: &Record, group: &str) -> bool {
+        if self.stage == Stage::Main {
+            return false;
+        }
+        let Some(owner) = record
+            .headers()
+            .last_value(crate::headers::ORIGINAL_CONSUMER_GROUP)
+        else {
+            return false;
+        };
+        if owner == group.as_bytes() {
+            return false;
+        }
+        self.foreign.increment(1);
+        let owner = String::from_utf8_lossy(owner).into_owned();
+        let mut logged = self
+            .foreign_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !logged.contains(&owner) && logged.len() < 16 {
+            tracing::warn!(record = %record.coordinates(), owner = %owner, group, "skipping copies another consumer group's retry flow wrote to this topic (logged once per group); name the topics after the group with `group_scoped` to keep the flows apart");
+            logged.push(owner);
+        }
+        true
     }
 
     pub(crate) fn count_ok(&self, attempt: u32) {

@@ -23,6 +23,7 @@ enum BillingError {
     timeout = "5m",
     concurrency = 4,
     auto_create_topics = false,
+    group_scoped = true,
     partitions = 6,
     dlt_handler = orders_dlt,
 )]
@@ -45,6 +46,10 @@ fn main() {
     assert_eq!(p.attempts, 4);
     assert_eq!(p.backoff.max, std::time::Duration::from_secs(10));
     assert_eq!(bill::TOPIC, "orders");
+    assert!(p.group_scoped);
+    let topology = p.for_group("billing").topology("orders");
+    assert_eq!(topology.dlt(), Some("orders-billing-dlt"));
+    assert_eq!(topology.retry_topics()[0], "orders-billing-retry-0");
     let route = redrive::IntoRoute::into_route(bill);
     assert_eq!(route.topics(), ["orders"]);
 }
