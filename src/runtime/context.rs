@@ -207,7 +207,10 @@ impl RuntimeContext {
         if let Some(c) = self.committer.get() {
             c.flush();
         }
-        let res = commit_slots(consumer, gone.iter_mut(), CommitMode::Sync, false);
+        // Every position, not only those that moved since the last commit: an asynchronous
+        // commit marks its positions sent before the broker answers, and one that failed just
+        // before this revoke or shutdown must not leave its partition out of the final commit.
+        let res = commit_slots(consumer, gone.iter_mut(), CommitMode::Sync, true);
         for slot in &gone {
             tracing::info!(topic = %slot.shared.topic, partition = slot.shared.partition, committed = ?slot.shared.committable(), "partition released");
         }
