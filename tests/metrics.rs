@@ -121,14 +121,34 @@ async fn counters_equal_the_mix_and_lag_drains_to_zero() {
         },
     )
     .await;
+    // While the backlog waits at the gate: the age of the oldest unfinished record is
+    // exported for the topic's partitions, above 0 (refreshed every 200 ms) ...
+    let mut backlog_secs = Vec::new();
+    eventually(Duration::from_secs(10), "lag in seconds above 0", || {
+        backlog_secs = series(
+            &scrape(port),
+            "redrive_consumer_lag_seconds",
+            &[("group", g), ("topic", &topic)],
+        );
+        !backlog_secs.is_empty() && backlog_secs.iter().any(|s| *s > 0.0)
+    })
+    .await;
+    // ... and the lag in records of each partition is what an outside client reads: the
+    // high watermark minus the group's committed offset (none yet: the low watermark, 0).
     let text = scrape(port);
-    assert!(series(
-        &text,
-        "redrive_consumer_lag_seconds",
-        &[("group", g), ("topic", &topic)]
-    )
-    .iter()
-    .all(|s| *s >= 0.0));
+    let high = high_watermarks(&bootstrap, &topic, 2);
+    let committed_now = committed(&bootstrap, &group, &topic, 2);
+    for p in 0..2 {
+        let part = p.to_string();
+        let labels = [
+            ("group", g),
+            ("topic", topic.as_str()),
+            ("partition", &part),
+        ];
+        let gauge = series(&text, "redrive_consumer_lag_records", &labels);
+        let outside = (high[&p] - committed_now[&p].unwrap_or(0)) as f64;
+        assert_eq!(gauge, vec![outside], "partition {p}: lag in records");
+    }
     gate.add_permits(1_000);
 
     eventually(
@@ -151,6 +171,16 @@ async fn counters_equal_the_mix_and_lag_drains_to_zero() {
             handled + dead >= 40.0 && lag == 0.0 && !lag_series.is_empty()
         },
     )
+    .await;
+    // Drained: no unfinished record is older than anything, on every partition.
+    eventually(Duration::from_secs(10), "lag in seconds back to 0", || {
+        let secs = series(
+            &scrape(port),
+            "redrive_consumer_lag_seconds",
+            &[("group", g), ("topic", &topic)],
+        );
+        !secs.is_empty() && secs.iter().all(|s| *s == 0.0)
+    })
     .await;
     let t = scrape(port);
     println!(
