@@ -1,6 +1,12 @@
 //! Commit policies against the real broker: every policy commits what is final while the
-//! worker runs; a restart resumes right after the last commit; out-of-order completion never
-//! commits past an unfinished record.
+//! worker runs; the policies differ as they say (a synchronous one commits on the poll
+//! thread, an asynchronous one on the commit thread; per record, per count, per interval and
+//! per batch commit as often as their trigger); a restart resumes right after the last
+//! commit; out-of-order completion never commits past an unfinished record.
+//!
+//! Commits are observed through a `metrics` recorder of this test binary that notes, for
+//! every sample of `redrive_commit_duration_seconds` (one per commit request), its group and
+//! the thread that sent it.
 
 mod support;
 
@@ -11,6 +17,80 @@ use std::time::Duration;
 use redrive::{BoxError, CommitPolicy, Record, Route, Worker};
 use support::*;
 use tower::service_fn;
+
+/// Every commit request: (group, name of the thread that sent it).
+static COMMITS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// A recorder that notes commit requests and ignores every other metric.
+struct CommitRecorder;
+
+/// One group's commit-duration histogram.
+struct CommitSample(String);
+
+impl metrics::HistogramFn for CommitSample {
+    fn record(&self, _: f64) {
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        COMMITS.lock().unwrap().push((self.0.clone(), thread));
+    }
+}
+
+impl metrics::Recorder for CommitRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        let group = key
+            .labels()
+            .find(|l| l.key() == "group")
+            .map(|l| l.value().to_owned());
+        match group {
+            Some(g) if key.name() == redrive::metrics::names::COMMIT_DURATION => {
+                metrics::Histogram::from_arc(Arc::new(CommitSample(g)))
+            }
+            _ => metrics::Histogram::noop(),
+        }
+    }
+}
+
+/// The commit requests of `group` so far, by the thread that sent them.
+fn commits_of(group: &str) -> Vec<String> {
+    let _ = metrics::set_global_recorder(CommitRecorder);
+    COMMITS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(g, _)| g == group)
+        .map(|(_, t)| t.clone())
+        .collect()
+}
 
 fn worker(
     bootstrap: &str,
@@ -59,6 +139,7 @@ async fn policy_commits_while_running(policy: &str) {
     let bootstrap = bootstrap();
     let topic = unique("commit-policy");
     let group = unique("g");
+    let _ = commits_of(&group);
     create_topic(&bootstrap, &topic, 2).await;
     produce_n(&bootstrap, &topic, 2, 0, 40).await;
     let seen: Seen = Default::default();
@@ -97,6 +178,73 @@ async fn policy_commits_while_running(policy: &str) {
     );
     let handled: BTreeSet<_> = seen.lock().unwrap().iter().copied().collect();
     assert_eq!(handled.len(), 40, "each record handled");
+    // Synchronous commits are sent by the poll thread; asynchronous ones by the commit thread
+    // (the final commit at shutdown is synchronous for both).
+    let threads = commits_of(&group);
+    let on_commit_thread = threads.iter().filter(|t| *t == "redrive-commit").count();
+    match policy.parse::<CommitPolicy>().unwrap().mode {
+        redrive::CommitMode::Sync => assert_eq!(on_commit_thread, 0, "{policy}: {threads:?}"),
+        redrive::CommitMode::Async => assert!(on_commit_thread > 0, "{policy}: {threads:?}"),
+    }
+    assert!(
+        threads
+            .iter()
+            .all(|t| t == "redrive-commit" || t == "redrive-poll"),
+        "{policy}: {threads:?}"
+    );
+}
+
+/// How many commit requests `policy` sends while 40 records are handled 20 ms apart on one
+/// partition (the final commit at shutdown not counted).
+async fn commits_while_handling(policy: &str) -> usize {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("commit-count");
+    let group = unique("g");
+    let _ = commits_of(&group);
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 40).await;
+    let seen: Seen = Default::default();
+    let slow = {
+        let seen = seen.clone();
+        service_fn(move |r: Record| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                seen.lock().unwrap().push((r.partition(), r.offset()));
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let w = worker(&bootstrap, &group, &topic, policy.parse().unwrap(), slow);
+    let handle = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "all 40 records handled", || {
+        seen.lock().unwrap().len() >= 40
+    })
+    .await;
+    // Let a commit due now go out before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = commits_of(&group).len();
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    n
+}
+
+/// The four triggers tell apart by how often they commit over the same slow stream (~0.8 s):
+/// per record about once per record, every 10 records 4 times, every 300 ms 2 to 5 times,
+/// per batch once per hand-over of the poll thread (the 40 records arrive in one or two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_triggers_commit_as_often_as_they_say() {
+    let per_record = commits_while_handling("sync:record").await;
+    let every_ten = commits_while_handling("sync:10").await;
+    let interval = commits_while_handling("sync:300ms").await;
+    let batch = commits_while_handling("sync:batch").await;
+    let counts = format!("record {per_record}, 10 {every_ten}, 300ms {interval}, batch {batch}");
+    assert!(per_record >= 30, "{counts}");
+    assert!((3..=5).contains(&every_ten), "{counts}");
+    assert!((2..=5).contains(&interval), "{counts}");
+    assert!((1..=4).contains(&batch), "{counts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
