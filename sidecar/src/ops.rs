@@ -1,15 +1,16 @@
 //! The operations endpoints: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 when every worker has partitions assigned (it joined its group and
-//!   is consuming) and the cluster answered a metadata request within 2 s; 503 otherwise,
-//!   with the reason in the body.
+//! - `GET /readyz`: 200 when every worker joined its consumer group (a member with no
+//!   partition to read is ready: its group has more members than partitions) and the cluster
+//!   answered the last metadata probe; 503 otherwise, with the reason in the body. The probe
+//!   runs in the background every 2 s, so an answer takes no broker round trip.
 //! - `GET /metrics`: Prometheus text.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,7 +25,41 @@ use redrive::WorkerHandle;
 struct Ops {
     workers: Vec<(String, WorkerHandle)>,
     metrics: Option<PrometheusHandle>,
-    probe: Arc<BaseConsumer>,
+    cluster: Probed,
+}
+
+/// The last cluster probe: when, and the brokers it saw or its error.
+type Probed = Arc<Mutex<Option<(Instant, Result<usize, String>)>>>;
+
+/// How often the cluster is probed, and how old a probe may be before it no longer counts.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_STALE: Duration = Duration::from_secs(10);
+
+/// Probes the cluster's metadata every [`PROBE_EVERY`] on a thread of its own (not the
+/// runtime's blocking pool, which a shutdown would wait for), for as long as the endpoints
+/// are served.
+fn spawn_probe(probe: BaseConsumer) -> Probed {
+    let cluster = Arc::new(Mutex::new(None));
+    let last = Arc::downgrade(&cluster);
+    let probing = move || loop {
+        let answer = probe
+            .fetch_metadata(None, PROBE_EVERY)
+            .map(|md| md.brokers().len())
+            .map_err(|e| e.to_string());
+        let Some(last) = last.upgrade() else {
+            return;
+        };
+        *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), answer));
+        drop(last);
+        std::thread::sleep(PROBE_EVERY);
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("redrive-ops-probe".into())
+        .spawn(probing)
+    {
+        tracing::error!(error = %e, "cannot start the cluster probe; /readyz stays unready");
+    }
+    cluster
 }
 
 /// Binds `addr` and serves the endpoints until the task is dropped.
@@ -39,7 +74,7 @@ pub(crate) async fn serve(
     let ops = Arc::new(Ops {
         workers,
         metrics,
-        probe: Arc::new(probe),
+        cluster: spawn_probe(probe),
     });
     Ok(tokio::spawn(async move {
         loop {
@@ -93,26 +128,28 @@ impl Ops {
             if w.is_shutting_down() {
                 return Err(format!("group {group}: shutting down\n"));
             }
-            let n = w.assignment().len();
-            if n == 0 {
-                return Err(format!("group {group}: no partitions assigned yet\n"));
+            if !w.has_joined() {
+                return Err(format!("group {group}: not joined yet\n"));
             }
-            summary.push_str(&format!("group {group}: {n} partitions\n"));
+            let n = w.assignment().len();
+            summary.push_str(&format!("group {group}: joined, {n} partitions\n"));
         }
-        let probe = self.probe.clone();
-        let reachable = tokio::task::spawn_blocking(move || {
-            probe
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|md| md.brokers().len())
-        })
-        .await;
-        match reachable {
-            Ok(Ok(brokers)) => {
+        let last = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match last {
+            Some((at, _)) if at.elapsed() > PROBE_STALE => Err(format!(
+                "cluster: no answer to the metadata probe for {:?}\n",
+                at.elapsed()
+            )),
+            Some((_, Ok(brokers))) => {
                 summary.push_str(&format!("cluster: {brokers} brokers reachable\n"));
                 Ok(summary)
             }
-            Ok(Err(e)) => Err(format!("cluster unreachable: {e}\n")),
-            Err(e) => Err(format!("cluster probe failed: {e}\n")),
+            Some((_, Err(e))) => Err(format!("cluster unreachable: {e}\n")),
+            None => Err("cluster: not probed yet\n".into()),
         }
     }
 }

@@ -443,7 +443,7 @@ async fn sigterm_mid_run_loses_nothing() {
     produce_n(&bootstrap, &topic, 3, 0, total).await;
 
     let mut sidecar = Sidecar::start(&config);
-    // Not ready before it has partitions; ready once it consumes.
+    // Not ready before it joined its group; ready once it has.
     let t0 = Instant::now();
     loop {
         if let Some((200, _)) = http_get(&ops, "/readyz") {
@@ -827,4 +827,68 @@ fn security_defaults_pass_through_and_no_secret_leaks() {
             assert!(!output.contains(s), "{what} printed a secret:\n{output}");
         }
     }
+}
+
+/// Two sidecars in one group on a one-partition topic: the member without a partition is
+/// ready too (it joined its group; `/readyz` no longer means "has partitions"), and each
+/// answer comes from the cached cluster probe, well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_green_on_a_member_with_no_partitions() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-ready");
+    create_topic(&bootstrap, &topic, 1).await;
+    let endpoint = Endpoint::start(Arc::new(|_: &str, _| (200, None, Duration::ZERO))).await;
+    let group = unique("sc-ready-group");
+    let start = |name: &str| {
+        let ops = format!("127.0.0.1:{}", free_port());
+        let config = write_config(
+            name,
+            &format!(
+                "{}\n[ops]\nlisten = \"{ops}\"\n\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{}\"\n",
+                kafka_section(&bootstrap),
+                endpoint.url
+            ),
+        );
+        (Sidecar::start(&config), ops)
+    };
+    let (mut a, ops_a) = start("ready-a");
+    let (mut b, ops_b) = start("ready-b");
+    let t0 = Instant::now();
+    let bodies: Vec<String> = loop {
+        let answers = [http_get(&ops_a, "/readyz"), http_get(&ops_b, "/readyz")];
+        if answers.iter().all(|x| matches!(x, Some((200, _)))) {
+            break answers
+                .into_iter()
+                .flatten()
+                .map(|(_, body)| body)
+                .collect();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not both ready: {answers:?}; logs:\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let partitions: Vec<bool> = bodies
+        .iter()
+        .map(|b| b.contains("joined, 0 partitions"))
+        .collect();
+    assert_eq!(
+        partitions.iter().filter(|none| **none).count(),
+        1,
+        "one of the two members has no partition and is ready: {bodies:?}"
+    );
+    for ops in [&ops_a, &ops_b] {
+        let t = Instant::now();
+        assert_eq!(http_get(ops, "/readyz").map(|x| x.0), Some(200));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "/readyz took {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(a.terminate(Duration::from_secs(20)).success());
+    assert!(b.terminate(Duration::from_secs(20)).success());
 }

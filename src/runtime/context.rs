@@ -403,6 +403,8 @@ impl ConsumerContext for RuntimeContext {
         if let Rebalance::Assign(tpl) = rebalance {
             ::metrics::counter!(crate::metrics::names::REBALANCES, "group" => self.rt.group.to_string())
                 .increment(1);
+            // A member, even with no partition to read.
+            self.rt.joined.store(true, Ordering::Release);
             // A pause flag set by an application before a rebalance survives it in
             // librdkafka; a newly assigned partition must fetch.
             if let Err(e) = consumer.resume(tpl) {

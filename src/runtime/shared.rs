@@ -36,6 +36,8 @@ pub(crate) struct RuntimeShared {
     /// Set by a failed async commit: the next commit resends every position.
     pub commit_resend: AtomicBool,
     pub shutdown: AtomicBool,
+    /// Set once the consumer joined its group (its first assignment, empty or not).
+    pub joined: AtomicBool,
     pub shutdown_notify: tokio::sync::Notify,
     /// The partitions currently assigned, for handles, lag and readiness checks.
     pub assignment: std::sync::Mutex<Vec<Arc<PartitionShared>>>,
@@ -58,6 +60,7 @@ impl RuntimeShared {
             finished_records: AtomicU64::new(0),
             commit_resend: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
             shutdown_notify: tokio::sync::Notify::new(),
             assignment: std::sync::Mutex::new(Vec::new()),
             bursts: AtomicU64::new(0),

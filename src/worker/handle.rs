@@ -49,6 +49,12 @@ impl WorkerHandle {
         self.txn.as_ref().map(|t| t.stats())
     }
 
+    /// True once the worker joined its consumer group: its first assignment arrived, even an
+    /// empty one (a member with no partition to read is a healthy member).
+    pub fn has_joined(&self) -> bool {
+        self.rt.joined.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// True once shutdown was requested.
     pub fn is_shutting_down(&self) -> bool {
         self.rt.shutdown.load(std::sync::atomic::Ordering::Acquire)
