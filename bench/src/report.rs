@@ -179,10 +179,12 @@ pub(crate) fn write_report(lines: &[Line]) {
     for l in lines {
         l.print();
     }
-    std::fs::create_dir_all("target/bench").unwrap();
+    // `cargo bench` runs in the bench crate's folder; the report belongs in the workspace's target.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
     let json = format!(
         "[\n{}\n]\n",
         lines.iter().map(Line::json).collect::<Vec<_>>().join(",\n")
     );
-    std::fs::write("target/bench/results.json", json).unwrap();
+    std::fs::write(dir.join("results.json"), json).unwrap();
 }

@@ -204,130 +204,156 @@ impl Target {
     }
 }
 
+fn run_error(e: redrive::BoxError) -> Failure {
+    Failure::Run(error_chain(&*e))
+}
+
 async fn execute(cmd: Command) -> Result<(), Failure> {
-    let run = |e: redrive::BoxError| Failure::Run(error_chain(&*e));
     match cmd {
-        Command::Check(arg) => {
-            let config = load(&arg)?;
-            print!("{}", config.describe());
-            println!(
-                "ok: {} routes in {} groups",
-                config.routes.len(),
-                config.groups().len()
-            );
-            Ok(())
-        }
-        Command::Run(arg) => {
-            let config = load(&arg)?;
-            let metrics = if config.ops.enabled {
-                Some(redrive::metrics::install_prometheus_recorder().map_err(|e| run(e.into()))?)
-            } else {
-                None
-            };
-            tracing::info!(config = %config.file, routes = config.routes.len(), "starting");
-            super::run(&config, metrics).await.map_err(run)
-        }
-        Command::Topics(TopicsCommand::Create(args)) => {
-            let config = load(&args.config)?;
-            let mut created = 0;
-            if let Some(partitions) = args.partitions {
-                for t in super::topics::create_main_topics(&config, partitions)
-                    .await
-                    .map_err(run)?
-                {
-                    println!("created {t} ({partitions} partitions)");
-                    created += 1;
-                }
-            }
-            for (group, worker) in super::build_workers(&config).map_err(run)? {
-                for t in worker.create_topics().await.map_err(|e| run(e.into()))? {
-                    println!("created {t} (group {group})");
-                    created += 1;
-                }
-            }
-            for r in &config.routes {
-                for t in r
-                    .retry
-                    .for_group(&r.group)
-                    .topology(&r.topic)
-                    .derived_topics()
-                {
-                    println!("route {}: {t}", r.name);
-                }
-            }
-            println!("ok: {created} topics created");
-            Ok(())
-        }
-        Command::Dlt(cmd) => {
-            let mut out = std::io::stdout();
-            let (target, selection, action) = match *cmd {
-                DltCommand::List {
-                    target,
-                    selection,
-                    limit,
-                } => (target, selection.resolve()?, Action::List { limit }),
-                DltCommand::Show {
-                    target,
-                    partition,
-                    offset,
-                } => (
-                    target,
-                    Selection {
-                        partitions: vec![partition],
-                        from_offset: Some(offset),
-                        to_offset: Some(offset),
-                        ..Selection::default()
-                    },
-                    Action::Show,
-                ),
-                DltCommand::Replay {
-                    target,
-                    selection,
-                    to,
-                    rate,
-                    dry_run,
-                    group,
-                } => {
-                    if !rate.is_finite() || rate <= 0.0 {
-                        return Err(Failure::Config("--rate must be above 0".into()));
-                    }
-                    let (config, topic) = target.resolve()?;
-                    let selection = selection.resolve()?;
-                    let summary = dlt::run(
-                        &config.kafka.0,
-                        &topic,
-                        &selection,
-                        Action::Replay(ReplaySettings {
-                            to: to.as_deref(),
-                            rate,
-                            dry_run,
-                            group,
-                        }),
-                        &mut out,
-                    )
-                    .await
-                    .map_err(run)?;
-                    let verb = if dry_run { "would replay" } else { "replayed" };
-                    println!(
-                        "{verb} {} of {} scanned records from {topic} ({} skipped)",
-                        summary.selected - summary.skipped,
-                        summary.scanned,
-                        summary.skipped
-                    );
-                    return Ok(());
-                }
-            };
-            let (config, topic) = target.resolve()?;
-            let summary = dlt::run(&config.kafka.0, &topic, &selection, action, &mut out)
-                .await
-                .map_err(run)?;
-            eprintln!(
-                "{} of {} scanned records selected from {topic}",
-                summary.selected, summary.scanned
-            );
-            Ok(())
+        Command::Check(arg) => check(&arg),
+        Command::Run(arg) => run_worker(&arg).await,
+        Command::Topics(TopicsCommand::Create(args)) => create_topics(args).await,
+        Command::Dlt(cmd) => dead_letters(*cmd).await,
+    }
+}
+
+fn check(arg: &ConfigArg) -> Result<(), Failure> {
+    let config = load(arg)?;
+    print!("{}", config.describe());
+    println!(
+        "ok: {} routes in {} groups",
+        config.routes.len(),
+        config.groups().len()
+    );
+    Ok(())
+}
+
+async fn run_worker(arg: &ConfigArg) -> Result<(), Failure> {
+    let config = load(arg)?;
+    let metrics = if config.ops.enabled {
+        Some(redrive::metrics::install_prometheus_recorder().map_err(|e| run_error(e.into()))?)
+    } else {
+        None
+    };
+    tracing::info!(config = %config.file, routes = config.routes.len(), "starting");
+    super::run(&config, metrics).await.map_err(run_error)
+}
+
+async fn create_topics(args: CreateArgs) -> Result<(), Failure> {
+    let config = load(&args.config)?;
+    let mut created = 0;
+    if let Some(partitions) = args.partitions {
+        for t in super::topics::create_main_topics(&config, partitions)
+            .await
+            .map_err(run_error)?
+        {
+            println!("created {t} ({partitions} partitions)");
+            created += 1;
         }
     }
+    for (group, worker) in super::build_workers(&config).map_err(run_error)? {
+        for t in worker
+            .create_topics()
+            .await
+            .map_err(|e| run_error(e.into()))?
+        {
+            println!("created {t} (group {group})");
+            created += 1;
+        }
+    }
+    for r in &config.routes {
+        for t in r
+            .retry
+            .for_group(&r.group)
+            .topology(&r.topic)
+            .derived_topics()
+        {
+            println!("route {}: {t}", r.name);
+        }
+    }
+    println!("ok: {created} topics created");
+    Ok(())
+}
+
+async fn dead_letters(cmd: DltCommand) -> Result<(), Failure> {
+    let (target, selection, action) = match cmd {
+        DltCommand::List {
+            target,
+            selection,
+            limit,
+        } => (target, selection.resolve()?, Action::List { limit }),
+        DltCommand::Show {
+            target,
+            partition,
+            offset,
+        } => (
+            target,
+            Selection {
+                partitions: vec![partition],
+                from_offset: Some(offset),
+                to_offset: Some(offset),
+                ..Selection::default()
+            },
+            Action::Show,
+        ),
+        DltCommand::Replay {
+            target,
+            selection,
+            to,
+            rate,
+            dry_run,
+            group,
+        } => {
+            let settings = ReplaySettings {
+                to: to.as_deref(),
+                rate,
+                dry_run,
+                group,
+            };
+            return replay(target, selection, settings).await;
+        }
+    };
+    let (config, topic) = target.resolve()?;
+    let mut out = std::io::stdout();
+    let summary = dlt::run(&config.kafka.0, &topic, &selection, action, &mut out)
+        .await
+        .map_err(run_error)?;
+    eprintln!(
+        "{} of {} scanned records selected from {topic}",
+        summary.selected, summary.scanned
+    );
+    Ok(())
+}
+
+async fn replay(
+    target: Target,
+    selection: SelectionArgs,
+    settings: ReplaySettings<'_>,
+) -> Result<(), Failure> {
+    if !settings.rate.is_finite() || settings.rate <= 0.0 {
+        return Err(Failure::Config("--rate must be above 0".into()));
+    }
+    let (config, topic) = target.resolve()?;
+    let selection = selection.resolve()?;
+    let dry_run = settings.dry_run;
+    let mut out = std::io::stdout();
+    let summary = dlt::run(
+        &config.kafka.0,
+        &topic,
+        &selection,
+        Action::Replay(settings),
+        &mut out,
+    )
+    .await
+    .map_err(run_error)?;
+    let verb = if dry_run { "would replay" } else { "replayed" };
+    println!(
+        "{verb} {} of {} scanned records from {topic} ({} skipped)",
+        summary.selected - summary.skipped,
+        summary.scanned,
+        summary.skipped
+    );
+    Ok(())
 }
 
 /// Parses the arguments, runs the command, and maps the outcome to an exit code.
