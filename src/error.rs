@@ -187,6 +187,53 @@ impl RetryAfter {
     }
 }
 
+/// A failure that says the handler's dependency is down (a database, the service behind the
+/// sidecar), not that the record is bad. A route with a
+/// [`CircuitBreaker`](crate::policy::CircuitBreaker) counts these towards opening its breaker;
+/// while it is open the route pauses instead of sending records down the retry chain.
+/// Matched anywhere in the `source()` chain; other layers look through it to the failure.
+///
+/// ```
+/// # use redrive::{BoxError, Unavailable};
+/// # fn call() -> Result<(), BoxError> {
+/// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// return Err(Unavailable::new(refused).into());
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Unavailable(BoxError);
+
+impl Unavailable {
+    /// Marks `err` as an outage of the handler's dependency.
+    pub fn new(err: impl Into<BoxError>) -> Self {
+        Unavailable(err.into())
+    }
+
+    /// True when an `Unavailable` is anywhere in `err`'s `source()` chain.
+    pub fn is_in(err: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if e.is::<Unavailable>() {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dependency unavailable")
+    }
+}
+
+impl std::error::Error for Unavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 impl From<crate::commit::ParseCommitPolicyError> for Error {
     fn from(e: crate::commit::ParseCommitPolicyError) -> Self {
         Error::config("commit_policy", e.to_string())

@@ -74,7 +74,9 @@ pub mod transaction;
 mod worker;
 
 pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger, ParseCommitPolicyError};
-pub use error::{error_chain, BoxError, DecodeError, Error, Fatal, Halt, Panicked, RetryAfter};
+pub use error::{
+    error_chain, BoxError, DecodeError, Error, Fatal, Halt, Panicked, RetryAfter, Unavailable,
+};
 #[cfg(feature = "json")]
 pub use handler::Json;
 pub use handler::{FromRecord, RetryContext};

@@ -45,6 +45,12 @@ pub mod names {
     pub const PARTITIONS_ASSIGNED: &str = "redrive_partitions_assigned";
     /// Rebalance events (assign and revoke).
     pub const REBALANCES: &str = "redrive_rebalances_total";
+    /// A route's circuit breaker: 0 closed, 1 open, 2 half-open (by `route`).
+    pub const CIRCUIT_STATE: &str = "redrive_circuit_state";
+    /// Circuit breaker transitions, by `route` and `to` (closed, open, half_open).
+    pub const CIRCUIT_TRANSITIONS: &str = "redrive_circuit_transitions_total";
+    /// Records a route's open breaker held back from its retry chain, by `route`.
+    pub const CIRCUIT_HELD: &str = "redrive_circuit_held_records_total";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "redrive_build_info";
 }

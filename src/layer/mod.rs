@@ -1,10 +1,12 @@
 //! Tower layers redrive puts around a route's handler.
 //!
+//! - [`breaker`]: pauses a route while the service behind its handler is down.
 //! - [`retry_topic`]: turns a handler failure into a retry-topic or dead-letter publication
 //!   (the heart of `@RetryableTopic`).
 //! - [`dlt`]: runs a route's dead-letter handler under its DLT strategy.
 //! - [`output`]: publishes the records a handler returns (consume-transform-produce).
 
+pub mod breaker;
 mod call;
 pub mod dlt;
 pub mod output;

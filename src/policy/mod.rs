@@ -22,12 +22,14 @@
 //! assert_eq!(built.topology("orders").retry_topics(), ["orders-retry-1000", "orders-retry-2000", "orders-retry-4000"]);
 //! ```
 
+mod breaker;
 mod classify;
 pub mod duration;
 mod matcher;
 mod retry;
 mod topology;
 
+pub use breaker::{CircuitBreaker, OutagePredicate};
 pub use classify::{Classification, FatalReason};
 pub use matcher::ErrorMatcher;
 pub use retry::{Backoff, DltStrategy, InMemoryRetries, RetryPolicy, TopicSuffix};

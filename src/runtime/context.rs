@@ -290,6 +290,9 @@ impl RuntimeContext {
                 .set(st.slots.len() as f64);
             ::metrics::gauge!(crate::metrics::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
                 .set(1.0);
+            for b in &self.rt.config.breakers {
+                b.refresh_gauge();
+            }
         }
     }
 }

@@ -296,6 +296,7 @@ impl WorkerBuilder {
         validate::routes(&self.routes)?;
         if self.transactional.is_some() {
             validate::transactional_consumer(&self.props)?;
+            validate::no_breakers(&self.routes)?;
         }
         let mut producer_config = client::producer_config(&self.props);
         let admin_config = client::admin_config(&self.props);
@@ -325,6 +326,7 @@ impl WorkerBuilder {
                 poll_timeout: self.poll_timeout,
                 lag_interval: self.lag_interval,
                 on_commit_error: self.on_commit_error,
+                breakers: planned.breakers,
             },
         ));
         let context = RuntimeContext::new(

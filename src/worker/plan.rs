@@ -12,6 +12,7 @@ use super::route::{DltService, Route};
 use super::topics::TopicPlan;
 use crate::client;
 use crate::error::BoxError;
+use crate::layer::breaker::Breaker;
 use crate::layer::output::Output;
 use crate::layer::retry_topic::RetryTopicLayer;
 use crate::layer::Stage;
@@ -44,6 +45,8 @@ pub(super) struct PendingRoute {
     pub(super) read_headers: bool,
     /// The handler's response type can hold output records.
     pub(super) produces: bool,
+    /// See `Route::breaker`.
+    pub(super) breaker: Option<Arc<Breaker>>,
     make: MakeBindings,
 }
 
@@ -67,6 +70,7 @@ impl PendingRoute {
             layered: route.layered,
             read_headers: route.read_headers,
             produces,
+            breaker: route.breaker.clone(),
             make: Box::new(move |layer, output| {
                 let Route {
                     name,
@@ -158,6 +162,8 @@ pub(super) struct Planned {
     pub(super) by_topic: HashMap<String, TopicBinding>,
     pub(super) topics: Vec<String>,
     pub(super) plans: Vec<TopicPlan>,
+    /// The routes' circuit breakers, named after their group and route.
+    pub(super) breakers: Vec<Arc<Breaker>>,
 }
 
 /// Binds every route's topics; a topic read by two routes is an error.
@@ -171,10 +177,15 @@ pub(super) fn topics(
         by_topic: HashMap::new(),
         topics: Vec::new(),
         plans: Vec::new(),
+        breakers: Vec::new(),
     };
     let mut owner: HashMap<String, String> = HashMap::new();
     for r in routes {
         let layer = retry_layer(&r, publisher.as_ref(), group, &mut planned.plans);
+        if let Some(b) = &r.breaker {
+            b.bind(group, &r.name);
+            planned.breakers.push(b.clone());
+        }
         let max_wait = r
             .retry
             .as_ref()

@@ -3,8 +3,11 @@
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
+use std::sync::Arc;
+
 use crate::error::BoxError;
-use crate::policy::RetryPolicy;
+use crate::layer::breaker::{Breaker, CircuitBreakerLayer, CircuitBreakerService};
+use crate::policy::{CircuitBreaker, RetryPolicy};
 use crate::Record;
 
 /// A dead-letter handler with its type erased (the DLT path is not the hot path).
@@ -54,6 +57,8 @@ pub struct Route<S> {
     pub(crate) layered: bool,
     /// False after [`Route::without_headers`].
     pub(crate) read_headers: bool,
+    /// The breaker added with [`Route::circuit_breaker`], for its metric labels.
+    pub(crate) breaker: Option<Arc<Breaker>>,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -66,6 +71,10 @@ impl<S> std::fmt::Debug for Route<S> {
             .field("dlt_handler", &self.dlt.is_some())
             .field("group", &self.group)
             .field("read_headers", &self.read_headers)
+            .field(
+                "circuit_breaker",
+                &self.breaker.as_ref().map(|b| b.config()),
+            )
             .finish()
     }
 }
@@ -84,6 +93,7 @@ impl<S> Route<S> {
             group: None,
             layered: false,
             read_headers: true,
+            breaker: None,
         }
     }
 
@@ -185,6 +195,36 @@ impl<S> Route<S> {
             group: self.group,
             layered: true,
             read_headers: self.read_headers,
+            breaker: self.breaker,
+        }
+    }
+
+    /// Pauses the route while the service behind its handler is down, instead of sending
+    /// every record down the retry chain (docs/design.md, Circuit breaker). Failures that
+    /// are outages (an [`Unavailable`](crate::Unavailable), or what the settings' predicate
+    /// says) open the breaker past its threshold; while open, the route's partitions take no
+    /// record and the held ones are tried again once it probes. Not for transactional
+    /// workers (their build fails): a paused transaction would outlive its timeout.
+    ///
+    /// ```
+    /// use redrive::{policy::{CircuitBreaker, RetryPolicy}, BoxError, Record, Route, Unavailable};
+    /// use tower::service_fn;
+    ///
+    /// let route = Route::new("orders", service_fn(|r: Record| async move {
+    ///     // A refused connection to the database says nothing about the record.
+    ///     Err::<(), BoxError>(Unavailable::new("connection refused").into())
+    /// }))
+    /// .circuit_breaker(CircuitBreaker::new().consecutive_failures(5))
+    /// .retry(RetryPolicy::new());
+    /// ```
+    pub fn circuit_breaker(self, config: CircuitBreaker) -> Route<CircuitBreakerService<S>> {
+        let layer = CircuitBreakerLayer::new(config);
+        let breaker = Some(layer.breaker().clone());
+        // Layered: its records carry their partition's state, so a held record notices a
+        // revoke at once instead of at the drain deadline.
+        Route {
+            breaker,
+            ..self.layer(layer)
         }
     }
 }

@@ -137,7 +137,24 @@ fn route(r: &PendingRoute) -> Result<(), Error> {
             format!("route `{name}` has a retry policy: its retry and dead-letter copies carry the record's headers, so it must read them"),
         ));
     }
+    if let Some(b) = &r.breaker {
+        b.config().validate().map_err(|reason| {
+            Error::config("circuit_breaker", format!("route `{name}`: {reason}"))
+        })?;
+    }
     retry(r)
+}
+
+/// A transactional worker cannot pause a route: its open transaction would outlive the
+/// transaction timeout while the breaker is open.
+pub(super) fn no_breakers(routes: &[PendingRoute]) -> Result<(), Error> {
+    match routes.iter().find(|r| r.breaker.is_some()) {
+        Some(r) => Err(Error::config(
+            "circuit_breaker",
+            format!("route `{}`: a transactional worker cannot pause a route (its open transaction would outlive transaction.timeout.ms); use the breaker on an at-least-once worker", r.name),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A route's retry policy and its dead-letter handler.

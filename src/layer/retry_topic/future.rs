@@ -9,7 +9,7 @@ use tower::Service;
 use super::context::FailureCtx;
 use super::failure::{on_failure, Failing};
 use crate::error::BoxError;
-use crate::error::Panicked;
+use crate::error::{Halt, Panicked};
 use crate::Record;
 
 pin_project! {
@@ -98,6 +98,13 @@ where
                         Ok(Poll::Ready(Err(e))) => e.into(),
                         Err(p) => Box::new(Panicked::from_payload(&*p)),
                     };
+                    if err.is::<Halt>() {
+                        // An inner layer stopped the partition at this record: it is not a
+                        // failure to route, and stays uncommitted.
+                        this.ctx.take();
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(err));
+                    }
                     let ctx = this.ctx.take().expect("polled after completion");
                     match on_failure(ctx, err) {
                         Some(fut) => this.state.set(State::Failing { fut }),
