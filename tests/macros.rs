@@ -58,6 +58,32 @@ fn by_hand() -> RetryPolicy {
         .suffix(TopicSuffix::Delay)
 }
 
+#[redrive::retryable_topic(
+    topic = "macro-paused",
+    circuit_breaker(consecutive_failures = 3, open_for = "500ms", max_open_for = "30s")
+)]
+async fn paused(_record: Record) -> Result<(), redrive::Unavailable> {
+    Err(redrive::Unavailable::new("connection refused"))
+}
+
+#[redrive::retryable_topic(topic = "macro-paused-defaults", circuit_breaker)]
+async fn paused_by_default(_record: Record) -> Result<(), std::io::Error> {
+    Ok(())
+}
+
+#[test]
+fn the_macro_circuit_breaker_is_the_hand_built_one() {
+    use redrive::IntoRoute;
+    let want = redrive::policy::CircuitBreaker::new()
+        .consecutive_failures(3)
+        .open_for(Duration::from_millis(500), Duration::from_secs(30));
+    assert_eq!(paused.into_route().circuit_breaker_settings(), Some(&want));
+    let defaults = redrive::policy::CircuitBreaker::new();
+    let route = paused_by_default.into_route();
+    assert_eq!(route.circuit_breaker_settings(), Some(&defaults));
+    assert_eq!(bill.into_route().circuit_breaker_settings(), None);
+}
+
 #[test]
 fn the_macro_policy_is_the_hand_built_policy() {
     assert_eq!(bill::retry_policy(), by_hand());

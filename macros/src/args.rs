@@ -11,9 +11,12 @@ use syn::punctuated::Punctuated;
 use syn::{bracketed, parenthesized, Ident, LitBool, LitFloat, LitInt, LitStr, Path, Token};
 
 /// Every key `#[retryable_topic]` accepts.
-pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, dlt_handler";
+pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, dlt_handler, circuit_breaker";
 /// Every key of `backoff(...)`.
 pub(crate) const BACKOFF_KEYS: &str = "delay, multiplier, max, jitter";
+
+/// Every key of `circuit_breaker(...)`.
+pub(crate) const BREAKER_KEYS: &str = "consecutive_failures, open_for, max_open_for";
 
 /// A validated duration with the literal it came from.
 pub(crate) struct DurationLit {
@@ -69,6 +72,15 @@ pub(crate) struct Args {
     pub group_scoped: Option<bool>,
     pub partitions: Option<u32>,
     pub dlt_handler: Option<Path>,
+    pub circuit_breaker: Option<Breaker>,
+}
+
+/// `circuit_breaker(...)`; `None` = the default of `redrive::policy::CircuitBreaker`.
+#[derive(Default)]
+pub(crate) struct Breaker {
+    pub consecutive_failures: Option<u32>,
+    pub open_for: Option<DurationLit>,
+    pub max_open_for: Option<DurationLit>,
 }
 
 fn float(input: ParseStream<'_>) -> syn::Result<(f64, Span)> {
@@ -183,6 +195,68 @@ impl Parse for Backoff {
     }
 }
 
+impl Parse for Breaker {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut b = Breaker::default();
+        let mut seen = Vec::new();
+        let mut span = Span::call_site();
+        while !input.is_empty() {
+            let key: Ident = input.parse()?;
+            duplicate(&mut seen, &key)?;
+            input.parse::<Token![=]>()?;
+            match key.to_string().as_str() {
+                "consecutive_failures" => {
+                    b.consecutive_failures =
+                        Some(positive(&input.parse()?, "consecutive_failures")?)
+                }
+                "open_for" | "max_open_for" => {
+                    let lit: LitStr = input.parse()?;
+                    let d = DurationLit::parse(&lit)?;
+                    span = lit.span();
+                    if d.duration().is_zero() {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!("{key} must be above 0"),
+                        ));
+                    }
+                    if key == "open_for" {
+                        b.open_for = Some(d);
+                    } else {
+                        b.max_open_for = Some(d);
+                    }
+                }
+                other => {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!(
+                            "unknown circuit_breaker key `{other}`; valid keys: {BREAKER_KEYS}"
+                        ),
+                    ))
+                }
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        let open_for = b
+            .open_for
+            .as_ref()
+            .map_or(Duration::from_secs(1), DurationLit::duration);
+        let max = b
+            .max_open_for
+            .as_ref()
+            .map_or(Duration::from_secs(60), DurationLit::duration);
+        if max < open_for {
+            return Err(syn::Error::new(
+                span,
+                format!("circuit_breaker: max_open_for ({max:?}) must be at least open_for ({open_for:?})"),
+            ));
+        }
+        Ok(b)
+    }
+}
+
 impl Parse for Args {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let mut a = Args::default();
@@ -205,6 +279,15 @@ impl Parse for Args {
                 let content;
                 parenthesized!(content in input);
                 a.backoff = Some(content.parse()?);
+            } else if name == "circuit_breaker" {
+                // Bare `circuit_breaker` takes the defaults.
+                a.circuit_breaker = Some(if input.peek(syn::token::Paren) {
+                    let content;
+                    parenthesized!(content in input);
+                    content.parse()?
+                } else {
+                    Breaker::default()
+                });
             } else {
                 input.parse::<Token![=]>()?;
                 match name.as_str() {

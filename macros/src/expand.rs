@@ -5,7 +5,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, ReturnType};
 
-use crate::args::{Args, DurationLit};
+use crate::args::{Args, Breaker, DurationLit};
 
 /// Checks what can be checked syntactically: `async`, no receiver, no generics, a return type.
 fn check_signature(f: &ItemFn, attr: &str) -> syn::Result<()> {
@@ -185,6 +185,17 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
             #route.dlt_handler(::redrive::__private::DltHandlerFn::into_service(#d))
         };
     }
+    let mut service_type = quote!(::redrive::__private::FnService);
+    if let Some(b) = &args.circuit_breaker {
+        let settings = breaker_settings(b);
+        route = quote!(#route.circuit_breaker({
+            #[allow(unused_mut)]
+            let mut b = ::redrive::policy::CircuitBreaker::new();
+            #(#settings)*
+            b
+        }));
+        service_type = quote!(::redrive::layer::breaker::CircuitBreakerService<#service_type>);
+    }
     Ok(quote! {
         #item
 
@@ -203,13 +214,30 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
         }
 
         impl ::redrive::IntoRoute for #name {
-            type Service = ::redrive::__private::FnService;
+            type Service = #service_type;
 
             fn into_route(self) -> ::redrive::Route<Self::Service> {
                 #route
             }
         }
     })
+}
+
+/// Assignments to `b`, a `CircuitBreaker`, for the keys given.
+fn breaker_settings(b: &Breaker) -> Vec<TokenStream> {
+    let mut out = Vec::new();
+    if let Some(n) = b.consecutive_failures {
+        out.push(quote!(b.consecutive_failures = #n;));
+    }
+    if let Some(d) = &b.open_for {
+        let d = duration(d);
+        out.push(quote!(b.open_for = #d;));
+    }
+    if let Some(d) = &b.max_open_for {
+        let d = duration(d);
+        out.push(quote!(b.max_open_for = #d;));
+    }
+    out
 }
 
 pub(crate) fn dlt_handler(f: &ItemFn) -> syn::Result<TokenStream> {

@@ -44,6 +44,8 @@ use syn::ItemFn;
 ///     group_scoped = false,              // orders-billing-retry-1000 instead of orders-retry-1000
 ///     partitions = 6,                    // partitions of created topics (default: the main's)
 ///     dlt_handler = billing_dlt,         // a #[dlt_handler] fn consuming orders-dlt
+///     circuit_breaker(consecutive_failures = 5, open_for = "1s", max_open_for = "60s"),
+///                                        // pause on redrive::Unavailable failures (bare: defaults)
 /// )]
 /// async fn bill(order: Json<Order>, ctx: RetryContext) -> Result<(), BillingError> {
 ///     println!("order {} attempt {}", order.0.id, ctx.attempt);

@@ -8,6 +8,10 @@
 //! | timeout, connection error | retryable ([`HttpTransportError`], tower's `Elapsed`) |
 //! | any other status (4xx, 3xx, 1xx) | fatal: straight to the DLT |
 //!
+//! With `[routes.circuit_breaker]`, the failures that say the endpoint is down
+//! ([`is_outage`]: a connection error, a timeout, 502, 503, 504) count towards opening the
+//! route's breaker, which pauses the route instead of sending records down the retry chain.
+//!
 //! The request: the record value as the body (empty for a tombstone), and these headers:
 //! `Redrive-Topic`, `Redrive-Partition`, `Redrive-Offset`, `Redrive-Timestamp` (epoch ms, when
 //! the record has one), `Redrive-Attempt` (1 = first delivery), `Redrive-Key` (absent when
@@ -177,6 +181,23 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// True for a failure that says the endpoint is down rather than the record bad: no
+/// response at all (connection refused or reset, DNS), a timeout, or 502, 503 or 504. A
+/// route's circuit breaker counts these.
+pub fn is_outage(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<HttpTransportError>() || e.is::<tower::timeout::error::Elapsed>() {
+            return true;
+        }
+        if let Some(s) = e.downcast_ref::<HttpStatusError>() {
+            return matches!(s.status, 502..=504);
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// What a status means for the record (see the [module docs](self)).
 pub fn classify(
     status: StatusCode,
@@ -266,6 +287,31 @@ mod tests {
                 RetryAfter::find(&*e),
             ),
         }
+    }
+
+    #[test]
+    fn outages_are_no_answer_a_timeout_or_a_gateway_status() {
+        let status = |code: u16, after: Option<Duration>| {
+            let s = StatusCode::from_u16(code).unwrap();
+            is_outage(&*classify(s, after, "http://x", String::new()).unwrap_err())
+        };
+        for code in [502, 503, 504] {
+            assert!(status(code, None), "{code}");
+            assert!(
+                status(code, Some(Duration::from_secs(1))),
+                "{code} with Retry-After"
+            );
+        }
+        for code in [400, 404, 408, 429, 500, 501] {
+            assert!(!status(code, None), "{code}");
+        }
+        let refused = HttpTransportError {
+            url: "http://x".into(),
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        };
+        assert!(is_outage(&refused));
+        assert!(is_outage(&tower::timeout::error::Elapsed::new()));
+        assert!(!is_outage(&*BoxError::from("bad record")));
     }
 
     #[test]

@@ -51,12 +51,16 @@ pub fn build_workers(config: &Config) -> Result<Vec<(String, Worker)>, BoxError>
                 .concurrency_limit(r.concurrency)
                 .timeout(r.timeout)
                 .service(forward);
-            builder = builder.route(
-                Route::new(r.topic.clone(), service)
-                    .name(r.name.clone())
-                    .concurrency(r.partition_concurrency)
-                    .retry(r.retry.clone()),
-            );
+            let route = Route::new(r.topic.clone(), service)
+                .name(r.name.clone())
+                .concurrency(r.partition_concurrency)
+                .retry(r.retry.clone());
+            builder = match &r.circuit_breaker {
+                Some(b) => {
+                    builder.route(route.circuit_breaker(b.clone().outage_when(forward::is_outage)))
+                }
+                None => builder.route(route),
+            };
         }
         out.push((group, builder.build()?));
     }

@@ -892,3 +892,137 @@ async fn readyz_is_green_on_a_member_with_no_partitions() {
     assert!(a.terminate(Duration::from_secs(20)).success());
     assert!(b.terminate(Duration::from_secs(20)).success());
 }
+
+/// An HTTP service on a fixed port that answers 200 and can refuse connections for a while
+/// (its listener and every open connection closed, as when the process behind it restarts).
+struct Restartable {
+    port: u16,
+    ok: Arc<Mutex<std::collections::HashSet<String>>>,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Restartable {
+    async fn start() -> Restartable {
+        let s = Restartable {
+            port: free_port(),
+            ok: Arc::default(),
+            tasks: Arc::default(),
+        };
+        s.listen().await;
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/records", self.port)
+    }
+
+    async fn listen(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let (ok, tasks) = (self.ok.clone(), self.tasks.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let ok = ok.clone();
+                let conn = tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let ok = ok.clone();
+                        async move {
+                            let key = req.headers()["redrive-key"].to_str().unwrap().to_owned();
+                            ok.lock().unwrap().insert(key);
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                tasks.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        self.tasks.lock().unwrap().push(accept.abort_handle());
+    }
+
+    fn refuse(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn ok_count(&self) -> usize {
+        self.ok.lock().unwrap().len()
+    }
+}
+
+/// The sum of the samples of `name` whose labels include `label` in `/metrics` at `ops`.
+fn scrape_sum(ops: &str, name: &str, label: &str) -> f64 {
+    let (_, body) = http_get(ops, "/metrics").unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_refusing_connections_for_30_s_dead_letters_nothing() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-outage");
+    create_topic(&bootstrap, &topic, 3).await;
+    let service = Restartable::start().await;
+    let ops = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        "outage",
+        &format!(
+            "{}\n[ops]\nlisten = \"{ops}\"\n\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\ntimeout = \"2s\"\n[routes.retry]\nattempts = 3\nbackoff = {{ delay = \"1s\" }}\n[routes.circuit_breaker]\n",
+            kafka_section(&bootstrap),
+            unique("sc-outage-group"),
+            service.url()
+        ),
+    );
+    let mut sidecar = Sidecar::start(&config);
+    // A stream of 10 records a second, from before the outage to after it.
+    let total = 450u64;
+    let producer = tokio::spawn({
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        async move {
+            for i in 0..total / 10 {
+                produce_n(&bootstrap, &topic, 3, i * 10, 10).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    eventually(
+        Duration::from_secs(60),
+        "records flow before the outage",
+        || service.ok_count() >= 50,
+    )
+    .await;
+    service.refuse();
+    let open_label = format!("route=\"{topic}\"");
+    let opened = || scrape_sum(&ops, "redrive_circuit_transitions_total{", &open_label) >= 1.0;
+    eventually(Duration::from_secs(20), "the breaker opened", opened).await;
+    let state = scrape_sum(&ops, "redrive_circuit_state{", &open_label);
+    assert_eq!(state, 1.0, "open while the service refuses connections");
+    assert_eq!(
+        http_get(&ops, "/readyz").map(|x| x.0),
+        Some(200),
+        "the process stays ready"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    service.listen().await;
+    producer.await.unwrap();
+    eventually(
+        Duration::from_secs(120),
+        "every record delivered after the outage",
+        || service.ok_count() == total as usize,
+    )
+    .await;
+    assert!(sidecar.terminate(Duration::from_secs(20)).success());
+    let dlt = format!("{topic}-dlt");
+    let dead: i64 = (0..3).map(|p| watermark(&bootstrap, &dlt, p).max(0)).sum();
+    assert_eq!(dead, 0, "nothing dead-lettered; log:\n{}", sidecar.log());
+    let log = sidecar.log();
+    assert!(log.contains("circuit breaker open"), "{log}");
+    assert!(log.contains("circuit breaker closed"), "{log}");
+}

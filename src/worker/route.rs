@@ -130,6 +130,11 @@ impl<S> Route<S> {
         self.retry.as_ref()
     }
 
+    /// The circuit breaker's settings, if the route has one.
+    pub fn circuit_breaker_settings(&self) -> Option<&CircuitBreaker> {
+        self.breaker.as_ref().map(|b| b.config())
+    }
+
     /// Adds another topic to the route.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topics.push(topic.into());

@@ -143,6 +143,18 @@ impl Config {
                     r.content_type,
                 );
                 let _ = writeln!(s, "    policy: {}", r.retry);
+                if let Some(b) = &r.circuit_breaker {
+                    let _ = writeln!(
+                        s,
+                        "    circuit breaker: opens after {} outages in a row or {} of the last {} calls (at least {}); open {} at first, at most {}",
+                        b.consecutive_failures,
+                        b.failure_ratio,
+                        b.window,
+                        b.min_calls,
+                        humantime::format_duration(b.open_for),
+                        humantime::format_duration(b.max_open_for),
+                    );
+                }
                 for line in r
                     .retry
                     .for_group(&r.group)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use redrive::policy::RetryPolicy;
+use redrive::policy::{CircuitBreaker, RetryPolicy};
 use redrive::CommitPolicy;
 
 /// One mistake in a configuration: where and why.
@@ -212,6 +212,11 @@ pub struct RouteConfig {
     /// 1 s fixed back-off, a DLT).
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Pauses the route while its endpoint is down (connection refused or reset, a timeout,
+    /// 502, 503 or 504) instead of sending every record down the retry chain. Off unless the
+    /// table is present; `[routes.circuit_breaker]` with no keys takes the defaults.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 impl fmt::Debug for RouteConfig {
@@ -228,6 +233,7 @@ impl fmt::Debug for RouteConfig {
             .field("transactional", &self.transactional)
             .field("content_type", &self.content_type)
             .field("retry", &self.retry)
+            .field("circuit_breaker", &self.circuit_breaker)
             .finish()
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use redrive::policy::CircuitBreaker;
 use redrive::CommitPolicy;
 
 use super::env::describe_key;
@@ -162,6 +163,9 @@ fn route(i: usize, r: &RouteConfig, found: &mut Found<'_>) {
             other => (at("retry"), other.to_string()),
         };
         found.push(key, reason);
+    }
+    if let Some(Err(reason)) = r.circuit_breaker.as_ref().map(CircuitBreaker::validate) {
+        found.push(at("circuit_breaker"), reason);
     }
 }
 
