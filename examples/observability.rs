@@ -8,7 +8,9 @@
 //!
 //! Runs on librdkafka's in-process mock cluster unless `KAFKA_BOOTSTRAP_SERVERS` is set;
 //! `REDRIVE_METRICS_ADDR` (default `127.0.0.1:9464`) is where `/metrics` is served. About 200
-//! records/s: 10 % fail once and are retried, 2 % always fail and end in the DLT.
+//! records/s: 10 % fail once and are retried, 2 % always fail and end in the DLT, and the
+//! payment gateway is down for 3 s of every 20 (from the 5th second): the route's circuit
+//! breaker opens, pauses the route, probes, and closes once the gateway answers again.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +18,8 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker};
+use redrive::policy::{CircuitBreaker, RetryPolicy};
+use redrive::{BoxError, CommitPolicy, Record, Route, Unavailable, Worker};
 use tower::service_fn;
 
 #[tokio::main]
@@ -70,11 +73,15 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let handled = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
     let handler = {
         let handled = handled.clone();
         service_fn(move |r: Record| {
             let handled = handled.clone();
             async move {
+                if (5..8).contains(&(started.elapsed().as_secs() % 20)) {
+                    return Err(Unavailable::new("payment gateway: connection refused").into());
+                }
                 let i: u64 = std::str::from_utf8(r.key().map_or(&b"0"[..], |k| &k[..]))?.parse()?;
                 let attempt = redrive::headers::attempt_of(r.headers());
                 tokio::time::sleep(Duration::from_micros(200 + (i % 7) * 300)).await;
@@ -97,6 +104,7 @@ async fn main() -> Result<(), BoxError> {
         .lag_interval(Duration::from_secs(1))
         .route(
             Route::new(&topic, handler)
+                .circuit_breaker(CircuitBreaker::new())
                 .retry(policy)
                 .dlt_handler(service_fn(|_r: Record| async { Ok::<_, BoxError>(()) })),
         )
@@ -107,7 +115,6 @@ async fn main() -> Result<(), BoxError> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()?;
-    let started = Instant::now();
     let mut i = 0u64;
     while started.elapsed() < Duration::from_secs(seconds) && !handle.is_shutting_down() {
         for _ in 0..20 {
