@@ -59,6 +59,31 @@ fn a_transactional_worker_refuses_incremental_rebalancing_and_other_isolation_le
     assert!(plain.is_ok(), "{:?}", plain.err());
 }
 
+/// A circuit breaker with impossible settings is refused at `build()` naming the route; a
+/// transactional worker refuses a breaker at all (a paused transaction would time out).
+#[test]
+fn circuit_breaker_mistakes_are_refused_at_build() {
+    use redrive::policy::CircuitBreaker;
+    let build = |breaker: CircuitBreaker, transactional: bool| {
+        let mut b = Worker::builder()
+            .bootstrap_servers("127.0.0.1:1")
+            .group_id("g")
+            .route(Route::new("t", noop()).circuit_breaker(breaker));
+        if transactional {
+            b = b.transactional(redrive::transaction::Transactional::new("t-0"));
+        }
+        b.build().err()
+    };
+    let zero = build(CircuitBreaker::new().consecutive_failures(0), false).expect("accepted");
+    assert!(zero.to_string().contains("route `t`"), "{zero}");
+    assert!(zero.to_string().contains("consecutive_failures"), "{zero}");
+    assert_eq!(setting_of(zero), "circuit_breaker");
+    let txn = build(CircuitBreaker::new(), true).expect("a transactional breaker was accepted");
+    assert!(txn.to_string().contains("transaction"), "{txn}");
+    assert_eq!(setting_of(txn), "circuit_breaker");
+    assert!(build(CircuitBreaker::new(), false).is_none());
+}
+
 #[test]
 fn config_mistakes_name_the_setting() {
     let base = || {

@@ -511,7 +511,19 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
 
     type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
+        (
+            "circuit breaker opening on nothing",
+            format!("{good}[routes.circuit_breaker]\nconsecutive_failures = 0\n"),
+            &[],
+            "routes[0].circuit_breaker: consecutive_failures must be at least 1",
+        ),
+        (
+            "circuit breaker with an unknown key",
+            format!("{good}[routes.circuit_breaker]\nthreshold = 3\n"),
+            &[],
+            "routes[0].circuit_breaker.threshold: unknown field `threshold`, expected one of",
+        ),
         (
             "unknown key",
             good.replace("attempts = 4", "atempts = 4"),
