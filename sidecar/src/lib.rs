@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod dlt;
 pub mod forward;
+pub mod health;
 mod ops;
 mod topics;
 
@@ -28,6 +29,7 @@ use tower::ServiceBuilder;
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use forward::{HttpForward, HttpStatusError, HttpTransportError};
 
+use redrive::policy::CircuitBreaker;
 use redrive::BoxError;
 use redrive::{Route, Worker, WorkerBuilder};
 
@@ -55,16 +57,29 @@ pub fn build_workers(config: &Config) -> Result<Vec<(String, Worker)>, BoxError>
                 .name(r.name.clone())
                 .concurrency(r.partition_concurrency)
                 .retry(r.retry.clone());
-            builder = match &r.circuit_breaker {
-                Some(b) => {
-                    builder.route(route.circuit_breaker(b.clone().outage_when(forward::is_outage)))
-                }
+            builder = match breaker(r).map_err(|e| format!("{}: routes[{i}]: {e}", config.file))? {
+                Some(b) => builder.route(route.circuit_breaker(b)),
                 None => builder.route(route),
             };
         }
         out.push((group, builder.build()?));
     }
     Ok(out)
+}
+
+/// A route's circuit breaker: its `[routes.circuit_breaker]` table, or the defaults when only
+/// `health_url` is set; HTTP outages count, and the health endpoint gates start-up and probes.
+fn breaker(r: &config::RouteConfig) -> Result<Option<CircuitBreaker>, BoxError> {
+    let settings = match (&r.circuit_breaker, &r.health_url) {
+        (None, None) => return Ok(None),
+        (Some(b), _) => b.clone(),
+        (None, Some(_)) => CircuitBreaker::new(),
+    };
+    let settings = settings.outage_when(forward::is_outage);
+    Ok(Some(match &r.health_url {
+        Some(url) => settings.health_check(health::http_check(url, r.timeout)?),
+        None => settings,
+    }))
 }
 
 /// Runs every route of `config` until SIGTERM or ctrl-c, then drains in-flight records

@@ -907,10 +907,12 @@ async fn readyz_is_green_on_a_member_with_no_partitions() {
 
 /// An HTTP service on a fixed port that answers 200 and can refuse connections for a while
 /// (its listener and every open connection closed, as when the process behind it restarts).
+/// `GET /healthz` answers 200 while `healthy`, else 503.
 struct Restartable {
     port: u16,
     ok: Arc<Mutex<std::collections::HashSet<String>>>,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Restartable {
@@ -919,6 +921,7 @@ impl Restartable {
             port: free_port(),
             ok: Arc::default(),
             tasks: Arc::default(),
+            healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         s.listen().await;
         s
@@ -933,14 +936,21 @@ impl Restartable {
             .await
             .unwrap();
         let (ok, tasks) = (self.ok.clone(), self.tasks.clone());
+        let healthy = self.healthy.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let ok = ok.clone();
+                let (ok, healthy) = (ok.clone(), healthy.clone());
                 let conn = tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let ok = ok.clone();
+                        let (ok, healthy) = (ok.clone(), healthy.clone());
                         async move {
+                            if req.uri().path() == "/healthz" {
+                                let up = healthy.load(std::sync::atomic::Ordering::SeqCst);
+                                let status = if up { 200 } else { 503 };
+                                let res = Response::builder().status(status);
+                                return Ok(res.body(Full::new(Bytes::new())).unwrap());
+                            }
                             let key = req.headers()["redrive-key"].to_str().unwrap().to_owned();
                             ok.lock().unwrap().insert(key);
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
@@ -1037,4 +1047,52 @@ async fn a_service_refusing_connections_for_30_s_dead_letters_nothing() {
     let log = sidecar.log();
     assert!(log.contains("circuit breaker open"), "{log}");
     assert!(log.contains("circuit breaker closed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_url_gates_start_up_and_nothing_is_posted_while_unhealthy() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-health");
+    create_topic(&bootstrap, &topic, 2).await;
+    let service = Restartable::start().await;
+    service
+        .healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let config = write_config(
+        "health",
+        &format!(
+            "{}\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\nhealth_url = \"http://127.0.0.1:{}/healthz\"\n[routes.retry]\nattempts = 2\nbackoff = {{ delay = \"1s\" }}\n",
+            kafka_section(&bootstrap),
+            unique("sc-health-group"),
+            service.url(),
+            service.port
+        ),
+    );
+    produce_n(&bootstrap, &topic, 2, 0, 60).await;
+    let mut sidecar = Sidecar::start(&config);
+    eventually(
+        Duration::from_secs(60),
+        "the health endpoint was asked",
+        || sidecar.log().contains("health check: not up"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        service.ok_count(),
+        0,
+        "nothing POSTed while the service says it is down"
+    );
+    service
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(90),
+        "every record delivered once healthy",
+        || service.ok_count() == 60,
+    )
+    .await;
+    assert!(sidecar.terminate(Duration::from_secs(20)).success());
+    let dlt = format!("{topic}-dlt");
+    let dead: i64 = (0..2).map(|p| watermark(&bootstrap, &dlt, p).max(0)).sum();
+    assert_eq!(dead, 0, "nothing dead-lettered; log:\n{}", sidecar.log());
 }

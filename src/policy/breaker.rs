@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
@@ -10,6 +11,9 @@ use crate::error::Unavailable;
 
 /// Says whether a failure is an outage of the handler's dependency.
 pub type OutagePredicate = Arc<dyn Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync>;
+
+/// Asks the handler's dependency whether it is up (an HTTP health endpoint, a `SELECT 1`).
+pub type HealthCheck = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// When a route's circuit breaker opens, and how it comes back (docs/design.md, Circuit
 /// breaker).
@@ -55,6 +59,8 @@ pub struct CircuitBreaker {
     pub max_open_for: Duration,
     #[serde(skip)]
     outage: Option<OutagePredicate>,
+    #[serde(skip)]
+    health: Option<HealthCheck>,
 }
 
 impl Default for CircuitBreaker {
@@ -67,6 +73,7 @@ impl Default for CircuitBreaker {
             open_for: Duration::from_secs(1),
             max_open_for: Duration::from_secs(60),
             outage: None,
+            health: None,
         }
     }
 }
@@ -81,6 +88,7 @@ impl std::fmt::Debug for CircuitBreaker {
             .field("open_for", &self.open_for)
             .field("max_open_for", &self.max_open_for)
             .field("outage_when", &self.outage.is_some())
+            .field("health_check", &self.health.is_some())
             .finish()
     }
 }
@@ -93,7 +101,13 @@ impl PartialEq for CircuitBreaker {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
         };
+        let same_check = match (&self.health, &o.health) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
         same_predicate
+            && same_check
             && self.consecutive_failures == o.consecutive_failures
             && self.failure_ratio == o.failure_ratio
             && self.window == o.window
@@ -138,6 +152,42 @@ impl CircuitBreaker {
     ) -> Self {
         self.outage = Some(Arc::new(predicate));
         self
+    }
+
+    /// Asks `check` before each probe, and before the route's first record: while it answers
+    /// false the breaker stays open (each failed check doubles the wait, as a failed probe
+    /// does) and no record is handed to the handler. So a route whose dependency is down at
+    /// start-up starts paused, and a resumed route starts with a dependency that says it is
+    /// up.
+    ///
+    /// ```
+    /// use redrive::policy::CircuitBreaker;
+    ///
+    /// let breaker = CircuitBreaker::new().health_check(|| Box::pin(async {
+    ///     // e.g. an HTTP GET of the service's /healthz, or `SELECT 1`
+    ///     true
+    /// }));
+    /// assert!(breaker.has_health_check());
+    /// ```
+    pub fn health_check(
+        mut self,
+        check: impl Fn() -> BoxFuture<'static, bool> + Send + Sync + 'static,
+    ) -> Self {
+        self.health = Some(Arc::new(check));
+        self
+    }
+
+    /// True when a [`health_check`](Self::health_check) gates probes and start-up.
+    pub fn has_health_check(&self) -> bool {
+        self.health.is_some()
+    }
+
+    /// Runs the health check; true without one.
+    pub(crate) async fn healthy(&self) -> bool {
+        match &self.health {
+            Some(check) => check().await,
+            None => true,
+        }
     }
 
     /// True when `err` is an outage of the handler's dependency.

@@ -143,7 +143,20 @@ impl Config {
                     r.content_type,
                 );
                 let _ = writeln!(s, "    policy: {}", r.retry);
-                if let Some(b) = &r.circuit_breaker {
+                if let Some(h) = &r.health_url {
+                    let _ = writeln!(
+                        s,
+                        "    health: GET {} before the first record and each probe",
+                        redact_url(h)
+                    );
+                }
+                // `health_url` alone turns the breaker on with its defaults.
+                let breaker = r.circuit_breaker.clone().or_else(|| {
+                    r.health_url
+                        .as_ref()
+                        .map(|_| redrive::policy::CircuitBreaker::new())
+                });
+                if let Some(b) = &breaker {
                     let _ = writeln!(
                         s,
                         "    circuit breaker: opens after {} outages in a row or {} of the last {} calls (at least {}); open {} at first, at most {}",

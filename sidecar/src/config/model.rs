@@ -217,6 +217,11 @@ pub struct RouteConfig {
     /// table is present; `[routes.circuit_breaker]` with no keys takes the defaults.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// A `GET` here answering 2xx says the service is up: asked before the route's first
+    /// record and before each probe of its circuit breaker (which it turns on, with the
+    /// defaults, when `[routes.circuit_breaker]` is absent).
+    #[serde(default)]
+    pub health_url: Option<String>,
 }
 
 impl fmt::Debug for RouteConfig {
@@ -234,6 +239,7 @@ impl fmt::Debug for RouteConfig {
             .field("content_type", &self.content_type)
             .field("retry", &self.retry)
             .field("circuit_breaker", &self.circuit_breaker)
+            .field("health_url", &self.health_url.as_deref().map(redact_url))
             .finish()
     }
 }

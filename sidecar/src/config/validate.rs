@@ -167,6 +167,9 @@ fn route(i: usize, r: &RouteConfig, found: &mut Found<'_>) {
     if let Some(Err(reason)) = r.circuit_breaker.as_ref().map(CircuitBreaker::validate) {
         found.push(at("circuit_breaker"), reason);
     }
+    if let Some(Err(reason)) = r.health_url.as_deref().map(check_url) {
+        found.push(at("health_url"), reason);
+    }
 }
 
 fn check_url(url: &str) -> Result<(), String> {

@@ -107,6 +107,11 @@ where
                 record.coordinates()
             ))));
         };
+        if permit.is_probe() && !breaker.config().healthy().await {
+            let verdict = breaker.settle(permit, Some("the health check failed"));
+            debug_assert_eq!(verdict, Verdict::Hold);
+            continue;
+        }
         if !ready {
             inner.ready().await.map_err(Into::into)?;
         }
@@ -284,6 +289,54 @@ mod tests {
         let p = breaker.admit().await;
         assert_eq!(breaker.settle(p, Some("refused")), Verdict::Hold);
         assert_eq!(layer.state(), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_health_check_keeps_the_route_paused_from_the_start() {
+        let (down, calls) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let (healthy, checks) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let check = {
+            let (healthy, checks) = (healthy.clone(), checks.clone());
+            move || {
+                checks.fetch_add(1, Ordering::SeqCst);
+                let up = healthy.load(Ordering::SeqCst);
+                Box::pin(async move { up }) as BoxFuture<'static, bool>
+            }
+        };
+        let layer = CircuitBreakerLayer::new(config().health_check(check));
+        assert_eq!(
+            layer.state(),
+            CircuitState::HalfOpen,
+            "the first record probes"
+        );
+        let svc = layer.layer(handler(down, calls.clone()));
+        let tasks: Vec<_> = (1..=3)
+            .map(|offset| {
+                let mut s = svc.clone();
+                tokio::spawn(async move { call(&mut s, offset).await })
+            })
+            .collect();
+        // Checks at 0, 2 and 6 s (1 s doubled from the start); no record reaches the handler.
+        tokio::time::sleep(Duration::from_millis(6_500)).await;
+        assert_eq!(checks.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "nothing handled while unhealthy"
+        );
+        assert_eq!(layer.state(), CircuitState::Open);
+        healthy.store(true, Ordering::SeqCst);
+        for t in tasks {
+            t.await.unwrap().expect("handled once the check passes");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(layer.state(), CircuitState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -72,6 +72,13 @@ pub(crate) struct Permit {
     settled: bool,
 }
 
+impl Permit {
+    /// A probe's call is the one that decides whether the breaker closes.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
 impl Drop for Permit {
     /// A probe abandoned without an outcome (its partition revoked) lets another record probe.
     fn drop(&mut self) {
@@ -98,10 +105,15 @@ pub(crate) struct Breaker {
 impl Breaker {
     pub(crate) fn new(config: CircuitBreaker) -> Arc<Self> {
         let open_for = config.open_for;
+        // With a health check the first record probes: the check gates start-up.
+        let phase = match config.has_health_check() {
+            true => Phase::HalfOpen { probing: false },
+            false => Phase::Closed,
+        };
         Arc::new(Breaker {
             config,
             state: Mutex::new(State {
-                phase: Phase::Closed,
+                phase,
                 consecutive: 0,
                 window: VecDeque::new(),
                 open_for,
