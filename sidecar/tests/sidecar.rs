@@ -977,11 +977,12 @@ impl Restartable {
     }
 }
 
-/// The sum of the samples of `name` whose labels include `label` in `/metrics` at `ops`.
-fn scrape_sum(ops: &str, name: &str, label: &str) -> f64 {
+/// The sum of the samples of `name` whose labels include each of `labels` in `/metrics` at
+/// `ops`.
+fn scrape_sum(ops: &str, name: &str, labels: &[&str]) -> f64 {
     let (_, body) = http_get(ops, "/metrics").unwrap_or_default();
     body.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
@@ -1022,9 +1023,15 @@ async fn a_service_refusing_connections_for_30_s_dead_letters_nothing() {
     .await;
     service.refuse();
     let open_label = format!("route=\"{topic}\"");
-    let opened = || scrape_sum(&ops, "redrive_circuit_transitions_total{", &open_label) >= 1.0;
+    let opened = || {
+        scrape_sum(
+            &ops,
+            "redrive_circuit_transitions_total{",
+            &[&open_label, "to=\"open\""],
+        ) >= 1.0
+    };
     eventually(Duration::from_secs(20), "the breaker opened", opened).await;
-    let state = scrape_sum(&ops, "redrive_circuit_state{", &open_label);
+    let state = scrape_sum(&ops, "redrive_circuit_state{", &[&open_label]);
     assert_eq!(state, 1.0, "open while the service refuses connections");
     assert_eq!(
         http_get(&ops, "/readyz").map(|x| x.0),

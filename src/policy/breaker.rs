@@ -25,7 +25,8 @@ pub type HealthCheck = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
 /// retry topics) hold their current record and take no other, so librdkafka stops fetching
 /// them; nothing goes down the retry chain because of the outage. After `open_for` one
 /// record is tried (half-open): a success closes the breaker, an outage opens it again for
-/// twice as long, up to `max_open_for`.
+/// twice as long, up to `max_open_for`. A breaker starts half-open: the route's first record
+/// probes alone, so a process started during an outage sends nothing down the chain for it.
 ///
 /// ```
 /// use std::time::Duration;

@@ -189,9 +189,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn outages_below_the_threshold_go_on_and_the_one_that_trips_it_is_held() {
-        let (down, calls) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU32::new(0)));
+        let (down, calls) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+        );
         let layer = CircuitBreakerLayer::new(config());
         let mut svc = layer.layer(handler(down.clone(), calls.clone()));
+        assert_eq!(
+            layer.state(),
+            CircuitState::HalfOpen,
+            "the first record probes"
+        );
+        call(&mut svc, 0).await.unwrap();
+        assert_eq!(layer.state(), CircuitState::Closed);
+        down.store(true, Ordering::SeqCst);
         assert!(Unavailable::is_in(&*call(&mut svc, 1).await.unwrap_err()));
         assert!(call(&mut svc, 2).await.is_err());
         assert_eq!(layer.state(), CircuitState::Closed);
@@ -203,13 +214,13 @@ mod tests {
         assert!(!third.is_finished());
         // The probe after 1 s fails: open again for 2 s; the dependency then comes back.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 4, "one probe after 1 s");
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "one probe after 1 s");
         assert_eq!(layer.state(), CircuitState::Open);
         down.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(1_900)).await;
         assert_eq!(
             calls.load(Ordering::SeqCst),
-            4,
+            5,
             "the second opening lasts 2 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -273,6 +284,12 @@ mod tests {
                 .failure_ratio(0.5, 10, 10),
         );
         let breaker = layer.breaker().clone();
+        let probe = breaker.admit().await;
+        assert_eq!(
+            breaker.settle(probe, None),
+            Verdict::Done,
+            "the start-up probe"
+        );
         for i in 0..9 {
             let p = breaker.admit().await;
             let outage = (i % 2 == 0).then_some("refused");
@@ -322,7 +339,7 @@ mod tests {
                 tokio::spawn(async move { call(&mut s, offset).await })
             })
             .collect();
-        // Checks at 0, 2 and 6 s (1 s doubled from the start); no record reaches the handler.
+        // Checks at 0, 1 and 3 s (1 s, then doubling); no record reaches the handler.
         tokio::time::sleep(Duration::from_millis(6_500)).await;
         assert_eq!(checks.load(Ordering::SeqCst), 3);
         assert_eq!(

@@ -14,7 +14,8 @@
 //! use redrive::policy::CircuitBreaker;
 //!
 //! let layer = CircuitBreakerLayer::new(CircuitBreaker::new().consecutive_failures(3));
-//! assert_eq!(layer.state(), CircuitState::Closed);
+//! // The first record probes; its answer closes the breaker.
+//! assert_eq!(layer.state(), CircuitState::HalfOpen);
 //! ```
 
 mod layer;

@@ -17,7 +17,8 @@ pub enum CircuitState {
     Closed,
     /// The route is paused: calls wait, none is made.
     Open,
-    /// One record is being tried; the others wait for its outcome.
+    /// One record is being tried; the others wait for its outcome. A breaker starts here:
+    /// the route's first record probes.
     HalfOpen,
 }
 
@@ -52,7 +53,8 @@ struct State {
     consecutive: u32,
     /// The last calls' outcomes, true for an outage.
     window: VecDeque<bool>,
-    /// How long the next opening lasts.
+    /// How long the next opening lasts: `open_for` after a close, doubling with each
+    /// opening until the breaker closes again.
     open_for: Duration,
 }
 
@@ -105,15 +107,12 @@ pub(crate) struct Breaker {
 impl Breaker {
     pub(crate) fn new(config: CircuitBreaker) -> Arc<Self> {
         let open_for = config.open_for;
-        // With a health check the first record probes: the check gates start-up.
-        let phase = match config.has_health_check() {
-            true => Phase::HalfOpen { probing: false },
-            false => Phase::Closed,
-        };
         Arc::new(Breaker {
             config,
             state: Mutex::new(State {
-                phase,
+                // The first record probes: a process started (or handed partitions) during
+                // an outage sends nothing down the retry chain for it.
+                phase: Phase::HalfOpen { probing: false },
                 consecutive: 0,
                 window: VecDeque::new(),
                 open_for,
@@ -216,7 +215,6 @@ impl Breaker {
                 Verdict::Done
             }
             (Some(cause), true) => {
-                st.open_for = (st.open_for * 2).min(self.config.max_open_for);
                 self.open(&mut st, cause);
                 Verdict::Hold
             }
@@ -245,6 +243,7 @@ impl Breaker {
         st.consecutive = 0;
         st.window.clear();
         self.transition(st, Phase::Open { until }, cause);
+        st.open_for = (st.open_for * 2).min(self.config.max_open_for);
     }
 
     /// Moves to `phase`: logs why, counts it, sets the gauge, wakes the waiting calls.
