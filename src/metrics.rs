@@ -51,6 +51,9 @@ pub mod names {
     pub const CIRCUIT_TRANSITIONS: &str = "redrive_circuit_transitions_total";
     /// Records a route's open breaker held back from its retry chain, by `route`.
     pub const CIRCUIT_HELD: &str = "redrive_circuit_held_records_total";
+    /// Records a transactional worker gave up after `max_failed_transactions` failed
+    /// transactions, by `outcome` (dead_lettered, skipped).
+    pub const RECORDS_GIVEN_UP: &str = "redrive_records_given_up_total";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "redrive_build_info";
 }

@@ -51,6 +51,8 @@ pub struct Transactional {
     pub(crate) batch_size: usize,
     pub(crate) max_linger: Duration,
     pub(crate) timeout: Duration,
+    pub(crate) rollback_backoff: (Duration, Duration),
+    pub(crate) max_failed_transactions: u32,
 }
 
 impl Transactional {
@@ -62,6 +64,8 @@ impl Transactional {
             batch_size: 5000,
             max_linger: Duration::from_millis(100),
             timeout: Duration::from_secs(60),
+            rollback_backoff: (Duration::from_millis(100), Duration::from_secs(10)),
+            max_failed_transactions: 5,
         }
     }
 
@@ -81,6 +85,27 @@ impl Transactional {
     /// `transaction.timeout.ms`, and the deadline of each transactional call (default 60 s).
     pub fn transaction_timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
+        self
+    }
+
+    /// After a transaction aborts because of one record (its handler failed and nothing
+    /// routed the failure, or its copy could not be sent), that record's partition waits
+    /// `initial`, doubling per further failure up to `max`, before it is handled again; the
+    /// other partitions go on at once (default 100 ms to 10 s). An abort no record can be
+    /// blamed for (a failed commit) backs off the whole loop the same way.
+    pub fn rollback_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.rollback_backoff = (initial, max);
+        self
+    }
+
+    /// After this many failed transactions for the same record (default 5), the record is
+    /// not handed to the handler again: the next transaction writes it to its route's
+    /// dead-letter topic (without its value if the copy is too large), or, for a route
+    /// without one, skips it with an error log. Either way its offset is committed with the
+    /// rest of that transaction and the partition moves on (Spring's
+    /// `DefaultAfterRollbackProcessor` with a recoverer).
+    pub fn max_failed_transactions(mut self, n: u32) -> Self {
+        self.max_failed_transactions = n;
         self
     }
 
@@ -104,4 +129,7 @@ pub struct TransactionStats {
     /// of each partition, as the worker sent them: brokers that do not serve transactional
     /// offsets back (librdkafka's mock cluster) can be checked against this.
     pub offsets: std::collections::BTreeMap<(String, i32), i64>,
+    /// Records given up after `max_failed_transactions` failed transactions: dead-lettered,
+    /// or skipped on a route without a dead-letter topic.
+    pub records_given_up: u64,
 }

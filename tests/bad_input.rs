@@ -59,6 +59,32 @@ fn a_transactional_worker_refuses_incremental_rebalancing_and_other_isolation_le
     assert!(plain.is_ok(), "{:?}", plain.err());
 }
 
+/// After-rollback settings that cannot work are refused at `build()`, naming the setting.
+#[test]
+fn impossible_rollback_settings_are_refused() {
+    use redrive::transaction::Transactional;
+    let build = |t: Transactional| {
+        Worker::builder()
+            .bootstrap_servers("127.0.0.1:1")
+            .group_id("g")
+            .transactional(t)
+            .route(Route::new("t", noop()))
+            .build()
+            .err()
+            .map(setting_of)
+    };
+    let t = || Transactional::new("t-0");
+    assert_eq!(
+        build(t().max_failed_transactions(0)).as_deref(),
+        Some("max_failed_transactions")
+    );
+    let backwards = t().rollback_backoff(Duration::from_secs(2), Duration::from_secs(1));
+    assert_eq!(build(backwards).as_deref(), Some("rollback_backoff"));
+    let zero = t().rollback_backoff(Duration::ZERO, Duration::from_secs(1));
+    assert_eq!(build(zero).as_deref(), Some("rollback_backoff"));
+    assert_eq!(build(t()), None);
+}
+
 /// A circuit breaker with impossible settings is refused at `build()` naming the route; a
 /// transactional worker refuses a breaker at all (a paused transaction would time out).
 #[test]

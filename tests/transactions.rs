@@ -167,16 +167,34 @@ fn rand_suffix() -> u32 {
         .subsec_nanos()
 }
 
-/// Calls per input key, and a switch that makes a chosen key block until released.
+/// Calls per input key, and when each call started.
 #[derive(Clone, Default)]
 struct Ledger {
     calls: Arc<Mutex<HashMap<String, u32>>>,
+    starts: Arc<Mutex<HashMap<String, Vec<Instant>>>>,
     total: Arc<AtomicU64>,
 }
 
 impl Ledger {
     fn count(&self, key: &str) -> u32 {
         self.calls.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+
+    fn at(&self, key: &str) {
+        let mut starts = self.starts.lock().unwrap();
+        starts
+            .entry(key.to_owned())
+            .or_default()
+            .push(Instant::now());
+    }
+
+    fn times(&self, key: &str) -> Vec<Instant> {
+        self.starts
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -551,4 +569,158 @@ async fn a_transactional_route_without_headers_gets_none() {
             (full, 1, Some(b"v".to_vec())),
         ]
     );
+}
+
+/// A transactional worker whose handler fails on `poison` every time; `policy` routes the
+/// failures (or not). Poison values are 1,990 bytes and the producer takes at most 2,000, so
+/// a failure copy of the poison record (the value plus Spring's headers) cannot be sent.
+async fn poisoned(
+    c: &Cluster,
+    ledger: &Ledger,
+    poison: &'static str,
+    policy: Option<RetryPolicy>,
+) -> Pipeline {
+    let (input, group) = (c.name("orders"), c.name("group"));
+    let calls = ledger.clone();
+    let handler = service_fn(move |r: Record| {
+        let ledger = calls.clone();
+        async move {
+            let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+            *ledger.calls.lock().unwrap().entry(key.clone()).or_default() += 1;
+            ledger.total.fetch_add(1, Ordering::Relaxed);
+            ledger.at(&key);
+            match key == poison {
+                true => Err::<(), BoxError>("the order cannot be priced".into()),
+                false => Ok(()),
+            }
+        }
+    });
+    let route = Route::new(&input, handler);
+    let route = match policy {
+        Some(p) => route.retry(p),
+        None => route,
+    };
+    let worker = Worker::builder()
+        .bootstrap_servers(&c.bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", "6000")
+        .property("producer.message.max.bytes", "2000")
+        .transactional(
+            Transactional::new(c.name("txn"))
+                .batch_size(50)
+                .transaction_timeout(Duration::from_secs(20))
+                .rollback_backoff(Duration::from_millis(800), Duration::from_secs(4))
+                .max_failed_transactions(3),
+        )
+        .route(route)
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    Pipeline {
+        handle,
+        run,
+        group,
+        input,
+        output: c.name("enriched"),
+    }
+}
+
+/// 20 orders on two partitions (10 each), then `poison` on partition 1 with a 1,990-byte
+/// value.
+async fn produce_with_a_large_poison(c: &Cluster, input: &str) {
+    c.produce(input, 20).await;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &c.bootstrap)
+        .create()
+        .unwrap();
+    let big = "x".repeat(1990);
+    p.send(
+        FutureRecord::to(input)
+            .key("poison")
+            .payload(&big)
+            .partition(1),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap();
+}
+
+/// The poison record fails three transactions with at least the back-off between them, while
+/// the other partition commits to its end at once; then it is given up and its partition
+/// moves on. Returns the gaps between the poison's calls.
+async fn poison_is_given_up(c: &Cluster, ledger: &Ledger, p: &Pipeline) -> Vec<Duration> {
+    eventually_positions(c, p, 0, 10, "partition 0 committed to its end").await;
+    assert!(
+        ledger.count("poison") < 3,
+        "partition 0 waited for the poison's failed transactions"
+    );
+    eventually_positions(c, p, 1, 11, "the poison given up, partition 1 at its end").await;
+    assert_eq!(
+        ledger.count("poison"),
+        3,
+        "handled in exactly 3 transactions"
+    );
+    assert_eq!(p.handle.transactions().unwrap().records_given_up, 1);
+    let at = ledger.times("poison");
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+async fn eventually_positions(c: &Cluster, p: &Pipeline, part: usize, end: i64, what: &str) {
+    support::eventually(Duration::from_secs(60), what, || {
+        positions(c, p)[part] == end
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_backs_off_then_reaches_the_dlt_while_other_partitions_commit() {
+    let c = Cluster::new("txn-poison-dlt");
+    setup(&c).await;
+    let ledger = Ledger::default();
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(200));
+    // `setup` created its retry and dead-letter topics.
+    let dlt = policy.topology(&c.name("orders")).dlt().unwrap().to_owned();
+    let p = poisoned(&c, &ledger, "poison", Some(policy)).await;
+    produce_with_a_large_poison(&c, &p.input).await;
+    let gaps = poison_is_given_up(&c, &ledger, &p).await;
+    assert!(
+        gaps[0] >= Duration::from_millis(750) && gaps[1] >= Duration::from_millis(1500),
+        "the partition backed off 800 ms, then 1.6 s: {gaps:?}"
+    );
+    let dead = support::read_topic(&c.bootstrap, &dlt);
+    let poison: Vec<_> = support::with_key(&dead, "poison").collect();
+    assert_eq!(poison.len(), 1, "one dead letter: {dead:?}");
+    assert!(
+        poison[0].payload().is_none(),
+        "sent without the value that made it too large"
+    );
+    let dropped = support::header(poison[0], redrive::headers::VALUE_DROPPED).unwrap();
+    assert!(
+        String::from_utf8_lossy(dropped).contains("orders/1@10"),
+        "{dropped:?}"
+    );
+    let message = support::header(poison[0], redrive::headers::EXCEPTION_MESSAGE).unwrap();
+    assert!(
+        String::from_utf8_lossy(message).contains("failed 3 transactions"),
+        "{}",
+        String::from_utf8_lossy(message)
+    );
+    p.handle.shutdown();
+    p.run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_without_a_dlt_is_skipped_after_its_failed_transactions() {
+    let c = Cluster::new("txn-poison-skip");
+    setup(&c).await;
+    let ledger = Ledger::default();
+    let p = poisoned(&c, &ledger, "poison", None).await;
+    produce_with_a_large_poison(&c, &p.input).await;
+    poison_is_given_up(&c, &ledger, &p).await;
+    p.handle.shutdown();
+    p.run.await.unwrap().unwrap();
 }

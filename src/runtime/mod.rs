@@ -28,7 +28,7 @@ pub(crate) use committer::Committer;
 pub(crate) use context::RuntimeContext;
 pub(crate) use lag::spawn_lag_thread;
 pub(crate) use poll::poll_loop;
-pub(crate) use route::{RouteFactory, ServiceRoute, TopicBinding};
+pub(crate) use route::{DeadLetter, RouteFactory, ServiceRoute, TopicBinding};
 pub use shared::CommitErrorCallback;
 pub(crate) use shared::{RuntimeConfig, RuntimeShared};
 pub(crate) use transactional::{txn_loop, TxnParts, TxnPublisher, TxnState};

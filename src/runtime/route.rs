@@ -30,6 +30,19 @@ pub(crate) struct TopicBinding {
     /// False for a route that takes its records without headers (`Route::without_headers`):
     /// the poll thread then never asks librdkafka to parse them.
     pub read_headers: bool,
+    /// Where a record of this topic goes when the transactional loop gives up on it; `None`
+    /// for a route without a dead-letter topic (and for the dead-letter topic itself).
+    pub dead_letter: Option<DeadLetter>,
+}
+
+/// A route's dead-letter topic, as the transactional loop writes to it.
+#[derive(Clone, Debug)]
+pub(crate) struct DeadLetter {
+    pub topic: Arc<str>,
+    /// The copy keeps its record's partition (the policy sets no partition count).
+    pub keep_partition: bool,
+    /// The policy's bound on header texts.
+    pub max_text: usize,
 }
 
 /// A route with its service type erased, able to start a task per assigned partition.

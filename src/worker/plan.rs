@@ -18,7 +18,9 @@ use crate::layer::retry_topic::RetryTopicLayer;
 use crate::layer::Stage;
 use crate::policy::RetryPolicy;
 use crate::publish::{IntoOutputs, KafkaPublisher, Publish};
-use crate::runtime::{RouteFactory, ServiceRoute, TopicBinding, TxnParts, TxnPublisher, TxnState};
+use crate::runtime::{
+    DeadLetter, RouteFactory, ServiceRoute, TopicBinding, TxnParts, TxnPublisher, TxnState,
+};
 use crate::transaction::Transactional;
 use crate::{Error, Record};
 
@@ -111,6 +113,21 @@ pub(super) fn transactional(
     if t.timeout < Duration::from_secs(1) {
         return Err(Error::config("transaction_timeout", "must be at least 1s"));
     }
+    let (initial, max) = t.rollback_backoff;
+    if initial.is_zero() || max < initial {
+        return Err(Error::config(
+            "rollback_backoff",
+            format!(
+                "the initial wait ({initial:?}) must be above 0 and at most the maximum ({max:?})"
+            ),
+        ));
+    }
+    if t.max_failed_transactions == 0 {
+        return Err(Error::config(
+            "max_failed_transactions",
+            "must be at least 1",
+        ));
+    }
     if manual_ack {
         return Err(Error::config(
             "manual_ack",
@@ -191,6 +208,7 @@ pub(super) fn topics(
             .as_ref()
             .map_or(Duration::ZERO, RetryPolicy::max_hold);
         let managed = r.retry.is_some();
+        let dead_letters = dead_letters(&r, group);
         let (name, layered, read_headers) = (r.name.clone(), r.layered, r.read_headers);
         for (t, factory, stage) in (r.make)(layer, publisher.clone()) {
             if let Some(other) = owner.insert(t.clone(), name.clone()) {
@@ -207,12 +225,34 @@ pub(super) fn topics(
                 count_outcomes: !managed,
                 carry_state: managed || layered || manual_ack,
                 read_headers,
+                dead_letter: dead_letters.get(&t).cloned(),
             };
             planned.by_topic.insert(t.clone(), binding);
             planned.topics.push(t);
         }
     }
     Ok(planned)
+}
+
+/// The dead-letter topic of each main and retry topic of a route with one.
+fn dead_letters(r: &PendingRoute, group: &str) -> HashMap<String, DeadLetter> {
+    let Some(policy) = r.retry.as_ref().map(|p| p.for_group(group)) else {
+        return HashMap::new();
+    };
+    let mut out = HashMap::new();
+    for main in &r.topics {
+        let topology = policy.topology(main);
+        let Some(dlt) = topology.dlt() else { continue };
+        let target = DeadLetter {
+            topic: Arc::from(dlt),
+            keep_partition: policy.partitions.is_none(),
+            max_text: policy.max_header_text,
+        };
+        for t in std::iter::once(main).chain(topology.retry_topics()) {
+            out.insert(t.clone(), target.clone());
+        }
+    }
+    out
 }
 
 /// The retry layer of a route with a retry policy, and its topics' plans.

@@ -19,10 +19,15 @@ use tower::util::BoxService;
 use tower::{Service, ServiceExt};
 
 mod publisher;
+mod rollback;
 mod state;
 
 pub(crate) use publisher::TxnPublisher;
 pub(crate) use state::TxnState;
+
+use publisher::HANDLING;
+use rollback::{Blame, GiveUp, Rollbacks, Wait};
+use state::Key;
 
 use super::context::{is_fatal, RuntimeContext};
 use super::shared::RuntimeShared;
@@ -47,12 +52,11 @@ enum PartOutcome {
     /// Stopped at a retry record due later: handled up to `position`, wait until `due`.
     Waiting { position: i64, due: i64 },
     /// A record failed with an error nothing routed.
-    Failed(String),
+    Failed(Blame),
     /// A layer halted the partition (DLT strategy fail_on_error).
     Halted(String),
 }
 
-type Key = (Arc<str>, i32);
 type Running = (Key, BoxService<Record, (), BoxError>);
 
 fn txn_error(e: &KafkaError) -> Option<&RDKafkaError> {
@@ -133,8 +137,10 @@ struct TxnLoop {
     services: HashMap<Key, BoxService<Record, (), BoxError>>,
     /// Topic name -> (interned name, read its headers?).
     topics: HashMap<String, (Arc<str>, bool)>,
-    /// Partitions paused until their retry record is due.
+    /// Partitions paused until their retry record is due, or their back-off after a
+    /// rolled-back transaction is over.
     waiting: HashMap<Key, i64>,
+    rollbacks: Rollbacks,
 }
 
 /// A batch's records by partition, with each partition's first offset.
@@ -149,7 +155,8 @@ struct Settled {
     offsets: TopicPartitionList,
     /// Partitions that stopped at a record due later: (partition, position, due).
     pause: Vec<(Key, i64, i64)>,
-    failure: Option<String>,
+    /// Why the transaction must abort, and the record to blame when one can be.
+    failure: Option<(Option<Blame>, String)>,
     halted: Option<String>,
 }
 
@@ -195,6 +202,7 @@ impl TxnLoop {
             services: HashMap::new(),
             topics: HashMap::new(),
             waiting: HashMap::new(),
+            rollbacks: Rollbacks::default(),
         })
     }
 
@@ -237,6 +245,12 @@ impl TxnLoop {
                 batch.clear();
                 self.waiting.clear();
                 self.services.clear();
+                let assigned = self
+                    .state
+                    .assignment
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                self.rollbacks.keep_only(&assigned);
                 continue;
             }
             match polled {
@@ -285,12 +299,13 @@ impl TxnLoop {
         let outcomes = self.handle_partitions(std::mem::take(&mut batch.groups))?;
         tracing::trace!(handled_in = ?handle_start.elapsed(), "batch handled");
         let settled = self.settle(outcomes, &batch.firsts);
+        let blame = settled.failure.as_ref().and_then(|(b, _)| b.clone());
         let verdict = match (settled.halted.clone(), settled.failure.clone()) {
             (Some(why), _) => Verdict::Stop(Error::Fatal(format!(
                 "transactional worker stopped: a partition halted ({why})"
             ))),
-            (None, Some(why)) => Verdict::Abort(format!(
-                "a record failed and no retry policy routed it: {why}"
+            (None, Some((_, why))) => Verdict::Abort(format!(
+                "a record failed and nothing routed the failure: {why}"
             )),
             (None, None) => commit(
                 &self.consumer,
@@ -310,7 +325,32 @@ impl TxnLoop {
                 self.rewind(&batch.firsts);
                 Err(e)
             }
-            Verdict::Abort(why) => self.aborted(&batch.firsts, &why, n_records),
+            Verdict::Abort(why) => {
+                // A failed commit blames no record: the whole loop backs off.
+                self.aborted(&batch.firsts, &why, n_records)?;
+                self.after_rollback(blame);
+                Ok(())
+            }
+        }
+    }
+
+    /// Backs off after a rolled-back transaction: the blamed record's partition, or the loop.
+    fn after_rollback(&mut self, blame: Option<Blame>) {
+        match self.rollbacks.failed(blame, &self.settings) {
+            Wait::Partition(k, wait) => {
+                tracing::info!(topic = %k.0, partition = k.1, ?wait, "the partition of the failed record waits before it is handled again");
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&k.0, k.1);
+                let _ = self.consumer.pause(&tpl);
+                self.waiting.insert(k, now_ms() + wait.as_millis() as i64);
+            }
+            Wait::Loop(wait) => {
+                tracing::info!(?wait, "backing off before the next transaction");
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !self.rt.shutdown.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(20).min(wait));
+                }
+            }
         }
     }
 
@@ -333,7 +373,14 @@ impl TxnLoop {
                 Some(s) => s,
                 None => binding.route.service(),
             };
-            let job = handle_partition(k, svc, records, binding.stage, binding.max_wait);
+            let give_up = self.rollbacks.give_up(&k).map(|g| Recovery {
+                give_up: g,
+                binding: binding.clone(),
+                group: self.rt.group.clone(),
+                publisher: self.publisher.clone(),
+                given_up: self.state.clone(),
+            });
+            let job = handle_partition(k, svc, records, binding.stage, binding.max_wait, give_up);
             tasks.push(self.handle.spawn(job));
         }
         let mut outcomes = Vec::with_capacity(tasks.len());
@@ -366,8 +413,9 @@ impl TxnLoop {
                     s.pause.push((k.clone(), position, due));
                     position
                 }
-                PartOutcome::Failed(why) => {
-                    s.failure.get_or_insert(format!("{}/{} {why}", k.0, k.1));
+                PartOutcome::Failed(blame) => {
+                    let why = format!("{}/{} offset {}: {}", k.0, k.1, blame.offset, blame.why);
+                    s.failure.get_or_insert((Some(blame), why));
                     continue;
                 }
                 PartOutcome::Halted(why) => {
@@ -389,6 +437,7 @@ impl TxnLoop {
 
     /// After a commit: the counts, and the partitions that wait for a due record.
     fn committed(&mut self, firsts: &BTreeMap<Key, i64>, settled: Settled) {
+        self.rollbacks.committed(&settled.offsets);
         {
             let mut m = self.state.offsets.lock().unwrap_or_else(|e| e.into_inner());
             for e in settled.offsets.elements() {
@@ -473,6 +522,53 @@ fn intern(
     (t, read)
 }
 
+/// What a partition task needs to give up a record instead of handling it.
+struct Recovery {
+    give_up: GiveUp,
+    binding: super::route::TopicBinding,
+    group: Arc<str>,
+    publisher: Arc<TxnPublisher>,
+    given_up: Arc<TxnState>,
+}
+
+impl Recovery {
+    /// Writes `r` to its route's dead-letter topic inside the open transaction (without its
+    /// value if the copy is too large), or skips it on a route without one.
+    fn give_up(&self, r: &Record) {
+        let g = &self.give_up;
+        let (route, topic) = (self.binding.route.name().to_string(), r.topic().to_owned());
+        let outcome = match &self.binding.dead_letter {
+            Some(target) => {
+                let mut copy = rollback::dead_letter_copy(r, target, &self.group, g);
+                let sent = self.publisher.try_send(&copy).or_else(|e| {
+                    let why = format!(
+                        "the copy could not be sent ({e}); the original is {}",
+                        r.coordinates()
+                    );
+                    copy.value = None;
+                    copy.headers
+                        .set(crate::headers::VALUE_DROPPED, why.into_bytes());
+                    self.publisher.try_send(&copy)
+                });
+                match sent {
+                    Ok(()) => "dead_lettered",
+                    Err(e) => {
+                        tracing::error!(record = %r.coordinates(), dlt = %target.topic, error = %e, "not even the value-less copy could be dead-lettered; skipping the record");
+                        "skipped"
+                    }
+                }
+            }
+            None => "skipped",
+        };
+        tracing::error!(record = %r.coordinates(), failures = g.failures, why = %g.why, outcome, "giving the record up after its failed transactions");
+        self.given_up
+            .records_given_up
+            .fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(crate::metrics::names::RECORDS_GIVEN_UP, "group" => self.group.to_string(), "topic" => topic, "route" => route, "outcome" => outcome)
+            .increment(1);
+    }
+}
+
 /// One partition's share of a batch, in order, until a record fails, halts or is not due.
 async fn handle_partition(
     k: Key,
@@ -480,9 +576,18 @@ async fn handle_partition(
     records: Vec<Record>,
     stage: Stage,
     max_wait: Duration,
+    recovery: Option<Recovery>,
 ) -> (Running, PartOutcome) {
     let mut position = records[0].offset();
     for r in records {
+        if let Some(rec) = recovery
+            .as_ref()
+            .filter(|rec| rec.give_up.offset == r.offset())
+        {
+            rec.give_up(&r);
+            position = r.offset() + 1;
+            continue;
+        }
         if matches!(stage, Stage::Retry | Stage::Dlt) {
             if let Some(due) = crate::headers::due_at_ms(r.headers()) {
                 let ahead = due - now_ms();
@@ -493,15 +598,21 @@ async fn handle_partition(
         }
         let offset = r.offset();
         let res = match svc.ready().await {
-            Ok(s) => s.call(r).await,
+            // Sends that fail during the call are blamed on this record.
+            Ok(s) => HANDLING.scope((k.clone(), offset), s.call(r)).await,
             Err(e) => Err(e),
         };
         match res {
             Ok(()) => position = offset + 1,
             Err(e) if e.is::<Halt>() => return ((k, svc), PartOutcome::Halted(error_chain(&*e))),
             Err(e) => {
-                let why = format!("offset {offset}: {}", error_chain(&*e));
-                return ((k, svc), PartOutcome::Failed(why));
+                let why = error_chain(&*e);
+                let blame = Blame {
+                    key: k.clone(),
+                    offset,
+                    why,
+                };
+                return ((k, svc), PartOutcome::Failed(blame));
             }
         }
     }

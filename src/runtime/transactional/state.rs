@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::transaction::TransactionStats;
+
+/// A partition: its interned topic name and number.
+pub(crate) type Key = (Arc<str>, i32);
 
 /// What the rebalance callbacks tell the loop, and the counts handles read.
 #[derive(Default)]
@@ -14,6 +17,7 @@ pub(crate) struct TxnState {
     pub committed: AtomicU64,
     pub aborted: AtomicU64,
     pub records_committed: AtomicU64,
+    pub records_given_up: AtomicU64,
     pub offsets: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
@@ -28,6 +32,7 @@ impl TxnState {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            records_given_up: self.records_given_up.load(Ordering::Relaxed),
         }
     }
 }
