@@ -83,6 +83,36 @@ pub(crate) fn failure_copy(
     topic: &str,
     due_ms: i64,
 ) -> Outgoing {
+    let hop = Hop {
+        topic,
+        attempt,
+        due_ms,
+        group: &shared.group,
+        max_text: shared.policy.max_header_text,
+        keep_partition: shared.policy.partitions.is_none(),
+    };
+    hop_copy(record, err, &hop)
+}
+
+/// Where a failure copy goes and what its headers say besides the record and the error.
+pub(crate) struct Hop<'a> {
+    pub topic: &'a str,
+    /// The attempt that failed.
+    pub attempt: u32,
+    pub due_ms: i64,
+    pub group: &'a str,
+    /// Error texts are cut to this many bytes.
+    pub max_text: usize,
+    /// The copy keeps the record's partition.
+    pub keep_partition: bool,
+}
+
+/// The copy of `record` for `hop.topic`, with Spring's failure headers for `err`.
+pub(crate) fn hop_copy(
+    record: &Record,
+    err: &(dyn std::error::Error + 'static),
+    hop: &Hop<'_>,
+) -> Outgoing {
     let headers = headers::failure_headers(
         record.headers(),
         &headers::Failure {
@@ -90,21 +120,17 @@ pub(crate) fn failure_copy(
             partition: record.partition(),
             offset: record.offset(),
             timestamp: record.timestamp().map(|t| (t.millis, t.kind)),
-            group: &shared.group,
-            attempt,
-            due_ms,
+            group: hop.group,
+            attempt: hop.attempt,
+            due_ms: hop.due_ms,
             error: err,
-            max_text: shared.policy.max_header_text,
+            max_text: hop.max_text,
         },
         random_u64(),
     );
     Outgoing {
-        topic: topic.to_owned(),
-        partition: shared
-            .policy
-            .partitions
-            .is_none()
-            .then_some(record.partition()),
+        topic: hop.topic.to_owned(),
+        partition: hop.keep_partition.then_some(record.partition()),
         key: record.key().cloned(),
         value: record.value().cloned(),
         headers,

@@ -23,5 +23,5 @@ pub use future::ResponseFuture;
 pub use layer::RetryTopicLayer;
 pub use service::RetryTopic;
 
-pub(crate) use delivery::{failure_copy, publish_until_acked, random_u64};
+pub(crate) use delivery::{failure_copy, hop_copy, publish_until_acked, Hop};
 pub(crate) use shared::RetryShared;

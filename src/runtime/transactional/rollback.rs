@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::state::Key;
 use crate::clock::now_ms;
 use crate::headers;
+use crate::layer::retry_topic::{hop_copy, Hop};
 use crate::publish::Outgoing;
 use crate::runtime::route::DeadLetter;
 use crate::transaction::Transactional;
@@ -134,28 +135,15 @@ pub(super) fn dead_letter_copy(
         failures: give_up.failures,
         why: give_up.why.clone(),
     };
-    let headers = headers::failure_headers(
-        record.headers(),
-        &headers::Failure {
-            topic: record.topic(),
-            partition: record.partition(),
-            offset: record.offset(),
-            timestamp: record.timestamp().map(|t| (t.millis, t.kind)),
-            group,
-            attempt: headers::attempt_of(record.headers()),
-            due_ms: now_ms(),
-            error: &err,
-            max_text: target.max_text,
-        },
-        crate::layer::retry_topic::random_u64(),
-    );
-    Outgoing {
-        topic: target.topic.to_string(),
-        partition: target.keep_partition.then_some(record.partition()),
-        key: record.key().cloned(),
-        value: record.value().cloned(),
-        headers,
-    }
+    let hop = Hop {
+        topic: &target.topic,
+        attempt: headers::attempt_of(record.headers()),
+        due_ms: now_ms(),
+        group,
+        max_text: target.max_text,
+        keep_partition: target.keep_partition,
+    };
+    hop_copy(record, &err, &hop)
 }
 
 #[cfg(test)]
