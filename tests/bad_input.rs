@@ -416,11 +416,121 @@ async fn a_record_too_large_to_copy_reaches_the_dlt_without_its_value() {
     let dead = read_topic(&bootstrap, &dlt);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].key(), Some(&b"big"[..]));
-    assert_eq!(dead[0].payload(), None, "the value stays behind");
+    assert_eq!(
+        dead[0].payload(),
+        Some(&b""[..]),
+        "the value stays behind: empty, not a tombstone"
+    );
     let why =
         String::from_utf8_lossy(header(&dead[0], "redrive-value-dropped").unwrap()).into_owned();
     assert!(
         why.contains("999800-byte value") && why.contains(&format!("{topic}/0@1")),
         "{why}"
     );
+}
+
+/// A record whose headers alone (999,600 bytes, a 1-byte value) make any copy too large, and
+/// one with 100,000 headers. Both reach the DLT within 10 s, the first without its value (an
+/// empty one, not a tombstone) and without its own headers, `redrive-headers-dropped` saying
+/// how many. The records around them are handled; commits reach the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_whose_headers_alone_are_too_large_reach_the_dlt_within_10_s() {
+    use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
+    init_tracing();
+    let bootstrap = bootstrap();
+    let (topic, group) = (unique("huge-headers"), unique("g"));
+    create_topic(&bootstrap, &topic, 1).await;
+    let p = producer(&bootstrap);
+    // Fits librdkafka's 1,000,000-byte message.max.bytes; with the failure headers it does not.
+    let wide = vec![b'h'; 999_600];
+    let fat = OwnedHeaders::new().insert(Header {
+        key: "blob",
+        value: Some(&wide[..]),
+    });
+    let many = (0..100_000).fold(OwnedHeaders::new_with_capacity(100_000), |h, i| {
+        h.insert(Header {
+            key: "n",
+            value: Some(&[(i % 251) as u8][..]),
+        })
+    });
+    for (key, headers) in [
+        ("small-1", None),
+        ("fat", Some(fat)),
+        ("many", Some(many)),
+        ("small-2", None),
+    ] {
+        let mut r = rdkafka::producer::FutureRecord::to(&topic)
+            .key(key)
+            .payload("v");
+        if let Some(h) = headers {
+            r = r.headers(h);
+        }
+        p.send(r, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let ok = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let svc = {
+        let ok = ok.clone();
+        service_fn(move |r: Record| {
+            let ok = ok.clone();
+            async move {
+                let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+                if !key.starts_with("small") {
+                    return Err::<(), BoxError>("cannot handle it".into());
+                }
+                ok.lock().unwrap().push(key);
+                Ok(())
+            }
+        })
+    };
+    let policy = redrive::policy::RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(100));
+    let dlt = policy.topology(&topic).dlt().unwrap().to_owned();
+    let w = test_worker(&bootstrap, &group)
+        .route(Route::new(&topic, svc).retry(policy))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(30), "the worker joined", || {
+        h.has_joined()
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    eventually(Duration::from_secs(10), "both dead letters written", || {
+        watermark(&bootstrap, &dlt, 0) == 2
+    })
+    .await;
+    let took = t0.elapsed();
+    eventually(Duration::from_secs(10), "commits at the end", || {
+        committed(&bootstrap, &group, &topic, 1)[&0] == Some(4)
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(*ok.lock().unwrap(), ["small-1", "small-2"]);
+    let dead = read_topic(&bootstrap, &dlt);
+    let find = |key: &str| {
+        dead.iter()
+            .find(|m| m.key() == Some(key.as_bytes()))
+            .unwrap()
+    };
+    let fat = find("fat");
+    assert_eq!(fat.payload(), Some(&b""[..]), "empty, not a tombstone");
+    assert!(header(fat, "redrive-value-dropped").is_some());
+    let dropped = header(fat, "redrive-headers-dropped").unwrap();
+    assert_eq!(dropped, b"1", "the record's own header left out");
+    let names: Vec<&str> = fat
+        .headers()
+        .map_or(vec![], |h| h.iter().map(|x| x.key).collect());
+    assert!(
+        names.contains(&redrive::headers::ORIGINAL_OFFSET),
+        "coordinates kept: {names:?}"
+    );
+    let many = find("many");
+    assert_eq!(many.payload(), Some(&b"v"[..]));
+    println!("both dead letters written {took:?} after the worker joined");
 }

@@ -55,6 +55,9 @@ pub const TRACEPARENT: &str = "traceparent";
 /// is first sent without its error texts; if it is still too large, the dead-letter topic
 /// gets the record's key, headers and coordinates without its value, and this header.
 pub const VALUE_DROPPED: &str = "redrive-value-dropped";
+/// On a dead letter still too large without its value: how many of the record's own headers
+/// were left out (only redrive's and Spring's bookkeeping headers are kept).
+pub const HEADERS_DROPPED: &str = "redrive-headers-dropped";
 
 /// On a dead letter that its route's dead-letter handler failed on and the
 /// `always_retry_on_error` strategy published to the DLT again: how many times the handler

@@ -148,15 +148,16 @@ fn too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     )
 }
 
-/// Publishes until the broker acknowledges, backing off between failures. Never gives up: the
-/// record is not final until its copy is durable; a revoke or shutdown that cannot wait
-/// abandons it uncommitted, to be read again.
+/// Publishes until the broker acknowledges, backing off between failures. Never gives up on a
+/// transient failure: the record is not final until its copy is durable; a revoke or shutdown
+/// that cannot wait abandons it uncommitted, to be read again.
 ///
-/// A copy the broker can never take because it exceeds the maximum record size (the failure
-/// headers pushed a record near the limit over it) is not retried as is: first the error
-/// texts are dropped; if it is still too large, the dead-letter topic gets the record's key,
-/// headers and coordinates without its value, with a [`VALUE_DROPPED`](crate::headers::VALUE_DROPPED) header saying why and
-/// where the original is (still in its source topic). No partition waits forever on it.
+/// A copy the broker can never take because it exceeds the maximum record size is shrunk in
+/// defined steps instead of being sent again as is ([`shrink`]): its error texts go, then it
+/// goes to the dead-letter topic with an empty value (never a tombstone, which a compacted
+/// DLT would treat as a delete) and a [`VALUE_DROPPED`](crate::headers::VALUE_DROPPED) header
+/// saying where the original is, then without the record's own headers, then without its key.
+/// A copy still too large after that is logged and skipped. No partition waits forever on it.
 pub(crate) async fn publish_until_acked(
     publisher: &dyn Publish,
     mut out: Outgoing,
@@ -167,61 +168,111 @@ pub(crate) async fn publish_until_acked(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
-    let mut shrunk = 0u8;
+    let mut step = 0u8;
     loop {
         let attempt = first.take().unwrap_or_else(|| publisher.publish(&out));
-        match attempt.await {
+        let e = match attempt.await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(record = %record.coordinates(), topic = %out.topic, failures, "published after failures");
                 }
                 return;
             }
-            Err(e) if too_large(&*e) && shrunk < 2 => {
-                failures += 1;
-                shrunk += 1;
-                entry
-                    .counter(
-                        crate::metrics::names::PUBLISH_FAILURES,
-                        &[("target", target.into())],
-                    )
-                    .increment(1);
-                if shrunk == 1 {
-                    tracing::warn!(record = %record.coordinates(), topic = %out.topic, error = %error_chain(&*e), "the copy exceeds the maximum record size; sending it without the error texts");
-                    out.headers.remove(headers::EXCEPTION_STACKTRACE);
-                    out.headers.remove(headers::EXCEPTION_MESSAGE);
-                    continue;
-                }
-                let Some(dlt) = entry.topology.dlt() else {
-                    tracing::error!(record = %record.coordinates(), error = %error_chain(&*e), "the copy exceeds the maximum record size and the policy has no DLT (no_dlt): dropped");
-                    return;
-                };
-                let size = out.value.as_ref().map_or(0, |v| v.len());
-                let why = format!(
-                    "the {size}-byte value made the copy exceed the maximum record size; the original is {}/{}@{}",
-                    record.topic(),
-                    record.partition(),
-                    record.offset()
-                );
-                tracing::error!(record = %record.coordinates(), dlt, "{why}: dead-lettering it without its value");
-                out.value = None;
-                out.topic = dlt.to_owned();
-                out.headers.set(headers::VALUE_DROPPED, why.into_bytes());
-                target = "dlt";
-                continue;
+            Err(e) => e,
+        };
+        failures += 1;
+        let failed = entry.counter(
+            crate::metrics::names::PUBLISH_FAILURES,
+            &[("target", target.into())],
+        );
+        failed.increment(1);
+        if too_large(&*e) {
+            step += 1;
+            match shrink(&mut out, step, entry, record, &*e) {
+                Some(true) => target = "dlt",
+                Some(false) => {}
+                None => return,
             }
-            Err(e) => {
-                failures += 1;
-                entry
-                    .counter(
-                        crate::metrics::names::PUBLISH_FAILURES,
-                        &[("target", target.into())],
-                    )
-                    .increment(1);
-                tracing::warn!(record = %record.coordinates(), topic = %out.topic, failures, error = %error_chain(&*e), retry_in = ?backoff, "publishing the failure copy failed; the offset is held back and the publish retried");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            continue;
+        }
+        tracing::warn!(record = %record.coordinates(), topic = %out.topic, failures, error = %error_chain(&*e), retry_in = ?backoff, "publishing the failure copy failed; the offset is held back and the publish retried");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Makes the `step`-th smaller form of a copy the broker refused as too large; true when it
+/// now goes to the dead-letter topic, `None` once nothing is left to drop (the record is then
+/// skipped, with an error log).
+fn shrink(
+    out: &mut Outgoing,
+    step: u8,
+    entry: &TopicEntry,
+    record: &Record,
+    e: &(dyn std::error::Error + 'static),
+) -> Option<bool> {
+    let at = record.coordinates();
+    let err = error_chain(e);
+    match step {
+        1 => {
+            tracing::warn!(record = %at, topic = %out.topic, error = %err, "the copy exceeds the maximum record size; sending it without the error texts");
+            out.headers.remove(headers::EXCEPTION_STACKTRACE);
+            out.headers.remove(headers::EXCEPTION_MESSAGE);
+            Some(false)
+        }
+        2 => {
+            let Some(dlt) = entry.topology.dlt() else {
+                tracing::error!(record = %at, error = %err, "the copy exceeds the maximum record size and the policy has no DLT (no_dlt): dropped");
+                return None;
+            };
+            let size = out.value.as_ref().map_or(0, |v| v.len());
+            let why = format!(
+                "the {size}-byte value made the copy exceed the maximum record size; the original is {}/{}@{}",
+                record.topic(),
+                record.partition(),
+                record.offset()
+            );
+            tracing::error!(record = %at, dlt, "{why}: dead-lettering it without its value");
+            // Empty, not null: a null value is a tombstone on a compacted topic.
+            out.value = Some(bytes::Bytes::new());
+            out.topic = dlt.to_owned();
+            out.headers.set(headers::VALUE_DROPPED, why.into_bytes());
+            Some(true)
+        }
+        3 => {
+            let before = out.headers.len();
+            out.headers = bookkeeping_only(&out.headers);
+            let dropped = before - out.headers.len();
+            tracing::error!(record = %at, dropped, "the dead letter is still too large without its value; sending it without the record's own headers");
+            out.headers
+                .set(headers::HEADERS_DROPPED, dropped.to_string().into_bytes());
+            Some(true)
+        }
+        4 => {
+            tracing::error!(record = %at, "the dead letter is still too large without its value and headers; sending it without its key");
+            out.key = None;
+            Some(true)
+        }
+        _ => {
+            tracing::error!(record = %at, topic = %out.topic, error = %err, "not even a dead letter without value, headers and key fits the maximum record size; the record is skipped (it stays in its source topic)");
+            None
         }
     }
+}
+
+/// Only the headers redrive and Spring write (retry bookkeeping, original coordinates, error
+/// type, the trace context, redrive's markers).
+fn bookkeeping_only(h: &headers::Headers) -> headers::Headers {
+    let mut out = headers::Headers::default();
+    for x in h.iter() {
+        let k = &*x.key;
+        let ours = k.starts_with("kafka_")
+            || k.starts_with("retry_topic-")
+            || k.starts_with("redrive-")
+            || k == headers::TRACEPARENT;
+        if ours {
+            out.push(x.key.clone(), x.value.clone());
+        }
+    }
+    out
 }

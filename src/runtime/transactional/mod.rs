@@ -545,7 +545,7 @@ impl Recovery {
                         "the copy could not be sent ({e}); the original is {}",
                         r.coordinates()
                     );
-                    copy.value = None;
+                    copy.value = Some(bytes::Bytes::new());
                     copy.headers
                         .set(crate::headers::VALUE_DROPPED, why.into_bytes());
                     self.publisher.try_send(&copy)
