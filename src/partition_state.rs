@@ -31,6 +31,22 @@ pub(crate) struct PartitionShared {
     finished_records: AtomicU64,
     /// Where handlers' acknowledgements go, in manual-acknowledgement mode.
     pub ack_tx: Option<tokio::sync::mpsc::UnboundedSender<i64>>,
+    /// Failure copies of this partition's records that the broker refused and that are being
+    /// sent again; while any is, the partition's task takes no new record.
+    failing_copies: AtomicU64,
+    /// When the oldest of them first failed (epoch ms), or -1.
+    failing_since: AtomicI64,
+}
+
+/// Marks a failure copy of the partition as failing until dropped (sent, or given up).
+pub(crate) struct FailingCopy(Arc<PartitionShared>);
+
+impl Drop for FailingCopy {
+    fn drop(&mut self) {
+        if self.0.failing_copies.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.failing_since.store(-1, Ordering::Release);
+        }
+    }
 }
 
 /// Most records a partition may have deferred at once; beyond it layers finish inline.
@@ -141,6 +157,8 @@ impl PartitionShared {
             deferred_tx,
             finished_records: AtomicU64::new(0),
             ack_tx,
+            failing_copies: AtomicU64::new(0),
+            failing_since: AtomicI64::new(-1),
         };
         (shared, Completions::new(deferred_rx))
     }
@@ -205,6 +223,24 @@ impl PartitionShared {
 
     pub(crate) fn oldest_timestamp(&self) -> Option<i64> {
         match self.oldest_ts.load(Ordering::Relaxed) {
+            -1 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Marks one of the partition's failure copies as refused by the broker, until the
+    /// returned guard is dropped.
+    pub(crate) fn copy_failing(self: &Arc<Self>) -> FailingCopy {
+        if self.failing_copies.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.failing_since
+                .store(crate::clock::now_ms(), Ordering::Release);
+        }
+        FailingCopy(self.clone())
+    }
+
+    /// Since when (epoch ms) a failure copy of the partition has been failing, if one is.
+    pub(crate) fn copies_failing_since(&self) -> Option<i64> {
+        match self.failing_since.load(Ordering::Acquire) {
             -1 => None,
             t => Some(t),
         }

@@ -492,3 +492,100 @@ async fn a_copy_in_flight_at_shutdown_does_not_keep_the_publisher_alive() {
         "the unacknowledged copy's record was committed"
     );
 }
+
+/// Every produce request is refused with TOPIC_AUTHORIZATION_FAILED while 10 % of 3,000
+/// records fail their first attempt: each partition stops taking records soon after its
+/// first refused copy (the count stays flat), the refusals are counted as permanent, the
+/// handle names the blocked partitions; once the fault clears every record completes and the
+/// commits reach the end, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthorized_retry_topic_halts_its_partitions_then_recovers() {
+    support::init_tracing();
+    let _ = metrics();
+    let (topic, group, n) = ("payments", "ledger", 3_000u64);
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(200));
+    let mock = mock_cluster(topic, 3, Some(&policy));
+    let bootstrap = mock.bootstrap_servers();
+    support::produce_n(&bootstrap, topic, 3, 0, n).await;
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 10_000],
+    );
+    let main_calls = Arc::new(AtomicU32::new(0));
+    let ok: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let handler = {
+        let (main_calls, ok) = (main_calls.clone(), ok.clone());
+        service_fn(move |r: Record| {
+            let (main_calls, ok, topic) = (main_calls.clone(), ok.clone(), r.topic().to_owned());
+            async move {
+                let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+                let i: u64 = key.trim_start_matches("key-").parse().unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if topic == "payments" {
+                    main_calls.fetch_add(1, Ordering::SeqCst);
+                    if i % 10 == 0 {
+                        return Err::<(), BoxError>("declined, try again".into());
+                    }
+                }
+                ok.lock().unwrap().insert(key);
+                Ok(())
+            }
+        })
+    };
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(group)
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(100)))
+        .route(Route::new(topic, handler).retry(policy))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    support::eventually(Duration::from_secs(30), "every partition blocked", || {
+        handle.blocked_partitions().len() == 3
+    })
+    .await;
+    let halted_at = main_calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = main_calls.load(Ordering::SeqCst);
+    assert_eq!(
+        later, halted_at,
+        "no record taken while the copies are refused"
+    );
+    assert!(
+        later < 300,
+        "halted within a bounded number of records: {later} of {n}"
+    );
+    let blocked = handle.blocked_partitions();
+    assert!(
+        blocked
+            .iter()
+            .all(|(_, _, took)| *took >= Duration::from_secs(2)),
+        "{blocked:?}"
+    );
+    let text = metrics().render();
+    let permanent = text.lines().any(|l| {
+        l.starts_with("redrive_publish_failures_total")
+            && l.contains("kind=\"permanent\"")
+            && l.contains(&format!("group=\"{group}\""))
+    });
+    assert!(permanent, "refusals counted as permanent:\n{text}");
+
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    support::eventually(Duration::from_secs(60), "every record completed", || {
+        ok.lock().unwrap().len() as u64 == n
+    })
+    .await;
+    support::eventually(Duration::from_secs(30), "commits at the end", || {
+        support::committed(&bootstrap, group, topic, 3)
+            .values()
+            .all(|o| *o == Some(1_000))
+    })
+    .await;
+    assert!(handle.blocked_partitions().is_empty());
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    println!("halted after {halted_at} of {n} main-topic records");
+}

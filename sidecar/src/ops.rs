@@ -4,7 +4,9 @@
 //! - `GET /readyz`: 200 when every worker joined its consumer group (a member with no
 //!   partition to read is ready: its group has more members than partitions) and the cluster
 //!   answered the last metadata probe; 503 otherwise, with the reason in the body. The probe
-//!   runs in the background every 2 s, so an answer takes no broker round trip.
+//!   runs in the background every 2 s, so an answer takes no broker round trip. Also 503
+//!   while the broker has refused a partition's failure copies for 10 s or more (an ACL, a
+//!   missing topic): that partition takes no new record until they are sent.
 //! - `GET /metrics`: Prometheus text.
 
 use std::convert::Infallible;
@@ -21,6 +23,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use redrive::WorkerHandle;
+
+/// A partition whose failure copies have been refused this long makes the sidecar unready.
+const BLOCKED_UNREADY: Duration = Duration::from_secs(10);
 
 struct Ops {
     workers: Vec<(String, WorkerHandle)>,
@@ -130,6 +135,18 @@ impl Ops {
             }
             if !w.has_joined() {
                 return Err(format!("group {group}: not joined yet\n"));
+            }
+            let blocked: Vec<String> = w
+                .blocked_partitions()
+                .into_iter()
+                .filter(|(_, _, took)| *took >= BLOCKED_UNREADY)
+                .map(|(t, p, took)| format!("{t}/{p} for {}s", took.as_secs()))
+                .collect();
+            if !blocked.is_empty() {
+                return Err(format!(
+                    "group {group}: the broker refuses failure copies of {} (see the ERROR log for the cause)\n",
+                    blocked.join(", ")
+                ));
             }
             let n = w.assignment().len();
             summary.push_str(&format!("group {group}: joined, {n} partitions\n"));

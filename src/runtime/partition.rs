@@ -147,6 +147,19 @@ impl<'r> Task<'r> {
         let mut ended: Option<Instant> = None;
         let mut until_check = 0u32;
         loop {
+            if self.outstanding > 0 && self.copies_failing() {
+                // A failure copy the broker refuses: take no new record until it is sent.
+                ended = None;
+                self.finished.publish();
+                match self.deferred.next().await {
+                    Some(offset) => {
+                        self.outstanding -= 1;
+                        self.settle(offset);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             if self.outstanding > 0 {
                 // Looking costs a poll of the deferred set: done every few records (and
                 // whenever the task would wait), not per record.
@@ -238,7 +251,10 @@ impl<'r> Task<'r> {
         let mut ready = false;
         let mut open = true;
         loop {
-            let can_take = open && !self.shared.stopping() && in_flight.len() < concurrency;
+            let can_take = open
+                && !self.shared.stopping()
+                && in_flight.len() < concurrency
+                && !(self.outstanding > 0 && self.copies_failing());
             tokio::select! {
                 biased;
                 // An acknowledgement is what makes the record final, so it counts for the
@@ -343,6 +359,11 @@ impl<'r> Task<'r> {
             self.settle(offset);
         }
         true
+    }
+
+    /// A failure copy of this partition is being sent again after the broker refused it.
+    fn copies_failing(&self) -> bool {
+        self.shared.copies_failing_since().is_some()
     }
 
     /// Marks a record handed to the service.

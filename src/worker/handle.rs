@@ -55,6 +55,24 @@ impl WorkerHandle {
         self.rt.joined.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Partitions whose failure copies the broker keeps refusing (an ACL, a missing topic, a
+    /// broker down), as (topic, partition, how long): each takes no new record until its copy
+    /// is sent, and resumes by itself once it is. For readiness checks and alerts.
+    pub fn blocked_partitions(&self) -> Vec<(String, i32, std::time::Duration)> {
+        let now = crate::clock::now_ms();
+        self.rt
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|p| {
+                let since = p.copies_failing_since()?;
+                let took = std::time::Duration::from_millis((now - since).max(0) as u64);
+                Some((p.topic.to_string(), p.partition, took))
+            })
+            .collect()
+    }
+
     /// True once shutdown was requested.
     pub fn is_shutting_down(&self) -> bool {
         self.rt.shutdown.load(std::sync::atomic::Ordering::Acquire)

@@ -137,6 +137,38 @@ pub(crate) fn hop_copy(
     }
 }
 
+/// How a refused copy fails: `transient` (the broker or network may recover by itself),
+/// `permanent` (a setting, ACL or topic must change first) or `fatal` (the producer itself
+/// is unusable).
+pub(crate) fn publish_error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let code = match e.downcast_ref::<KafkaError>() {
+        Some(KafkaError::MessageProduction(c)) => *c,
+        Some(other) => match other.rdkafka_error_code() {
+            Some(c) => c,
+            None => return "transient",
+        },
+        None => return "transient",
+    };
+    match code {
+        C::Fatal => "fatal",
+        C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::UnknownTopicOrPartition
+        | C::UnknownTopic
+        | C::InvalidTopic
+        | C::InvalidConfig
+        | C::InvalidRecord
+        | C::PolicyViolation
+        | C::UnsupportedVersion
+        | C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidRequiredAcks => "permanent",
+        _ => "transient",
+    }
+}
+
 fn too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     use rdkafka::error::KafkaError;
     use rdkafka::types::RDKafkaErrorCode;
@@ -169,6 +201,8 @@ pub(crate) async fn publish_until_acked(
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
     let mut step = 0u8;
+    // While the copy fails, its partition takes no new record (docs/design.md, Faults).
+    let mut failing = None;
     loop {
         let attempt = first.take().unwrap_or_else(|| publisher.publish(&out));
         let e = match attempt.await {
@@ -181,11 +215,15 @@ pub(crate) async fn publish_until_acked(
             Err(e) => e,
         };
         failures += 1;
+        let kind = publish_error_kind(&*e);
         let failed = entry.counter(
             crate::metrics::names::PUBLISH_FAILURES,
-            &[("target", target.into())],
+            &[("target", target.into()), ("kind", kind.into())],
         );
         failed.increment(1);
+        if failing.is_none() {
+            failing = record.partition_state.as_ref().map(|p| p.copy_failing());
+        }
         if too_large(&*e) {
             step += 1;
             match shrink(&mut out, step, entry, record, &*e) {
@@ -195,7 +233,19 @@ pub(crate) async fn publish_until_acked(
             }
             continue;
         }
-        tracing::warn!(record = %record.coordinates(), topic = %out.topic, failures, error = %error_chain(&*e), retry_in = ?backoff, "publishing the failure copy failed; the offset is held back and the publish retried");
+        // Once at first, then every tenth failure: the copy is retried every few seconds.
+        let loud = failures == 1 || failures % 10 == 0;
+        match kind {
+            _ if !loud => {
+                tracing::debug!(record = %record.coordinates(), topic = %out.topic, kind, failures, error = %error_chain(&*e), "the failure copy is refused again")
+            }
+            "transient" => {
+                tracing::warn!(record = %record.coordinates(), topic = %out.topic, failures, error = %error_chain(&*e), retry_in = ?backoff, "publishing the failure copy failed; the offset is held back and the publish retried")
+            }
+            _ => {
+                tracing::error!(record = %record.coordinates(), topic = %out.topic, kind, failures, error = %error_chain(&*e), retry_in = ?backoff, "the broker refuses the failure copy ({kind}); its partition takes no new record until the copy is sent (fix the cause, e.g. grant the ACL or create the topic: it resumes by itself)")
+            }
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
