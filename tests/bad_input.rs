@@ -85,6 +85,20 @@ fn impossible_rollback_settings_are_refused() {
     assert_eq!(build(t()), None);
 }
 
+/// A zero handler timeout would fail every call: refused at `build()`, naming the route.
+#[test]
+fn a_zero_handler_timeout_is_refused() {
+    let e = Worker::builder()
+        .bootstrap_servers("127.0.0.1:1")
+        .group_id("g")
+        .route(Route::new("t", noop()).handler_timeout(Duration::ZERO))
+        .build()
+        .err()
+        .expect("accepted");
+    assert!(e.to_string().contains("route `t`"), "{e}");
+    assert_eq!(setting_of(e), "handler_timeout");
+}
+
 /// A circuit breaker with impossible settings is refused at `build()` naming the route; a
 /// transactional worker refuses a breaker at all (a paused transaction would time out).
 #[test]

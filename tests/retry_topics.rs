@@ -1097,3 +1097,72 @@ async fn dlt_strategies_retry_or_stop() {
     );
     assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0], Some(3));
 }
+
+/// A handler call over the route's `handler_timeout` fails with "request timed out": the
+/// record goes down its retry chain (and succeeds there) while the records behind it on its
+/// partition are handled at once, not after the slow call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_the_handler_timeout_goes_down_the_retry_chain() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let (topic, group) = (unique("slow"), unique("g"));
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 5).await;
+    let seen: Arc<Mutex<Vec<(String, u32, std::time::Instant)>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        tower::service_fn(move |r: Record| {
+            let seen = seen.clone();
+            async move {
+                let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+                let attempt = redrive::headers::attempt_of(r.headers());
+                if key == "key-1" && attempt == 1 {
+                    // Far beyond the limit: the call is dropped at 300 ms.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push((key, attempt, std::time::Instant::now()));
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(300));
+    let dlt = policy.topology(&topic).dlt().unwrap().to_owned();
+    let w = test_worker(&bootstrap, &group)
+        .route(
+            Route::new(&topic, handler)
+                .handler_timeout(Duration::from_millis(300))
+                .retry(policy),
+        )
+        .build()
+        .unwrap();
+    let (h, t0) = (w.handle(), std::time::Instant::now());
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(30), "every record handled", || {
+        seen.lock().unwrap().len() == 5
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let slow: Vec<_> = seen.iter().filter(|(k, _, _)| k == "key-1").collect();
+    assert_eq!(slow.len(), 1, "{seen:?}");
+    assert_eq!(
+        slow[0].1, 2,
+        "handled on its second attempt, from the retry topic"
+    );
+    let behind = seen.iter().find(|(k, _, _)| k == "key-4").unwrap();
+    assert!(
+        behind.2 < slow[0].2,
+        "the records behind it did not wait for its retry"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "no 30 s wait");
+    assert_eq!(
+        watermark(&bootstrap, &dlt, 0).max(0),
+        0,
+        "nothing dead-lettered"
+    );
+}

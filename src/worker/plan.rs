@@ -49,6 +49,8 @@ pub(super) struct PendingRoute {
     pub(super) produces: bool,
     /// See `Route::breaker`.
     pub(super) breaker: Option<Arc<Breaker>>,
+    /// See `Route::handler_timeout`.
+    pub(super) handler_timeout: Option<Duration>,
     make: MakeBindings,
 }
 
@@ -73,6 +75,7 @@ impl PendingRoute {
             read_headers: route.read_headers,
             produces,
             breaker: route.breaker.clone(),
+            handler_timeout: route.handler_timeout,
             make: Box::new(move |layer, output| {
                 let Route {
                     name,

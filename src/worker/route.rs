@@ -59,6 +59,8 @@ pub struct Route<S> {
     pub(crate) read_headers: bool,
     /// The breaker added with [`Route::circuit_breaker`], for its metric labels.
     pub(crate) breaker: Option<Arc<Breaker>>,
+    /// The limit set with [`Route::handler_timeout`], checked at build.
+    pub(crate) handler_timeout: Option<std::time::Duration>,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -75,6 +77,7 @@ impl<S> std::fmt::Debug for Route<S> {
                 "circuit_breaker",
                 &self.breaker.as_ref().map(|b| b.config()),
             )
+            .field("handler_timeout", &self.handler_timeout)
             .finish()
     }
 }
@@ -94,6 +97,7 @@ impl<S> Route<S> {
             layered: false,
             read_headers: true,
             breaker: None,
+            handler_timeout: None,
         }
     }
 
@@ -201,6 +205,31 @@ impl<S> Route<S> {
             layered: true,
             read_headers: self.read_headers,
             breaker: self.breaker,
+            handler_timeout: self.handler_timeout,
+        }
+    }
+
+    /// Fails a call of the handler that takes longer than `limit` with tower's `Elapsed`
+    /// error ("request timed out"), which the retry policy treats like any other failure:
+    /// the record goes to its next retry topic, and the partition moves on. Off by default:
+    /// a handler may take as long as it needs while its partition waits. The limit covers the
+    /// handler only, not a retry record's wait for its due time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redrive::{policy::RetryPolicy, BoxError, Record, Route};
+    /// use tower::service_fn;
+    ///
+    /// let route = Route::new("orders", service_fn(|_r: Record| async move { Ok::<_, BoxError>(()) }))
+    ///     .handler_timeout(Duration::from_secs(30))
+    ///     .retry(RetryPolicy::new());
+    /// ```
+    pub fn handler_timeout(self, limit: std::time::Duration) -> Route<tower::timeout::Timeout<S>> {
+        let layered = self.layered;
+        Route {
+            handler_timeout: Some(limit),
+            layered,
+            ..self.layer(tower::timeout::TimeoutLayer::new(limit))
         }
     }
 

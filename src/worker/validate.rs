@@ -137,6 +137,12 @@ fn route(r: &PendingRoute) -> Result<(), Error> {
             format!("route `{name}` has a retry policy: its retry and dead-letter copies carry the record's headers, so it must read them"),
         ));
     }
+    if r.handler_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(Error::config(
+            "handler_timeout",
+            format!("route `{name}`: must be above 0 (every call would time out)"),
+        ));
+    }
     if let Some(b) = &r.breaker {
         b.config().validate().map_err(|reason| {
             Error::config("circuit_breaker", format!("route `{name}`: {reason}"))
