@@ -66,7 +66,11 @@ async fn paused(_record: Record) -> Result<(), redrive::Unavailable> {
     Err(redrive::Unavailable::new("connection refused"))
 }
 
-#[redrive::retryable_topic(topic = "macro-paused-defaults", circuit_breaker)]
+#[redrive::retryable_topic(
+    topic = "macro-paused-defaults",
+    handler_timeout = "250ms",
+    circuit_breaker
+)]
 async fn paused_by_default(_record: Record) -> Result<(), std::io::Error> {
     Ok(())
 }

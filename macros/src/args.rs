@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::{bracketed, parenthesized, Ident, LitBool, LitFloat, LitInt, LitStr, Path, Token};
 
 /// Every key `#[retryable_topic]` accepts.
-pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, dlt_handler, circuit_breaker";
+pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, dlt_handler, circuit_breaker, handler_timeout";
 /// Every key of `backoff(...)`.
 pub(crate) const BACKOFF_KEYS: &str = "delay, multiplier, max, jitter";
 
@@ -73,6 +73,7 @@ pub(crate) struct Args {
     pub partitions: Option<u32>,
     pub dlt_handler: Option<Path>,
     pub circuit_breaker: Option<Breaker>,
+    pub handler_timeout: Option<DurationLit>,
 }
 
 /// `circuit_breaker(...)`; `None` = the default of `redrive::policy::CircuitBreaker`.
@@ -342,6 +343,17 @@ impl Parse for Args {
                         })?);
                     }
                     "dlt_handler" => a.dlt_handler = Some(input.parse()?),
+                    "handler_timeout" => {
+                        let lit: LitStr = input.parse()?;
+                        let t = DurationLit::parse(&lit)?;
+                        if t.duration().is_zero() {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "handler_timeout must be above 0 (every call would time out)",
+                            ));
+                        }
+                        a.handler_timeout = Some(t);
+                    }
                     _ => unreachable!("every key in KEYS is handled"),
                 }
             }

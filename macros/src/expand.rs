@@ -186,6 +186,11 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
         };
     }
     let mut service_type = quote!(::redrive::__private::FnService);
+    if let Some(t) = &args.handler_timeout {
+        let d = duration(t);
+        route = quote!(#route.handler_timeout(#d));
+        service_type = quote!(::redrive::tower::timeout::Timeout<#service_type>);
+    }
     if let Some(b) = &args.circuit_breaker {
         let settings = breaker_settings(b);
         route = quote!(#route.circuit_breaker({

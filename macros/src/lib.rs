@@ -44,6 +44,7 @@ use syn::ItemFn;
 ///     group_scoped = false,              // orders-billing-retry-1000 instead of orders-retry-1000
 ///     partitions = 6,                    // partitions of created topics (default: the main's)
 ///     dlt_handler = billing_dlt,         // a #[dlt_handler] fn consuming orders-dlt
+///     handler_timeout = "30s",           // a call longer than this fails (and is retried)
 ///     circuit_breaker(consecutive_failures = 5, open_for = "1s", max_open_for = "60s"),
 ///                                        // pause on redrive::Unavailable failures (bare: defaults)
 /// )]
