@@ -86,7 +86,9 @@ pub use redrive_macros::{dlt_handler, retryable_topic};
 pub use runtime::CommitErrorCallback;
 pub use timestamp::{Timestamp, TimestampType};
 pub use worker::route::{IntoRoute, Route};
-pub use worker::{shutdown_signal, Worker, WorkerBuilder, WorkerHandle};
+pub use worker::{
+    shutdown_signal, BlockReason, BlockedPartition, Worker, WorkerBuilder, WorkerHandle,
+};
 
 // The README's examples compile as doc tests.
 #[cfg(doctest)]

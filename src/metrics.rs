@@ -3,7 +3,7 @@
 //! serves `/metrics` with the buckets and idle timeout redrive's dashboard expects.
 //!
 //! Every metric carries `group`; per-topic ones also `topic` and `route`. Only the lag
-//! gauges carry `partition`. No offsets, keys or error texts are ever labels.
+//! gauges and the fetch-error counter carry `partition`. No offsets, keys or error texts are ever labels.
 //!
 //! Gauges are refreshed periodically (lag every `lag_interval`, the rest every second), so an
 //! exporter with an idle timeout for gauges drops the series of revoked partitions.
@@ -54,6 +54,9 @@ pub mod names {
     /// Records a transactional worker gave up after `max_failed_transactions` failed
     /// transactions, by `outcome` (dead_lettered, skipped).
     pub const RECORDS_GIVEN_UP: &str = "redrive_records_given_up_total";
+    /// Reads of a partition's queue that returned an error instead of a record, by `topic`
+    /// and `partition` (an unsupported codec, a corrupt batch, a broker error).
+    pub const FETCH_ERRORS: &str = "redrive_fetch_errors_total";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "redrive_build_info";
 }

@@ -36,6 +36,11 @@ pub(crate) struct PartitionShared {
     failing_copies: AtomicU64,
     /// When the oldest of them first failed (epoch ms), or -1.
     failing_since: AtomicI64,
+    /// Since when (epoch ms) every read of the partition's queue has returned an error and no
+    /// record, or -1.
+    fetch_failing_since: AtomicI64,
+    /// Records past the committed offset at the last lag check, or -1 before the first.
+    lag_records: AtomicI64,
 }
 
 /// Marks a failure copy of the partition as failing until dropped (sent, or given up).
@@ -159,6 +164,8 @@ impl PartitionShared {
             ack_tx,
             failing_copies: AtomicU64::new(0),
             failing_since: AtomicI64::new(-1),
+            fetch_failing_since: AtomicI64::new(-1),
+            lag_records: AtomicI64::new(-1),
         };
         (shared, Completions::new(deferred_rx))
     }
@@ -244,6 +251,29 @@ impl PartitionShared {
             -1 => None,
             t => Some(t),
         }
+    }
+
+    /// Records whether the partition's reads fail (`Some(since)`, epoch ms) or not.
+    pub(crate) fn set_fetch_failing(&self, since: Option<i64>) {
+        self.fetch_failing_since
+            .store(since.unwrap_or(-1), Ordering::Release);
+    }
+
+    /// Since when (epoch ms) the partition's reads have failed with records waiting to be
+    /// read, if they do: a read error on a partition with nothing to read blocks nothing.
+    pub(crate) fn fetch_failing_since(&self) -> Option<i64> {
+        if self.lag_records.load(Ordering::Relaxed) <= 0 {
+            return None;
+        }
+        match self.fetch_failing_since.load(Ordering::Acquire) {
+            -1 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Records past the committed offset, as the lag thread last saw them.
+    pub(crate) fn set_lag_records(&self, records: i64) {
+        self.lag_records.store(records, Ordering::Relaxed);
     }
 
     pub(crate) fn stopping(&self) -> bool {

@@ -14,7 +14,10 @@ use redrive::{policy::RetryPolicy, BoxError, CommitPolicy, Record, Route, Worker
 use tower::service_fn;
 
 mod support;
-use support::{mock_cluster, Mock};
+
+use support::{
+    eventually, init_tracing, mock_cluster, produce_n, recording, test_worker, Mock, Seen,
+};
 
 const PARTITIONS: i32 = 2;
 
@@ -271,4 +274,54 @@ async fn a_500ms_round_trip_slows_but_loses_nothing() {
     r.wait_all(n, Duration::from_secs(120)).await;
     r.mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
     r.finish(n).await;
+}
+
+/// Every fetch refused with TOPIC_AUTHORIZATION_FAILED for 15 s (mock cluster): the
+/// partition's reads fail, `redrive_fetch_errors_total` counts them, and after 10 s the
+/// handle names the partition as unreadable (the sidecar's `/readyz` turns 503 on it). Once
+/// the refusals stop, every record is handled and the partition is no longer blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_cannot_be_read_is_a_defined_state() {
+    init_tracing();
+    let _ = metrics_text();
+    let (topic, group) = ("unreadable", "readers");
+    let mock = mock_cluster(topic, 1, None);
+    let bootstrap = mock.bootstrap_servers();
+    produce_n(&bootstrap, topic, 1, 0, 10).await;
+    mock.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 100_000],
+    );
+    let seen = Seen::default();
+    let w = test_worker(&bootstrap, group)
+        .route(Route::new(topic, recording(seen.clone())))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(
+        Duration::from_secs(40),
+        "the partition reported unreadable",
+        || {
+            h.blocked_partitions()
+                .iter()
+                .any(|b| b.reason == redrive::BlockReason::Unreadable)
+        },
+    )
+    .await;
+    assert!(seen.lock().unwrap().is_empty());
+    let text = metrics_text();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("redrive_fetch_errors_total") && l.contains("partition=\"0\"")),
+        "{text}"
+    );
+    mock.clear_request_errors(RDKafkaApiKey::Fetch);
+    eventually(Duration::from_secs(30), "every record handled", || {
+        seen.lock().unwrap().len() == 10
+    })
+    .await;
+    assert!(h.blocked_partitions().is_empty());
+    h.shutdown();
+    run.await.unwrap().unwrap();
 }

@@ -5,8 +5,9 @@
 //!   partition to read is ready: its group has more members than partitions) and the cluster
 //!   answered the last metadata probe; 503 otherwise, with the reason in the body. The probe
 //!   runs in the background every 2 s, so an answer takes no broker round trip. Also 503
-//!   while the broker has refused a partition's failure copies for 10 s or more (an ACL, a
-//!   missing topic): that partition takes no new record until they are sent.
+//!   while a partition has made no progress for 10 s or more: the broker refuses its failure
+//!   copies (an ACL, a missing topic), or its records cannot be read (an unsupported codec,
+//!   a corrupt batch).
 //! - `GET /metrics`: Prometheus text.
 
 use std::convert::Infallible;
@@ -139,13 +140,16 @@ impl Ops {
             let blocked: Vec<String> = w
                 .blocked_partitions()
                 .into_iter()
-                .filter(|(_, _, took)| *took >= BLOCKED_UNREADY)
-                .map(|(t, p, took)| format!("{t}/{p} for {}s", took.as_secs()))
+                .filter(|b| b.since >= BLOCKED_UNREADY)
+                .map(|b| {
+                    let secs = b.since.as_secs();
+                    format!("{}/{} for {secs}s: {}", b.topic, b.partition, b.reason)
+                })
                 .collect();
             if !blocked.is_empty() {
                 return Err(format!(
-                    "group {group}: the broker refuses failure copies of {} (see the ERROR log for the cause)\n",
-                    blocked.join(", ")
+                    "group {group}: partitions make no progress ({}); see the ERROR log for the cause\n",
+                    blocked.join("; ")
                 ));
             }
             let n = w.assignment().len();

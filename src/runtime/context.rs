@@ -240,9 +240,7 @@ impl RuntimeContext {
         let max = self.rt.config.max_poll_records;
         let mut more = false;
         for slot in st.slots.values_mut() {
-            more |= slot
-                .feeder
-                .fetch(max, &slot.shared.topic, slot.shared.partition);
+            more |= slot.feeder.fetch(max, &slot.shared, &self.rt.group);
         }
         more
     }
@@ -292,6 +290,9 @@ impl RuntimeContext {
                 .set(1.0);
             for b in &self.rt.config.breakers {
                 b.refresh_gauge();
+            }
+            for slot in st.slots.values_mut() {
+                slot.feeder.check_reads(&slot.shared);
             }
         }
     }

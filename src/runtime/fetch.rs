@@ -32,6 +32,7 @@ use redrive_partition_queue::BatchQueue;
 use tokio::sync::mpsc;
 
 use crate::headers::{interned, Header, Headers};
+use crate::partition_state::PartitionShared;
 use crate::timestamp::Timestamp;
 use crate::Record;
 
@@ -226,7 +227,17 @@ pub(crate) struct Feeder<C: ConsumerContext + 'static> {
     /// See `TopicBinding::read_headers`.
     read_headers: bool,
     error_until: Option<Instant>,
-    last_warning: Option<Instant>,
+    read_errors: ReadErrors,
+}
+
+/// Reads of one partition that returned errors instead of records.
+#[derive(Default)]
+struct ReadErrors {
+    /// Errors read since the last record, and when the first of them came.
+    since_record: Option<(u64, Instant)>,
+    last_log: Option<Instant>,
+    /// The streak was logged as an ERROR.
+    reported: bool,
 }
 
 /// The task's side: batches from the poll thread.
@@ -258,16 +269,74 @@ pub(crate) fn feed<C: ConsumerContext + 'static>(
             more: true,
             read_headers,
             error_until: None,
-            last_warning: None,
+            read_errors: ReadErrors::default(),
         },
         Feed { rx, signal, poller },
     )
 }
 
+/// Reads that fail for this long with no record in between make the partition "unreadable":
+/// an ERROR log, `WorkerHandle::blocked_partitions`, the sidecar unready.
+pub(crate) const FETCH_FAILING_AFTER: Duration = Duration::from_secs(10);
+
+impl ReadErrors {
+    /// Counts a read that returned an error instead of a record; the first since the last
+    /// record starts the partition's error streak. Logged at most every 5 s.
+    fn failed(&mut self, p: &PartitionShared, group: &str, e: &KafkaError) {
+        let (topic, partition) = (&*p.topic, p.partition);
+        ::metrics::counter!(crate::metrics::names::FETCH_ERRORS, "group" => group.to_owned(), "topic" => topic.to_owned(), "partition" => partition.to_string())
+            .increment(1);
+        let (n, first) = self
+            .since_record
+            .map_or((1, Instant::now()), |(n, t)| (n + 1, t));
+        self.since_record = Some((n, first));
+        if n == 1 {
+            p.set_fetch_failing(Some(crate::clock::now_ms()));
+        }
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            self.last_log = Some(Instant::now());
+            tracing::warn!(topic, partition, error = %e, "partition fetch error");
+        }
+    }
+
+    /// A record was read: the partition's reads work again.
+    fn recovered(&mut self, p: &PartitionShared) {
+        if self.since_record.take().is_some() {
+            p.set_fetch_failing(None);
+            if std::mem::take(&mut self.reported) {
+                tracing::info!(topic = %p.topic, partition = p.partition, "the partition's records can be read again");
+            }
+        }
+    }
+
+    /// Logs an ERROR once the error streak has lasted [`FETCH_FAILING_AFTER`] with no record.
+    fn report(&mut self, p: &PartitionShared) {
+        let Some((n, first)) = self.since_record else {
+            return;
+        };
+        if self.reported
+            || first.elapsed() < FETCH_FAILING_AFTER
+            || p.fetch_failing_since().is_none()
+        {
+            return;
+        }
+        self.reported = true;
+        tracing::error!(topic = %p.topic, partition = p.partition, errors = n, for_s = first.elapsed().as_secs(), "the partition's records cannot be read: it makes no progress until the cause is fixed (docs/design.md, Refused copies and unreadable records)");
+    }
+}
+
 impl<C: ConsumerContext + 'static> Feeder<C> {
+    /// Logs an ERROR if the partition's reads have failed for long (called periodically).
+    pub(crate) fn check_reads(&mut self, p: &PartitionShared) {
+        self.read_errors.report(p);
+    }
+
     /// Hands the partition's waiting records to its task when its channel has room. True when
     /// this partition may have more right away (the caller polls again before sleeping).
-    pub(crate) fn fetch(&mut self, max_records: usize, topic: &str, partition: i32) -> bool {
+    pub(crate) fn fetch(&mut self, max_records: usize, p: &PartitionShared, group: &str) -> bool {
         let signalled = self.signal.swap(false, Ordering::AcqRel);
         if !(signalled || self.more) {
             return false;
@@ -307,17 +376,12 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
                     Ok(msg) => {
                         let bytes = batch.push(&msg, self.read_headers);
                         largest = largest.max(Some(bytes));
+                        self.read_errors.recovered(p);
                     }
                     Err(KafkaError::PartitionEOF(_)) => {}
                     Err(e) => {
                         self.error_until = Some(Instant::now() + ERROR_BACKOFF);
-                        if self
-                            .last_warning
-                            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-                        {
-                            self.last_warning = Some(Instant::now());
-                            tracing::warn!(topic, partition, error = %e, "partition fetch error");
-                        }
+                        self.read_errors.failed(p, group, &e);
                     }
                 }
             }

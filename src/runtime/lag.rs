@@ -67,6 +67,7 @@ fn run(rt: &RuntimeShared, client: &BaseConsumer, interval: Duration) {
             };
             let position = s.committed().unwrap_or(low);
             let records = (high - position).max(0);
+            s.set_lag_records(records);
             let seconds = match s.oldest_timestamp() {
                 Some(ts) if records > 0 => (now_ms() - ts).max(0) as f64 / 1000.0,
                 _ => 0.0,

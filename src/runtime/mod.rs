@@ -26,6 +26,7 @@ mod transactional;
 
 pub(crate) use committer::Committer;
 pub(crate) use context::RuntimeContext;
+pub(crate) use fetch::FETCH_FAILING_AFTER;
 pub(crate) use lag::spawn_lag_thread;
 pub(crate) use poll::poll_loop;
 pub(crate) use route::{DeadLetter, RouteFactory, ServiceRoute, TopicBinding};

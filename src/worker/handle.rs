@@ -5,6 +5,40 @@ use std::sync::Arc;
 use crate::runtime::{RuntimeShared, TxnState};
 use crate::transaction::TransactionStats;
 
+/// A partition that makes no progress: see [`WorkerHandle::blocked_partitions`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BlockedPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// How long it has been blocked.
+    pub since: std::time::Duration,
+    /// Why.
+    pub reason: BlockReason,
+}
+
+/// Why a partition makes no progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BlockReason {
+    /// The broker refuses a failure copy of one of its records; it takes no new record until
+    /// the copy is sent.
+    CopiesRefused,
+    /// Every read of its records returns an error.
+    Unreadable,
+}
+
+impl std::fmt::Display for BlockReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlockReason::CopiesRefused => "the broker refuses its failure copies",
+            BlockReason::Unreadable => "its records cannot be read",
+        })
+    }
+}
+
 /// Stops a running worker from elsewhere. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkerHandle {
@@ -55,22 +89,36 @@ impl WorkerHandle {
         self.rt.joined.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Partitions whose failure copies the broker keeps refusing (an ACL, a missing topic, a
-    /// broker down), as (topic, partition, how long): each takes no new record until its copy
-    /// is sent, and resumes by itself once it is. For readiness checks and alerts.
-    pub fn blocked_partitions(&self) -> Vec<(String, i32, std::time::Duration)> {
+    /// Partitions that make no progress, and why: the broker keeps refusing their failure
+    /// copies (an ACL, a missing topic, a broker down), or their records cannot be read (an
+    /// unsupported codec, a corrupt batch) for 10 s or more. Each resumes by itself once the
+    /// cause is fixed. For readiness checks and alerts (the sidecar's `/readyz` uses it).
+    pub fn blocked_partitions(&self) -> Vec<BlockedPartition> {
         let now = crate::clock::now_ms();
-        self.rt
-            .assignment
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|p| {
-                let since = p.copies_failing_since()?;
-                let took = std::time::Duration::from_millis((now - since).max(0) as u64);
-                Some((p.topic.to_string(), p.partition, took))
-            })
-            .collect()
+        let age = |since: i64| std::time::Duration::from_millis((now - since).max(0) as u64);
+        let assigned = self.rt.assignment.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for p in assigned.iter() {
+            // A read error may be retried away at once: only a streak with no record counts.
+            let unreadable = p
+                .fetch_failing_since()
+                .filter(|s| age(*s) >= crate::runtime::FETCH_FAILING_AFTER);
+            let causes = [
+                (p.copies_failing_since(), BlockReason::CopiesRefused),
+                (unreadable, BlockReason::Unreadable),
+            ];
+            for (since, reason) in causes {
+                if let Some(since) = since {
+                    out.push(BlockedPartition {
+                        topic: p.topic.to_string(),
+                        partition: p.partition,
+                        since: age(since),
+                        reason,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// True once shutdown was requested.

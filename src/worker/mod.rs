@@ -10,6 +10,6 @@ mod topics;
 mod validate;
 
 pub use builder::WorkerBuilder;
-pub use handle::WorkerHandle;
+pub use handle::{BlockReason, BlockedPartition, WorkerHandle};
 pub use run::Worker;
 pub use signal::shutdown_signal;
