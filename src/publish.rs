@@ -130,6 +130,13 @@ pub trait Publish: Send + Sync + 'static {
     fn as_kafka(&self) -> Option<&KafkaPublisher> {
         None
     }
+
+    /// Why the publisher can never send again (librdkafka's fatal error of an idempotent
+    /// producer, e.g. one not authorized to use idempotence), if it cannot. The worker then
+    /// stops with [`Error::Fatal`](crate::Error::Fatal) instead of retrying copies forever.
+    fn fatal_error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Publishes through an rdkafka producer configured for durability.
@@ -302,6 +309,11 @@ impl Publish for KafkaPublisher {
 
     fn as_kafka(&self) -> Option<&KafkaPublisher> {
         Some(self)
+    }
+
+    fn fatal_error(&self) -> Option<String> {
+        let (code, reason) = self.producer.client().fatal_error()?;
+        Some(format!("{code}: {reason}"))
     }
 }
 

@@ -588,3 +588,42 @@ async fn an_unauthorized_retry_topic_halts_its_partitions_then_recovers() {
     run.await.unwrap().unwrap();
     println!("halted after {halted_at} of {n} main-topic records");
 }
+
+/// The broker refuses the idempotent producer's id (CLUSTER_AUTHORIZATION_FAILED on
+/// InitProducerId): librdkafka raises a fatal error, and the worker stops with
+/// `Error::Fatal` instead of retrying copies forever; nothing is committed past the records
+/// whose copies were never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_stops_the_worker_with_an_error() {
+    support::init_tracing();
+    let (topic, group) = ("refunds", "accounting");
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(200));
+    let mock = cluster_with(topic, &policy, 5).await;
+    let bootstrap = mock.bootstrap_servers();
+    mock.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED; 10],
+    );
+    let handler = service_fn(|_r: Record| async { Err::<(), BoxError>("always fails".into()) });
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(group)
+        .drain_timeout(Duration::from_secs(2))
+        .route(Route::new(topic, handler).retry(policy))
+        .build()
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(60), worker.run())
+        .await
+        .expect("the worker stopped by itself");
+    let err = ended.expect_err("a fatal producer error ends run with an error");
+    assert!(
+        matches!(err, redrive::Error::Fatal(_)) && err.to_string().contains("fatally"),
+        "{err}"
+    );
+    assert!(
+        committed(&bootstrap, group, topic).unwrap_or(0) == 0,
+        "nothing committed past records whose copies were never sent"
+    );
+}

@@ -12,6 +12,9 @@ use super::context::{is_fatal, RuntimeContext};
 use crate::commit::CommitTrigger;
 use crate::Error;
 
+/// How often the poll thread asks the publisher whether it failed fatally.
+const PUBLISHER_CHECK_EVERY: Duration = Duration::from_millis(250);
+
 /// Runs until shutdown is requested or a fatal error occurs, then drains and commits.
 pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(), Error> {
     let ctx = consumer.context();
@@ -19,6 +22,7 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
     let cfg = &rt.config;
     let mut fatal: Option<Error> = None;
     let mut last_warning: Option<Instant> = None;
+    let mut last_publisher_check = Instant::now();
     // Count-based policies commit soon after the count is reached.
     let timeout = match cfg.commit.trigger {
         CommitTrigger::PerRecord | CommitTrigger::EveryRecords(_) | CommitTrigger::PerBatch => {
@@ -64,6 +68,15 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
                 }
             }
             served = true;
+        }
+        if last_publisher_check.elapsed() >= PUBLISHER_CHECK_EVERY {
+            last_publisher_check = Instant::now();
+            if let Some(why) = cfg.publisher.as_ref().and_then(|p| p.fatal_error()) {
+                tracing::error!(error = %why, "the producer of copies failed fatally; the worker stops");
+                fatal = Some(Error::Fatal(format!(
+                    "the producer of retry and dead-letter copies failed fatally and cannot send again: {why}"
+                )));
+            }
         }
         if fatal.is_some() {
             break;

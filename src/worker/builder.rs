@@ -313,7 +313,7 @@ impl WorkerBuilder {
             self.publisher = Some(t.publisher.clone());
         }
         let publisher = plan::publisher(&self.routes, self.publisher.take(), &producer_config)?;
-        let planned = plan::topics(self.routes, publisher, &group, self.manual_ack)?;
+        let planned = plan::topics(self.routes, publisher.clone(), &group, self.manual_ack)?;
         let rt = Arc::new(RuntimeShared::new(
             Arc::from(group.as_str()),
             RuntimeConfig {
@@ -327,6 +327,7 @@ impl WorkerBuilder {
                 lag_interval: self.lag_interval,
                 on_commit_error: self.on_commit_error,
                 breakers: planned.breakers,
+                publisher,
             },
         ));
         let context = RuntimeContext::new(
