@@ -221,7 +221,13 @@ impl RuntimeContext {
     /// A record polled from the consumer's main queue: only possible for a partition whose
     /// queue was not split yet. Seeking makes librdkafka fetch it again into the partition's
     /// own queue, so it is neither lost nor handled out of order.
-    pub(crate) fn stray(&self, consumer: &BaseConsumer<RuntimeContext>, msg: &BorrowedMessage<'_>) {
+    /// A failed seek is fatal: the partition's position would stay past the record, and the
+    /// records after it would be committed without it.
+    pub(crate) fn stray(
+        &self,
+        consumer: &BaseConsumer<RuntimeContext>,
+        msg: &BorrowedMessage<'_>,
+    ) -> Result<(), crate::Error> {
         let (topic, p, offset) = (msg.topic(), msg.partition(), msg.offset());
         tracing::debug!(
             topic,
@@ -229,9 +235,14 @@ impl RuntimeContext {
             offset,
             "record on the main queue; fetching it again through the partition queue"
         );
-        if let Err(e) = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(10)) {
-            tracing::warn!(topic, partition = p, offset, error = %e, "seek of a stray record failed; it is delivered after a restart or rebalance");
-        }
+        consumer
+            .seek(topic, p, Offset::Offset(offset), Duration::from_secs(10))
+            .map_err(|e| {
+                tracing::error!(topic, partition = p, offset, error = %e, "seek of a stray record failed; the worker stops so that it is not skipped");
+                crate::Error::Fatal(format!(
+                    "cannot fetch {topic}/{p}@{offset} again ({e}); stopping rather than committing past it"
+                ))
+            })
     }
 
     /// Hands waiting records to the partition tasks with room for a batch. True when some

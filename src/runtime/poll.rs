@@ -45,7 +45,12 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
         for _ in 0..if events { 8 } else { 1 } {
             // The state lock is not held across poll: librdkafka runs rebalance callbacks in it.
             match consumer.poll(Duration::ZERO) {
-                Some(Ok(msg)) => ctx.stray(&consumer, &msg),
+                Some(Ok(msg)) => {
+                    if let Err(e) = ctx.stray(&consumer, &msg) {
+                        fatal = Some(e);
+                        break;
+                    }
+                }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 None => {
                     if !events {

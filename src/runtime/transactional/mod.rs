@@ -317,12 +317,11 @@ impl TxnLoop {
         match verdict {
             Verdict::Commit => {
                 tracing::debug!(records = n_records, offsets = ?settled.offsets, waiting = settled.pause.len(), "transaction committed");
-                self.committed(&batch.firsts, settled);
-                Ok(())
+                self.committed(&batch.firsts, settled)
             }
             Verdict::Stop(e) => {
                 let _ = self.producer.abort_transaction(self.settings.timeout);
-                self.rewind(&batch.firsts);
+                let _ = self.rewind(&batch.firsts);
                 Err(e)
             }
             Verdict::Abort(why) => {
@@ -436,7 +435,7 @@ impl TxnLoop {
     }
 
     /// After a commit: the counts, and the partitions that wait for a due record.
-    fn committed(&mut self, firsts: &BTreeMap<Key, i64>, settled: Settled) {
+    fn committed(&mut self, firsts: &BTreeMap<Key, i64>, settled: Settled) -> Result<(), Error> {
         self.rollbacks.committed(&settled.offsets);
         {
             let mut m = self.state.offsets.lock().unwrap_or_else(|e| e.into_inner());
@@ -468,12 +467,13 @@ impl TxnLoop {
         for (k, position, due) in settled.pause {
             tracing::trace!(topic = %k.0, partition = k.1, position, due, "partition waits for a due record");
             // The rest of the partition waits for its due record.
-            seek(&self.consumer, &k, position);
+            seek(&self.consumer, &k, position)?;
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&k.0, k.1);
             let _ = self.consumer.pause(&tpl);
             self.waiting.insert(k, due);
         }
+        Ok(())
     }
 
     /// Aborts the transaction and rewinds to the batch's first offsets, so it is handled
@@ -494,16 +494,17 @@ impl TxnLoop {
             return Err(fatal(&e, id)
                 .unwrap_or_else(|| Error::Fatal(format!("abort_transaction failed: {e}"))));
         }
-        self.rewind(firsts);
+        self.rewind(firsts)?;
         let _ = self.publisher.take_failure();
         Ok(())
     }
 
     /// Back to the last committed offsets: the batch's first offsets.
-    fn rewind(&self, firsts: &BTreeMap<Key, i64>) {
+    fn rewind(&self, firsts: &BTreeMap<Key, i64>) -> Result<(), Error> {
         for (k, first) in firsts {
-            seek(&self.consumer, k, *first);
+            seek(&self.consumer, k, *first)?;
         }
+        Ok(())
     }
 }
 
@@ -625,10 +626,19 @@ enum Verdict {
     Stop(Error),
 }
 
-fn seek(consumer: &BaseConsumer<RuntimeContext>, k: &Key, offset: i64) {
-    if let Err(e) = consumer.seek(&k.0, k.1, Offset::Offset(offset), Duration::from_secs(10)) {
-        tracing::error!(topic = %k.0, partition = k.1, offset, error = %e, "seek failed");
-    }
+/// Moves the partition's position back to `offset`. A failed seek stops the worker: the
+/// position would stay past records that are not committed, and the next transaction would
+/// commit past them; a restart reads them again from the committed offset.
+fn seek(consumer: &BaseConsumer<RuntimeContext>, k: &Key, offset: i64) -> Result<(), Error> {
+    consumer
+        .seek(&k.0, k.1, Offset::Offset(offset), Duration::from_secs(10))
+        .map_err(|e| {
+            tracing::error!(topic = %k.0, partition = k.1, offset, error = %e, "seek failed; the worker stops so that no record is skipped");
+            Error::Fatal(format!(
+                "cannot move {}/{} back to offset {offset} ({e}); stopping rather than committing past records not handled",
+                k.0, k.1
+            ))
+        })
 }
 
 /// Adds the offsets to the transaction and commits it.
