@@ -41,6 +41,8 @@ pub(crate) struct PartitionShared {
     fetch_failing_since: AtomicI64,
     /// Records past the committed offset at the last lag check, or -1 before the first.
     lag_records: AtomicI64,
+    /// A layer halted the partition at a record on purpose (`Halt`): its task ended.
+    halted: AtomicBool,
 }
 
 /// Marks a failure copy of the partition as failing until dropped (sent, or given up).
@@ -166,6 +168,7 @@ impl PartitionShared {
             failing_since: AtomicI64::new(-1),
             fetch_failing_since: AtomicI64::new(-1),
             lag_records: AtomicI64::new(-1),
+            halted: AtomicBool::new(false),
         };
         (shared, Completions::new(deferred_rx))
     }
@@ -274,6 +277,16 @@ impl PartitionShared {
     /// Records past the committed offset, as the lag thread last saw them.
     pub(crate) fn set_lag_records(&self, records: i64) {
         self.lag_records.store(records, Ordering::Relaxed);
+    }
+
+    /// Marks the partition halted on purpose by a layer.
+    pub(crate) fn mark_halted(&self) {
+        self.halted.store(true, Ordering::Release);
+    }
+
+    /// True once a layer halted the partition on purpose.
+    pub(crate) fn halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
     }
 
     pub(crate) fn stopping(&self) -> bool {

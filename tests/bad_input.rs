@@ -548,3 +548,65 @@ async fn records_whose_headers_alone_are_too_large_reach_the_dlt_within_10_s() {
     assert_eq!(many.payload(), Some(&b"v"[..]));
     println!("both dead letters written {took:?} after the worker joined");
 }
+
+/// A service that takes `ok` records, then fails in `poll_ready` (it can take no more).
+#[derive(Clone)]
+struct Exhausted {
+    left: Arc<AtomicU64>,
+}
+
+impl tower::Service<Record> for Exhausted {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        match self.left.load(Ordering::SeqCst) {
+            0 => std::task::Poll::Ready(Err("the connection pool is closed".into())),
+            _ => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, _r: Record) -> Self::Future {
+        self.left.fetch_sub(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A partition task that ends on its own (here: its service fails `poll_ready`) is noticed:
+/// `Worker::run` returns `Error::Fatal` naming the partition, and the record the service
+/// could not take is not committed (a restart reads it again), in both task loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_task_that_dies_stops_the_worker_without_losing_its_record() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    for concurrency in [1, 4] {
+        let (topic, group) = (unique("dying"), unique("g"));
+        create_topic(&bootstrap, &topic, 1).await;
+        produce_n(&bootstrap, &topic, 1, 0, 10).await;
+        let svc = Exhausted {
+            left: Arc::new(AtomicU64::new(3)),
+        };
+        let w = test_worker(&bootstrap, &group)
+            .commit_policy(CommitPolicy::sync_per_record())
+            .route(Route::new(&topic, svc).concurrency(concurrency))
+            .build()
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(60), w.run())
+            .await
+            .expect("the worker stopped by itself");
+        let err = ended.expect_err("a dead partition task ends run with an error");
+        assert!(
+            matches!(err, Error::Fatal(_)) && err.to_string().contains(&format!("{topic}/0")),
+            "{err}"
+        );
+        let at = committed(&bootstrap, &group, &topic, 1)[&0].unwrap_or(0);
+        assert!(
+            at <= 3,
+            "committed {at}: past the record the service never took (concurrency {concurrency})"
+        );
+    }
+}

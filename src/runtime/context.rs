@@ -261,7 +261,7 @@ impl RuntimeContext {
         &self,
         st: &mut DispatchState,
         consumer: &BaseConsumer<RuntimeContext>,
-    ) {
+    ) -> Result<(), crate::Error> {
         let now = Instant::now();
         let policy = self.rt.config.commit;
         let finished = self.rt.finished_records.load(Ordering::Relaxed);
@@ -305,8 +305,28 @@ impl RuntimeContext {
             for slot in st.slots.values_mut() {
                 slot.feeder.check_reads(&slot.shared);
             }
+            return dead_task(st);
+        }
+        Ok(())
+    }
+}
+
+/// A partition task that ended on its own (a panic outside the handler, a service whose
+/// `poll_ready` failed) while its partition was neither stopped nor halted on purpose: the
+/// partition would make no progress, silently. The worker stops instead; a restart reads the
+/// partition again from its committed offset.
+fn dead_task(st: &DispatchState) -> Result<(), crate::Error> {
+    for slot in st.slots.values() {
+        let p = &slot.shared;
+        if slot.task.is_finished() && !p.stopping() && !p.halted() {
+            tracing::error!(topic = %p.topic, partition = p.partition, "the partition's task ended unexpectedly; the worker stops");
+            return Err(crate::Error::Fatal(format!(
+                "the task of {}/{} ended unexpectedly (a panic outside the handler, or a service that can no longer take records); see the log",
+                p.topic, p.partition
+            )));
         }
     }
+    Ok(())
 }
 
 impl DispatchState {

@@ -62,6 +62,7 @@ pub(super) fn report(
             }
         }
         Err(e) if e.is::<Halt>() => {
+            p.mark_halted();
             tracing::error!(
                 topic = %p.topic, partition = p.partition, offset,
                 error = %error_chain(&*e),

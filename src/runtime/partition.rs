@@ -212,7 +212,12 @@ impl<'r> Task<'r> {
             let span = record_span(self.rt, self.shared, &record);
             let res = match ready {
                 Ok(svc) => guarded_call(svc, record).instrument(span).await,
-                Err(e) => Err(e),
+                Err(e) => {
+                    // The record was not handled: it stays unfinished, and the poll thread
+                    // notices the ended task.
+                    tracing::error!(topic = %self.shared.topic, partition = self.shared.partition, offset, error = %error_chain(&*e), "service failed; partition stops");
+                    break;
+                }
             };
             let now = Instant::now();
             ended = Some(now);

@@ -88,7 +88,10 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
         }
         let mut st = ctx.state();
         busy = ctx.fetch(&mut st) || served || events;
-        ctx.housekeeping(&mut st, &consumer);
+        if let Err(e) = ctx.housekeeping(&mut st, &consumer) {
+            fatal = Some(e);
+            break;
+        }
     }
 
     // Drain: stop every partition, wait for in-flight records, final synchronous commit.
