@@ -19,9 +19,15 @@ enum Job {
     Flush(mpsc::SyncSender<()>),
 }
 
+/// Commits queued while one is in flight. The queue is bounded: a broker that does not answer
+/// must not make the poll thread's commits pile up; beyond it a commit is dropped and the
+/// next one sends every position again.
+const QUEUED_COMMITS: usize = 4;
+
 /// The handle of the committer thread.
 pub(crate) struct Committer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::SyncSender<Job>,
+    rt: Arc<RuntimeShared>,
 }
 
 impl Committer {
@@ -29,16 +35,23 @@ impl Committer {
         consumer: Weak<BaseConsumer<C>>,
         rt: Arc<RuntimeShared>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUED_COMMITS);
+        let thread_rt = rt.clone();
         std::thread::Builder::new()
             .name("redrive-commit".into())
-            .spawn(move || run(&consumer, &rt, &rx))?;
-        Ok(Committer { tx })
+            .spawn(move || run(&consumer, &thread_rt, &rx))?;
+        Ok(Committer { tx, rt })
     }
 
-    /// Queues a commit of these positions; returns at once.
+    /// Queues a commit of these positions; returns at once. With the queue full (commits
+    /// stuck at the broker) it is dropped, and the next commit sends every position again.
     pub(crate) fn commit(&self, positions: Vec<(Arc<PartitionShared>, i64)>) {
-        let _ = self.tx.send(Job::Commit(positions));
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(Job::Commit(positions)) {
+            tracing::debug!("commit queue full: this commit is folded into the next");
+            self.rt
+                .commit_resend
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Waits until every commit queued before has completed (before a final synchronous
