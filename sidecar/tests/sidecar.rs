@@ -1103,3 +1103,30 @@ async fn a_health_url_gates_start_up_and_nothing_is_posted_while_unhealthy() {
     let dead: i64 = (0..2).map(|p| watermark(&bootstrap, &dlt, p).max(0)).sum();
     assert_eq!(dead, 0, "nothing dead-lettered; log:\n{}", sidecar.log());
 }
+
+/// `--log-format json` writes one JSON object per log line; plain text (the default) has no
+/// colour codes when stderr is not a terminal (a pipe, a log collector).
+#[test]
+fn logs_are_json_lines_on_request_and_never_coloured_in_a_pipe() {
+    let config = "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9\"\n[worker]\nstartup_timeout = \"2s\"\n[ops]\nenabled = false\n\n[[routes]]\ntopic = \"orders\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:9/orders\"\n";
+    let path = write_config("logs", config);
+    let path = path.to_str().unwrap();
+    let json = redrive(
+        &["--log-format", "json", "run", "--config", path],
+        &[("RUST_LOG", "info")],
+    );
+    let (_, stderr) = text(&json);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!lines.is_empty(), "no JSON log line:\n{stderr}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
+    let plain = redrive(&["run", "--config", path], &[("RUST_LOG", "info")]);
+    let (_, stderr) = text(&plain);
+    assert!(stderr.contains("starting"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe:\n{stderr}"
+    );
+}
