@@ -140,9 +140,11 @@ enum DltCommand {
         /// Most records per second.
         #[arg(long, default_value_t = 500.0)]
         rate: f64,
-        /// Print what would be sent; send and commit nothing.
+        /// Send the records. Without it the command prints its plan (each record it would
+        /// send, and where) and sends and commits nothing, like `kafka-consumer-groups
+        /// --reset-offsets` without `--execute`.
         #[arg(long)]
-        dry_run: bool,
+        execute: bool,
         /// The consumer group remembering the replay's position (default: derived from the
         /// topic and the selection, printed at the end).
         #[arg(long)]
@@ -312,13 +314,13 @@ async fn dead_letters(cmd: DltCommand) -> Result<(), Failure> {
             selection,
             to,
             rate,
-            dry_run,
+            execute,
             group,
         } => {
             let settings = ReplaySettings {
                 to: to.as_deref(),
                 rate,
-                dry_run,
+                dry_run: !execute,
                 group,
             };
             return replay(target, selection, settings).await;

@@ -656,18 +656,10 @@ async fn dlt_replay_moves_exactly_the_selection_once() {
     assert!(stdout.contains("key:               \"bad-6\""), "{stdout}");
     assert!(stdout.contains("answered 400"), "{stdout}");
 
-    // A dry run sends nothing.
+    // Without --execute the command prints its plan and sends nothing.
     let before = watermark(&bootstrap, &topic, 0);
     let select = ["--from-offset", "2", "--to-offset", "5"];
-    let mut args = vec![
-        "dlt",
-        "replay",
-        "--config",
-        cfg,
-        "--route",
-        "orders",
-        "--dry-run",
-    ];
+    let mut args = vec!["dlt", "replay", "--config", cfg, "--route", "orders"];
     args.extend(select);
     let out = redrive(&args, &[]);
     let (stdout, stderr) = text(&out);
@@ -675,11 +667,19 @@ async fn dlt_replay_moves_exactly_the_selection_once() {
     assert_eq!(stdout.matches("would replay").count(), 5, "{stdout}"); // 4 lines + summary
     assert_eq!(watermark(&bootstrap, &topic, 0), before);
 
-    // The real replay moves DLT offsets 2..=5 (keys bad-4, bad-6, bad-8, bad-10), once.
-    let args: Vec<&str> = ["dlt", "replay", "--config", cfg, "--route", "orders"]
-        .into_iter()
-        .chain(select)
-        .collect();
+    // With --execute it moves DLT offsets 2..=5 (keys bad-4, bad-6, bad-8, bad-10), once.
+    let args: Vec<&str> = [
+        "dlt",
+        "replay",
+        "--config",
+        cfg,
+        "--route",
+        "orders",
+        "--execute",
+    ]
+    .into_iter()
+    .chain(select)
+    .collect();
     let out = redrive(&args, &[]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");

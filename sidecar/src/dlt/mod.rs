@@ -1,6 +1,7 @@
 //! Dead-letter operations: list, show and replay the records of a dead-letter topic.
 //!
-//! A replay sends the selected records back to the topic they first failed on (read from
+//! `redrive dlt replay` prints its plan (each record and where it would go) unless given
+//! `--execute`, like `kafka-consumer-groups --reset-offsets`. A replay sends the selected records back to the topic they first failed on (read from
 //! `kafka_original-topic` / `kafka_dlt-original-topic`) or to a chosen one, with the retry
 //! headers removed (so the attempt count starts again at 1) and `redrive-replay-count`
 //! incremented. Its position is committed under a consumer group of its own, derived from the
