@@ -12,12 +12,16 @@
 //! ([`is_outage`]: a connection error, a timeout, 502, 503, 504) count towards opening the
 //! route's breaker, which pauses the route instead of sending records down the retry chain.
 //!
-//! The request: the record value as the body (empty for a tombstone), and these headers:
-//! `Redrive-Topic`, `Redrive-Partition`, `Redrive-Offset`, `Redrive-Timestamp` (epoch ms, when
-//! the record has one), `Redrive-Attempt` (1 = first delivery), `Redrive-Key` (absent when
-//! the record has no key), `Redrive-Tombstone: true` for a null value, `Redrive-Header-<name>`
-//! per record header (the last value of each name; null values are skipped), and
-//! `traceparent` when the record carries one. Keys, header names and values are
+//! The request (docs/sidecar-http.md, version 1): the record value as the body (empty for a
+//! tombstone), and these headers: `Redrive-Topic`, `Redrive-Partition`, `Redrive-Offset`
+//! (where this delivery was read), `Redrive-Id` (`topic/partition/offset` of the first
+//! delivery: the same on every retry and replay), `Redrive-Original-Topic`, `-Partition`,
+//! `-Offset`, `Redrive-Timestamp` (epoch ms, when the record has one), `Redrive-Attempt`
+//! (1 = first delivery), `Redrive-Last-Error` (on a retry), `Redrive-Key` (absent when the
+//! record has no key), `Redrive-Tombstone: true` for a null value, `Redrive-Header-<name>`
+//! per record header of the producer's (the last value of each name; null values are
+//! skipped; retry bookkeeping headers are not forwarded), and `traceparent` when the record
+//! carries one. Keys, header names and values are
 //! percent-encoded (RFC 3986: letters, digits and `-._~` stay as they are), so any bytes get
 //! through and plain ASCII stays readable.
 
@@ -134,6 +138,9 @@ impl HttpForward {
         if record.value().is_none() {
             put("redrive-tombstone", "true".into());
         }
+        for (name, value) in origin_headers(record) {
+            put(name, value);
+        }
         for header in record.headers().iter() {
             let Some(value) = &header.value else { continue };
             let Ok(v) = HeaderValue::from_str(&percent_encode(value)) else {
@@ -141,11 +148,12 @@ impl HttpForward {
             };
             if header.key == headers::TRACEPARENT {
                 h.insert(HeaderName::from_static("traceparent"), v.clone());
+                continue;
             }
-            let name = format!(
-                "redrive-header-{}",
-                percent_encode(header.key.as_bytes()).to_ascii_lowercase()
-            );
+            if is_bookkeeping(&header.key) {
+                continue;
+            }
+            let name = format!("redrive-header-{}", header_name_part(&header.key));
             if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
                 h.insert(n, v);
             }
@@ -153,6 +161,46 @@ impl HttpForward {
         req.body(Full::new(record.value().cloned().unwrap_or_default()))
             .expect("the request parts are valid")
     }
+}
+
+/// The record's identity across retries and replays, and its retry context, as readable
+/// headers: `Redrive-Id` (`topic/partition/offset` of the first delivery, percent-encoded
+/// topic), `Redrive-Original-Topic`, `-Partition`, `-Offset`, and on a retry
+/// `Redrive-Last-Error` (the previous attempt's error message, at most 200 bytes).
+fn origin_headers(record: &Record) -> Vec<(&'static str, String)> {
+    let original = headers::Original::read(record.headers());
+    let topic = original.topic.unwrap_or_else(|| record.topic().to_owned());
+    let partition = original.partition.unwrap_or(record.partition());
+    let offset = original.offset.unwrap_or(record.offset());
+    let topic = percent_encode(topic.as_bytes());
+    let mut out = vec![
+        ("redrive-id", format!("{topic}/{partition}/{offset}")),
+        ("redrive-original-topic", topic),
+        ("redrive-original-partition", partition.to_string()),
+        ("redrive-original-offset", offset.to_string()),
+    ];
+    if let Some(msg) = original.exception_message {
+        let end = (0..=msg.len().min(200))
+            .rev()
+            .find(|i| msg.is_char_boundary(*i))
+            .unwrap_or(0);
+        out.push(("redrive-last-error", percent_encode(msg[..end].as_bytes())));
+    }
+    out
+}
+
+/// Headers redrive and Spring keep for the retry flow: binary, and already told to the
+/// service by the `Redrive-*` headers above; not forwarded as `Redrive-Header-*`.
+fn is_bookkeeping(name: &str) -> bool {
+    name.starts_with("kafka_") || name.starts_with("retry_topic-") || name.starts_with("redrive-")
+}
+
+/// A record header's name in `Redrive-Header-<name>`: lower case, percent-encoded, with `_`
+/// encoded too (nginx drops header names with underscores by default).
+fn header_name_part(name: &str) -> String {
+    percent_encode(name.as_bytes())
+        .replace('_', "%5F")
+        .to_ascii_lowercase()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

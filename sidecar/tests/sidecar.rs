@@ -393,6 +393,44 @@ async fn the_classification_table_row_by_row() {
     assert_eq!(first.headers["redrive-offset"], "0");
     assert_eq!(first.headers["redrive-header-user-header"], "user%20value");
     assert_eq!(first.headers["content-type"], "application/octet-stream");
+    assert_eq!(first.headers["redrive-id"], format!("{topic}/0/0"));
+    // A retried record: the same id on every attempt, readable original coordinates, the
+    // last error; no binary bookkeeping header forwarded, no header name with `_`.
+    let retried = endpoint
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.attempt == 2)
+        .map(|c| c.key.clone())
+        .next()
+        .expect("a retried record");
+    let calls = endpoint.calls(&retried);
+    let (one, two) = (&calls[0], &calls[1]);
+    assert_eq!(two.headers["redrive-id"], one.headers["redrive-id"]);
+    assert_eq!(
+        two.headers["redrive-original-offset"],
+        one.headers["redrive-offset"]
+    );
+    assert_ne!(
+        two.headers["redrive-topic"], one.headers["redrive-topic"],
+        "read from a retry topic"
+    );
+    assert!(
+        two.headers["redrive-last-error"].contains("answered"),
+        "{:?}",
+        two.headers
+    );
+    for name in two.headers.keys() {
+        assert!(
+            !name.contains('_'),
+            "header name with an underscore: {name}"
+        );
+        assert!(
+            !name.starts_with("redrive-header-kafka") && !name.starts_with("redrive-header-retry"),
+            "bookkeeping header forwarded: {name}"
+        );
+    }
     // Connection refused: retryable, then the DLT after the route's 2 attempts.
     let refused = read_topic(&bootstrap, &dead_dlt);
     assert_eq!(refused.len(), 1);
