@@ -184,7 +184,7 @@ fn origin_headers(record: &Record) -> Vec<(&'static str, String)> {
             .rev()
             .find(|i| msg.is_char_boundary(*i))
             .unwrap_or(0);
-        out.push(("redrive-last-error", percent_encode(msg[..end].as_bytes())));
+        out.push(("redrive-last-error", percent_encode(&msg.as_bytes()[..end])));
     }
     out
 }
