@@ -8,6 +8,10 @@
 //! | timeout, connection error | retryable ([`HttpTransportError`], tower's `Elapsed`) |
 //! | any other status (4xx, 3xx, 1xx) | fatal: straight to the DLT |
 //!
+//! A `Redrive-Disposition: done | retry | dead-letter` answer header overrides the table
+//! (its `Redrive-Reason` header, else the body, goes into the dead letter), and so does the
+//! route's `[routes.statuses]` table for the statuses it names ([`decide`]).
+//!
 //! With `[routes.circuit_breaker]`, the failures that say the endpoint is down
 //! ([`is_outage`]: a connection error, a timeout, 502, 503, 504) count towards opening the
 //! route's breaker, which pauses the route instead of sending records down the retry chain.
@@ -84,6 +88,33 @@ pub struct HttpForward {
     uri: Uri,
     url: std::sync::Arc<str>,
     content_type: HeaderValue,
+    /// The route's own meaning of some statuses (`[routes.statuses]`).
+    statuses: std::sync::Arc<std::collections::BTreeMap<u16, Disposition>>,
+}
+
+/// What becomes of a record, as the service asks with a `Redrive-Disposition` answer header
+/// or the route's `[routes.statuses]` table says for a status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Disposition {
+    /// Handled: nothing more to do.
+    Done,
+    /// Retried through the route's retry topics (`Retry-After` honoured).
+    Retry,
+    /// Straight to the dead-letter topic.
+    DeadLetter,
+}
+
+impl Disposition {
+    /// Reads a `Redrive-Disposition` value (`done`, `retry`, `dead-letter`; any case).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "done" => Some(Disposition::Done),
+            "retry" => Some(Disposition::Retry),
+            "dead-letter" => Some(Disposition::DeadLetter),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpForward {
@@ -109,7 +140,15 @@ impl HttpForward {
             uri,
             url: super::config::redact_url(url).into(),
             content_type: HeaderValue::from_str(content_type)?,
+            statuses: Default::default(),
         })
+    }
+
+    /// What some statuses mean for this route, overriding the default table (e.g. a 404
+    /// during deploys is `retry`).
+    pub fn statuses(mut self, statuses: std::collections::BTreeMap<u16, Disposition>) -> Self {
+        self.statuses = std::sync::Arc::new(statuses);
+        self
     }
 
     fn request(&self, record: &Record) -> Request<Full<Bytes>> {
@@ -246,6 +285,32 @@ pub fn is_outage(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What the answer means for the record: the service's `Redrive-Disposition` or the route's
+/// table when either says (`asked`), else the status ([`classify`]). `body` is the reason the
+/// dead letter carries.
+pub fn decide(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    url: &str,
+    body: String,
+    asked: Option<Disposition>,
+) -> Result<(), BoxError> {
+    let Some(asked) = asked else {
+        return classify(status, retry_after, url, body);
+    };
+    let err = HttpStatusError {
+        status: status.as_u16(),
+        url: url.to_owned(),
+        body,
+    };
+    match (asked, retry_after) {
+        (Disposition::Done, _) => Ok(()),
+        (Disposition::Retry, Some(after)) => Err(RetryAfter::new(after, err).into()),
+        (Disposition::Retry, None) => Err(err.into()),
+        (Disposition::DeadLetter, _) => Err(Fatal::new(err).into()),
+    }
+}
+
 /// What a status means for the record (see the [module docs](self)).
 pub fn classify(
     status: StatusCode,
@@ -284,23 +349,26 @@ impl tower::Service<Record> for HttpForward {
         let req = self.request(&record);
         let client = self.client.clone();
         let url = self.url.clone();
+        let statuses = self.statuses.clone();
         Box::pin(async move {
             let res = client.request(req).await.map_err(|e| HttpTransportError {
                 url: url.to_string(),
                 source: e.into(),
             })?;
             let status = res.status();
-            let retry_after = res
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
+            let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok());
+            let retry_after = header(RETRY_AFTER.as_str()).and_then(parse_retry_after);
+            let asked = header("redrive-disposition")
+                .and_then(Disposition::parse)
+                .or_else(|| statuses.get(&status.as_u16()).copied());
+            let reason = header("redrive-reason").map(str::to_owned);
             // The body is drained so the connection goes back to the pool.
             let body = match Limited::new(res.into_body(), MAX_ERROR_BODY)
                 .collect()
                 .await
             {
-                Ok(b) if !status.is_success() => {
+                Ok(_) if reason.is_some() => reason.unwrap_or_default(),
+                Ok(b) if !status.is_success() || asked.is_some() => {
                     let b = b.to_bytes();
                     let end = b.len().min(ERROR_BODY_IN_MESSAGE);
                     String::from_utf8_lossy(&b[..end]).trim().to_owned()
@@ -313,7 +381,7 @@ impl tower::Service<Record> for HttpForward {
                 }
                 Err(e) => format!("(body unreadable: {e})"),
             };
-            classify(status, retry_after, &url, body)
+            decide(status, retry_after, &url, body, asked)
         })
     }
 }
@@ -335,6 +403,33 @@ mod tests {
                 RetryAfter::find(&*e),
             ),
         }
+    }
+
+    #[test]
+    fn a_disposition_overrides_the_status() {
+        let fate = |code: u16, asked: Option<Disposition>| {
+            let s = StatusCode::from_u16(code).unwrap();
+            decide(s, None, "http://x", "why".into(), asked)
+                .err()
+                .map(|e| RetryPolicy::default().classify(&*e))
+        };
+        let fatal = Some(Classification::Fatal(FatalReason::Fatal));
+        assert_eq!(fate(200, Some(Disposition::DeadLetter)), fatal);
+        assert_eq!(
+            fate(200, Some(Disposition::Retry)),
+            Some(Classification::Retryable)
+        );
+        assert_eq!(
+            fate(404, Some(Disposition::Retry)),
+            Some(Classification::Retryable)
+        );
+        assert_eq!(fate(503, Some(Disposition::Done)), None);
+        assert_eq!(fate(404, None), fatal, "no disposition: the table");
+        assert_eq!(
+            Disposition::parse(" Dead-Letter "),
+            Some(Disposition::DeadLetter)
+        );
+        assert_eq!(Disposition::parse("later"), None);
     }
 
     #[test]

@@ -549,7 +549,13 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
 
     type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 8] = [
+    let cases: [Case; 9] = [
+        (
+            "a status table key that is no status",
+            format!("{good}[routes.statuses]\n4o4 = \"retry\"\n"),
+            &[],
+            "routes[0].statuses.4o4: must be an HTTP status code, 100 to 599",
+        ),
         (
             "circuit breaker opening on nothing",
             format!("{good}[routes.circuit_breaker]\nconsecutive_failures = 0\n"),
@@ -1166,5 +1172,93 @@ fn logs_are_json_lines_on_request_and_never_coloured_in_a_pipe() {
     assert!(
         !stderr.contains('\u{1b}'),
         "colour codes in a pipe:\n{stderr}"
+    );
+}
+
+/// The response contract: a service answers 200 with `Redrive-Disposition: dead-letter` and
+/// a `Redrive-Reason` for `bad`, which lands in the DLT with that reason; a 404 the route's
+/// `[routes.statuses]` maps to `retry` is retried (and succeeds) instead of dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispositions_and_the_status_table_decide_a_records_fate() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-disposition");
+    create_topic(&bootstrap, &topic, 1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/records", listener.local_addr().unwrap());
+    let deploying_seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ok: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let (deploying_seen, ok) = (deploying_seen.clone(), ok.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (deploying_seen, ok) = (deploying_seen.clone(), ok.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (deploying_seen, ok) = (deploying_seen.clone(), ok.clone());
+                        async move {
+                            let key = req.headers()["redrive-key"].to_str().unwrap().to_owned();
+                            let mut res = Response::builder().status(200);
+                            match key.as_str() {
+                                "bad" => {
+                                    res = res
+                                        .header("redrive-disposition", "dead-letter")
+                                        .header("redrive-reason", "order 7 has no customer");
+                                }
+                                "deploying"
+                                    if deploying_seen
+                                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                                        == 0 =>
+                                {
+                                    res = res.status(404);
+                                }
+                                _ => ok.lock().unwrap().push(key),
+                            }
+                            Ok::<_, Infallible>(res.body(Full::new(Bytes::new())).unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    }
+    let config = write_config(
+        "disposition",
+        &format!(
+            "{}\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{url}\"\n[routes.retry]\nattempts = 2\nbackoff = {{ delay = \"300ms\" }}\n[routes.statuses]\n404 = \"retry\"\n",
+            kafka_section(&bootstrap),
+            unique("sc-disposition-group"),
+        ),
+    );
+    let records: Vec<(String, i32)> = ["good", "bad", "deploying"]
+        .iter()
+        .map(|k| (k.to_string(), 0))
+        .collect();
+    produce_keyed(&bootstrap, &topic, &records).await;
+    let mut sidecar = Sidecar::start(&config);
+    let dlt = format!("{topic}-dlt");
+    eventually(
+        Duration::from_secs(60),
+        "good and deploying handled, bad dead-lettered",
+        || ok.lock().unwrap().len() == 2 && watermark(&bootstrap, &dlt, 0) == 1,
+    )
+    .await;
+    assert!(sidecar.terminate(Duration::from_secs(20)).success());
+    let dead = read_topic(&bootstrap, &dlt);
+    assert_eq!(dead[0].key(), Some(&b"bad"[..]));
+    let msg =
+        String::from_utf8_lossy(header(&dead[0], headers::EXCEPTION_MESSAGE).unwrap()).into_owned();
+    assert!(msg.contains("order 7 has no customer"), "{msg}");
+    assert_eq!(
+        header(&dead[0], headers::ATTEMPTS),
+        Some(&2i32.to_be_bytes()[..]),
+        "dead-lettered at once, not after its retries"
+    );
+    assert_eq!(
+        deploying_seen.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the 404 was retried once"
     );
 }

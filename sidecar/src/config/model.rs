@@ -222,6 +222,11 @@ pub struct RouteConfig {
     /// defaults, when `[routes.circuit_breaker]` is absent).
     #[serde(default)]
     pub health_url: Option<String>,
+    /// What some answer statuses mean for this route, over the default table:
+    /// `[routes.statuses]` with `404 = "retry"` (`done`, `retry`, `dead-letter`). A
+    /// `Redrive-Disposition` answer header still wins.
+    #[serde(default)]
+    pub statuses: BTreeMap<String, crate::forward::Disposition>,
 }
 
 impl fmt::Debug for RouteConfig {
@@ -240,6 +245,7 @@ impl fmt::Debug for RouteConfig {
             .field("retry", &self.retry)
             .field("circuit_breaker", &self.circuit_breaker)
             .field("health_url", &self.health_url.as_deref().map(redact_url))
+            .field("statuses", &self.statuses)
             .finish()
     }
 }
@@ -258,6 +264,15 @@ fn default_content_type() -> String {
 }
 
 impl RouteConfig {
+    /// The `statuses` table by status code; a key that is not one is left out (`validate`
+    /// reports it).
+    pub fn status_table(&self) -> BTreeMap<u16, crate::forward::Disposition> {
+        self.statuses
+            .iter()
+            .filter_map(|(k, d)| Some((k.parse().ok()?, *d)))
+            .collect()
+    }
+
     /// The commit policy in force for this route.
     pub fn commit_policy(&self, worker: &WorkerSettings) -> CommitPolicy {
         self.commit_policy.unwrap_or(worker.commit_policy)

@@ -170,6 +170,14 @@ fn route(i: usize, r: &RouteConfig, found: &mut Found<'_>) {
     if let Some(Err(reason)) = r.health_url.as_deref().map(check_url) {
         found.push(at("health_url"), reason);
     }
+    for code in r.statuses.keys() {
+        if !code.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c)) {
+            found.push(
+                at(&format!("statuses.{code}")),
+                "must be an HTTP status code, 100 to 599".into(),
+            );
+        }
+    }
 }
 
 fn check_url(url: &str) -> Result<(), String> {
