@@ -90,6 +90,19 @@ pub struct HttpForward {
     content_type: HeaderValue,
     /// The route's own meaning of some statuses (`[routes.statuses]`).
     statuses: std::sync::Arc<std::collections::BTreeMap<u16, Disposition>>,
+    /// With `format = "cloudevents"`: the route's name, for `ce-source`.
+    cloudevents: Option<std::sync::Arc<str>>,
+}
+
+/// How records are put into requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The `Redrive-*` headers only (docs/sidecar-http.md).
+    #[default]
+    Redrive,
+    /// Also CloudEvents in HTTP binary mode, with Knative KafkaSource's conventions.
+    Cloudevents,
 }
 
 /// What becomes of a record, as the service asks with a `Redrive-Disposition` answer header
@@ -141,7 +154,14 @@ impl HttpForward {
             url: super::config::redact_url(url).into(),
             content_type: HeaderValue::from_str(content_type)?,
             statuses: Default::default(),
+            cloudevents: None,
         })
+    }
+
+    /// Adds CloudEvents binary-mode headers to every request, `ce-source` naming `route`.
+    pub fn cloudevents(mut self, route: &str) -> Self {
+        self.cloudevents = Some(route.into());
+        self
     }
 
     /// What some statuses mean for this route, overriding the default table (e.g. a 404
@@ -179,6 +199,11 @@ impl HttpForward {
         }
         for (name, value) in origin_headers(record) {
             put(name, value);
+        }
+        if let Some(route) = &self.cloudevents {
+            for (name, value) in cloudevent_headers(record, route) {
+                put(name, value);
+            }
         }
         for header in record.headers().iter() {
             let Some(value) = &header.value else { continue };
@@ -224,6 +249,40 @@ fn origin_headers(record: &Record) -> Vec<(&'static str, String)> {
             .find(|i| msg.is_char_boundary(*i))
             .unwrap_or(0);
         out.push(("redrive-last-error", percent_encode(&msg.as_bytes()[..end])));
+    }
+    out
+}
+
+/// CloudEvents 1.0 attributes in HTTP binary mode, as Knative's KafkaSource sets them, so a
+/// service built for it (or a CloudEvents SDK) works unchanged: `ce-id` is
+/// `partition:P/offset:O` of the first delivery (stable across retries), `ce-source`
+/// `/redrive/<route>#<topic>`, `ce-type` `dev.knative.kafka.event`, `ce-subject`
+/// `partition:P#O`, `ce-time` the record's timestamp, and the `key` extension.
+fn cloudevent_headers(record: &Record, route: &str) -> Vec<(&'static str, String)> {
+    let original = headers::Original::read(record.headers());
+    let topic = original.topic.unwrap_or_else(|| record.topic().to_owned());
+    let partition = original.partition.unwrap_or(record.partition());
+    let offset = original.offset.unwrap_or(record.offset());
+    let mut out = vec![
+        ("ce-specversion", "1.0".to_owned()),
+        ("ce-id", format!("partition:{partition}/offset:{offset}")),
+        (
+            "ce-source",
+            format!(
+                "/redrive/{}#{}",
+                percent_encode(route.as_bytes()),
+                percent_encode(topic.as_bytes())
+            ),
+        ),
+        ("ce-type", "dev.knative.kafka.event".to_owned()),
+        ("ce-subject", format!("partition:{partition}#{offset}")),
+    ];
+    if let Some(t) = record.timestamp().filter(|t| t.millis >= 0) {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(t.millis as u64);
+        out.push(("ce-time", humantime::format_rfc3339_millis(at).to_string()));
+    }
+    if let Some(k) = record.key() {
+        out.push(("ce-key", percent_encode(k)));
     }
     out
 }

@@ -46,9 +46,12 @@ pub fn build_workers(config: &Config) -> Result<Vec<(String, Worker)>, BoxError>
             .startup_timeout(config.worker.startup_timeout);
         for i in routes {
             let r = &config.routes[i];
-            let forward = HttpForward::new(&r.url, &r.content_type)
+            let mut forward = HttpForward::new(&r.url, &r.content_type)
                 .map_err(|e| format!("{}: routes[{i}].url: {e}", config.file))?
                 .statuses(r.status_table());
+            if r.format == forward::Format::Cloudevents {
+                forward = forward.cloudevents(&r.name);
+            }
             // The limit wraps the timeout: a request waiting for a slot is not timed out.
             let service = ServiceBuilder::new()
                 .concurrency_limit(r.concurrency)

@@ -1262,3 +1262,51 @@ async fn dispositions_and_the_status_table_decide_a_records_fate() {
         "the 404 was retried once"
     );
 }
+
+/// `format = "cloudevents"`: each request is a CloudEvent in HTTP binary mode (CloudEvents
+/// 1.0 HTTP binding): the required attributes `ce-specversion` 1.0, `ce-id`, `ce-source` (a
+/// URI reference), `ce-type`, plus `ce-subject`, an RFC 3339 `ce-time` and the `key`
+/// extension, named as the binding requires (lower-case letters and digits after `ce-`),
+/// with Knative KafkaSource's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_mode_follows_the_http_binary_binding() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-ce");
+    create_topic(&bootstrap, &topic, 1).await;
+    let endpoint = Endpoint::start(Arc::new(|_: &str, _| (200, None, Duration::ZERO))).await;
+    let config = write_config(
+        "ce",
+        &format!(
+            "{}\n[[routes]]\nname = \"billing\"\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\nformat = \"cloudevents\"\ncontent_type = \"application/json\"\n",
+            kafka_section(&bootstrap),
+            unique("sc-ce-group"),
+            endpoint.url
+        ),
+    );
+    produce_keyed(&bootstrap, &topic, &[("order-1".to_string(), 0)]).await;
+    let mut sidecar = Sidecar::start(&config);
+    eventually(Duration::from_secs(60), "the event delivered", || {
+        !endpoint.calls("order-1").is_empty()
+    })
+    .await;
+    assert!(sidecar.terminate(Duration::from_secs(20)).success());
+    let h = &endpoint.calls("order-1")[0].headers;
+    assert_eq!(h["ce-specversion"], "1.0");
+    assert_eq!(h["ce-id"], "partition:0/offset:0");
+    assert_eq!(h["ce-source"], format!("/redrive/billing#{topic}"));
+    assert_eq!(h["ce-type"], "dev.knative.kafka.event");
+    assert_eq!(h["ce-subject"], "partition:0#0");
+    assert_eq!(h["ce-key"], "order-1");
+    assert_eq!(h["content-type"], "application/json");
+    humantime::parse_rfc3339(&h["ce-time"]).expect("ce-time is RFC 3339");
+    for name in h.keys().filter(|n| n.starts_with("ce-")) {
+        let attr = &name["ce-".len()..];
+        assert!(
+            !attr.is_empty()
+                && attr
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+            "attribute name {name} breaks the binding's naming rule"
+        );
+    }
+}

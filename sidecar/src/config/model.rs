@@ -227,6 +227,10 @@ pub struct RouteConfig {
     /// `Redrive-Disposition` answer header still wins.
     #[serde(default)]
     pub statuses: BTreeMap<String, crate::forward::Disposition>,
+    /// `redrive` (the default): the `Redrive-*` headers; `cloudevents`: also CloudEvents in
+    /// HTTP binary mode (`ce-*`), as Knative's KafkaSource sends them.
+    #[serde(default)]
+    pub format: crate::forward::Format,
 }
 
 impl fmt::Debug for RouteConfig {
@@ -246,6 +250,7 @@ impl fmt::Debug for RouteConfig {
             .field("circuit_breaker", &self.circuit_breaker)
             .field("health_url", &self.health_url.as_deref().map(redact_url))
             .field("statuses", &self.statuses)
+            .field("format", &self.format)
             .finish()
     }
 }
