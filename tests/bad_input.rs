@@ -610,3 +610,20 @@ async fn a_partition_task_that_dies_stops_the_worker_without_losing_its_record()
         );
     }
 }
+
+/// With the `ssl` feature a worker accepts TLS and SASL/SCRAM settings (librdkafka refuses
+/// them when built without OpenSSL).
+#[cfg(feature = "ssl")]
+#[test]
+fn the_ssl_feature_accepts_tls_and_scram_settings() {
+    let built = Worker::builder()
+        .bootstrap_servers("127.0.0.1:1")
+        .group_id("g")
+        .property("security.protocol", "sasl_ssl")
+        .property("sasl.mechanisms", "SCRAM-SHA-512")
+        .property("sasl.username", "billing")
+        .property("sasl.password", "s3cret")
+        .route(Route::new("t", noop()))
+        .build();
+    assert!(built.is_ok(), "{:?}", built.err());
+}
