@@ -37,6 +37,22 @@ fn chaos_worker() -> PathBuf {
     target.join("debug/examples/chaos_worker")
 }
 
+/// The retry topics of `topic` the chaos worker's policy created.
+fn retry_topics(bootstrap: &str, topic: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = client_config(bootstrap).create().unwrap();
+    let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let prefix = format!("{topic}-retry");
+    let found: Vec<String> = md
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(!found.is_empty(), "no retry topic of {topic}");
+    found
+}
+
 /// A small xorshift: kill moments must vary, not be reproducible to the nanosecond.
 struct Rng(u64);
 impl Rng {
@@ -84,7 +100,7 @@ async fn sigkill_loop_loses_nothing() {
     let (records, kills) = if long() {
         (100_000u64, 20u32)
     } else {
-        (3_000, 5)
+        (6_000, 5)
     };
     let bin = chaos_worker();
     let bootstrap = bootstrap();
@@ -104,12 +120,23 @@ async fn sigkill_loop_loses_nothing() {
         // then kill it without warning: the kill lands mid-run.
         let before = ok_lines(&log).len();
         let waiting = Instant::now();
-        while ok_lines(&log).len() == before && waiting.elapsed() < Duration::from_secs(20) {
+        while ok_lines(&log).len() == before && waiting.elapsed() < Duration::from_secs(60) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        assert!(
+            ok_lines(&log).len() > before,
+            "kill {}: the incarnation handled nothing in 60 s",
+            k + 1
+        );
         tokio::time::sleep(Duration::from_millis(rng.next(1_500))).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
+        let done: BTreeSet<u64> = ok_lines(&log).into_iter().collect();
+        assert!(
+            (done.len() as u64) < records - records / 100,
+            "kill {} landed after every record was handled: it tested nothing",
+            k + 1
+        );
         println!("kill {}: {} ok lines so far", k + 1, ok_lines(&log).len());
         child = spawn(&bin, &bootstrap, &topic, &group, &log);
     }
@@ -163,6 +190,18 @@ async fn sigkill_loop_loses_nothing() {
     }
     let duplicates = lines.len() - ok.len();
     let dlt_duplicates: usize = dlt_keys.values().map(|n| n - 1).sum();
+    // Committed to the end of the main topic and of every retry topic: nothing left behind.
+    for t in std::iter::once(topic.clone()).chain(retry_topics(&bootstrap, &topic)) {
+        let ends = high_watermarks(&bootstrap, &t, 3);
+        let at = committed(&bootstrap, &group, &t, 3);
+        for (p, end) in ends {
+            assert_eq!(
+                at[&p].unwrap_or(0),
+                end,
+                "{t}/{p}: committed short of the end"
+            );
+        }
+    }
     println!(
         "chaos: records={records} kills={kills} ok={} dead_lettered={} lost={lost} duplicates={duplicates} dlt_duplicates={dlt_duplicates} elapsed={:?}",
         ok.len(),
@@ -170,6 +209,14 @@ async fn sigkill_loop_loses_nothing() {
         started.elapsed()
     );
     assert_eq!(lost, 0, "records lost");
+    // A SIGKILL redelivers what was handled since the last commit: the commit interval
+    // (200 ms) plus a commit in flight, at most two intervals of one record per handler time
+    // per partition. The bound is that per kill; runs stay far below it.
+    let per_kill = 3 * 2 * 200 / if long() { 1 } else { 5 };
+    assert!(
+        duplicates <= kills as usize * per_kill,
+        "{duplicates} duplicates over {kills} kills exceed {per_kill} a kill"
+    );
     assert_eq!(
         dlt_keys.len(),
         always.len(),
