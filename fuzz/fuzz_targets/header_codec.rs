@@ -1,5 +1,7 @@
-//! The Spring-compatible header codec on arbitrary header values: reading never panics, and
-//! a failure hop always leaves exactly one value per retry header with the next attempt.
+//! The Spring-compatible header codec on arbitrary header lists (well-known and arbitrary
+//! names, values up to 64 KiB, thousands of headers): reading never panics, and a failure hop
+//! always leaves exactly one value per retry header with the next attempt and keeps every
+//! header of the record's own.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,21 +25,46 @@ const KEYS: [&str; 14] = [
     "user-header",
 ];
 
-fuzz_target!(|data: &[u8]| {
-    // [key index, length, bytes...]*: any byte string is a header list.
+/// Reads `[flags, length (2 bytes), bytes...]*` as a header list: any byte string is one.
+/// Flags: the low bits pick a well-known key, 0x20 takes the key from the value's first bytes
+/// instead, 0x40 repeats the header up to ~10,000 times, 0x80 makes the value null. Values
+/// reach 65,535 bytes.
+fn header_list(data: &[u8]) -> Headers {
     let mut h = Headers::new();
     let mut rest = data;
-    while rest.len() >= 2 {
-        let key = KEYS[rest[0] as usize % KEYS.len()];
-        let len = (rest[1] as usize).min(rest.len() - 2);
-        let value = &rest[2..2 + len];
-        if rest[0] & 0x80 != 0 {
-            h.push(key, None::<Vec<u8>>);
+    while rest.len() >= 3 {
+        let flags = rest[0];
+        let len = (usize::from(rest[1]) << 8 | usize::from(rest[2])).min(rest.len() - 3);
+        let value = &rest[3..3 + len];
+        let key: String = if flags & 0x20 != 0 {
+            String::from_utf8_lossy(&value[..value.len().min(16)]).into_owned()
         } else {
-            h.push(key, Some(value.to_vec()));
+            KEYS[usize::from(flags) % KEYS.len()].to_owned()
+        };
+        let repeat = if flags & 0x40 != 0 { 1 + usize::from(rest[2]) * 40 } else { 1 };
+        for _ in 0..repeat {
+            if flags & 0x80 != 0 {
+                h.push(key.clone(), None::<Vec<u8>>);
+            } else {
+                h.push(key.clone(), Some(value.to_vec()));
+            }
         }
-        rest = &rest[2 + len..];
+        rest = &rest[3 + len..];
     }
+    h
+}
+
+/// Headers a failure hop does not rewrite: every one whose name is not among the retry
+/// flow's own.
+fn others(h: &Headers) -> usize {
+    h.iter()
+        .filter(|x| !KEYS[..KEYS.len() - 1].contains(&&*x.key))
+        .filter(|x| !x.key.starts_with("kafka_") && !x.key.starts_with("retry_topic-"))
+        .count()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let h = header_list(data);
     let attempt = match headers::read_attempts(&h) {
         AttemptsHeader::Valid(n) => n,
         _ => 1,
@@ -71,6 +98,7 @@ fuzz_target!(|data: &[u8]| {
     for key in [headers::ATTEMPTS, headers::BACKOFF_TIMESTAMP, headers::EXCEPTION_MESSAGE] {
         assert_eq!(out.get_all(key).count(), 1, "{key} once");
     }
+    assert_eq!(others(&out), others(&h), "the record's own headers are kept");
     assert_eq!(
         headers::read_attempts(&out),
         AttemptsHeader::Valid(attempt.saturating_add(1).min(headers::ATTEMPTS_HARD_CAP as u32))
