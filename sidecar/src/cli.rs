@@ -47,7 +47,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct ConfigArg {
     /// The TOML config file (see examples/sidecar.toml).
-    #[arg(long, short)]
+    #[arg(long, short, env = "REDRIVE_CONFIG")]
     config: PathBuf,
 }
 

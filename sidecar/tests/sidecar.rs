@@ -547,6 +547,10 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
         assert!(stdout.contains(want), "`{want}` missing from:\n{stdout}");
     }
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
+    // The file may also come from REDRIVE_CONFIG.
+    let from_env = redrive(&["check"], &[("REDRIVE_CONFIG", path.to_str().unwrap())]);
+    assert!(from_env.status.success(), "{}", text(&from_env).1);
+    assert_eq!(text(&from_env).0, stdout);
 
     type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
     let cases: [Case; 9] = [

@@ -19,6 +19,55 @@ fn show_bytes(b: Option<&Bytes>) -> String {
     }
 }
 
+/// `s` safe to print on a terminal: control characters (an escape sequence a producer put
+/// into an error message, say) are shown escaped; newlines and tabs stay with `keep_lines`.
+pub fn terminal_safe(s: &str, keep_lines: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' if keep_lines => out.push(c),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A header's value as `dlt show` prints it: the binary numbers of the retry flow decoded
+/// (`4 (int)`, `1700000000000 (long)`), anything else as text or hex.
+fn header_value(name: &str, v: Option<&Bytes>) -> String {
+    use headers::dlt_form;
+    let ints = [
+        headers::ATTEMPTS,
+        headers::REPLAY_COUNT,
+        headers::ORIGINAL_PARTITION,
+        dlt_form::ORIGINAL_PARTITION,
+    ];
+    let longs = [
+        headers::ORIGINAL_OFFSET,
+        headers::ORIGINAL_TIMESTAMP,
+        dlt_form::ORIGINAL_OFFSET,
+        dlt_form::ORIGINAL_TIMESTAMP,
+    ];
+    let Some(b) = v else { return show_bytes(v) };
+    if ints.contains(&name) {
+        if let Some(n) = headers::decode_int(b) {
+            return format!("{n} (int)");
+        }
+    }
+    if longs.contains(&name) {
+        if let Some(n) = headers::decode_long(b) {
+            return format!("{n} (long)");
+        }
+    }
+    if name == headers::BACKOFF_TIMESTAMP || name == headers::ORIGINAL_TIMESTAMP_RETRY {
+        if let Some(ms) = headers::decode_big_integer(b) {
+            return format!("{ms} ({})", fmt_ms(ms));
+        }
+    }
+    show_bytes(v)
+}
+
 fn fmt_ms(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
@@ -37,7 +86,10 @@ fn tries_of(r: &Record) -> String {
 /// One line per dead letter: where it is, when, its key, where it came from, the error.
 pub fn summary_line(r: &Record) -> String {
     let o = Original::read(r.headers());
-    let mut msg = o.exception_message.unwrap_or_default().replace('\n', " ");
+    let mut msg = terminal_safe(
+        &o.exception_message.unwrap_or_default().replace('\n', " "),
+        false,
+    );
     if msg.len() > 160 {
         let mut end = 160;
         while !msg.is_char_boundary(end) {
@@ -53,11 +105,11 @@ pub fn summary_line(r: &Record) -> String {
         r.offset(),
         r.timestamp().map_or("-".into(), |t| fmt_ms(t.millis)),
         show_bytes(r.key()),
-        o.topic.as_deref().unwrap_or("?"),
+        terminal_safe(o.topic.as_deref().unwrap_or("?"), false),
         o.partition.map_or("?".into(), |p| p.to_string()),
         o.offset.map_or("?".into(), |p| p.to_string()),
         tries_of(r),
-        o.exception_fqcn.as_deref().unwrap_or("?"),
+        terminal_safe(o.exception_fqcn.as_deref().unwrap_or("?"), false),
         msg,
     )
 }
@@ -84,7 +136,7 @@ pub fn detail(r: &Record) -> String {
     let _ = writeln!(
         s,
         "original:          {}/{}@{}",
-        o.topic.as_deref().unwrap_or("?"),
+        terminal_safe(o.topic.as_deref().unwrap_or("?"), false),
         o.partition.map_or("?".into(), |p| p.to_string()),
         o.offset.map_or("?".into(), |p| p.to_string())
     );
@@ -97,7 +149,7 @@ pub fn detail(r: &Record) -> String {
     let _ = writeln!(
         s,
         "consumer group:    {}",
-        o.consumer_group.as_deref().unwrap_or("-")
+        terminal_safe(o.consumer_group.as_deref().unwrap_or("-"), false)
     );
     let _ = writeln!(s, "tries:             {}", tries_of(r));
     let replays = r
@@ -109,26 +161,64 @@ pub fn detail(r: &Record) -> String {
     let _ = writeln!(
         s,
         "error type:        {}",
-        o.exception_fqcn.as_deref().unwrap_or("-")
+        terminal_safe(o.exception_fqcn.as_deref().unwrap_or("-"), false)
     );
     let _ = writeln!(
         s,
         "root cause type:   {}",
-        o.exception_cause_fqcn.as_deref().unwrap_or("-")
+        terminal_safe(o.exception_cause_fqcn.as_deref().unwrap_or("-"), false)
     );
     let _ = writeln!(
         s,
         "error:             {}",
-        o.exception_message.as_deref().unwrap_or("-")
+        terminal_safe(o.exception_message.as_deref().unwrap_or("-"), true)
     );
     let _ = writeln!(
         s,
         "error chain:       {}",
-        o.exception_stacktrace.as_deref().unwrap_or("-")
+        terminal_safe(o.exception_stacktrace.as_deref().unwrap_or("-"), true)
     );
     let _ = writeln!(s, "headers:");
     for h in r.headers().iter() {
-        let _ = writeln!(s, "  {} = {}", h.key, show_bytes(h.value.as_ref()));
+        let name = terminal_safe(&h.key, false);
+        let _ = writeln!(s, "  {name} = {}", header_value(&h.key, h.value.as_ref()));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_headers_are_escaped_not_printed() {
+        let forged = "boom\u{1b}[2J\u{1b}]0;owned\u{7}\r";
+        let safe = terminal_safe(forged, false);
+        assert!(!safe.chars().any(char::is_control), "{safe:?}");
+        assert!(safe.contains("boom") && safe.contains("\\u{1b}"), "{safe}");
+        assert_eq!(terminal_safe("a\nb\tc", true), "a\nb\tc");
+        assert_eq!(terminal_safe("a\nb", false), "a\\nb");
+        let mut r = Record::new("orders-dlt", 0, 1);
+        let mut h = redrive::headers::Headers::new();
+        h.push(headers::EXCEPTION_MESSAGE, Some(forged.as_bytes().to_vec()));
+        r = r.with_headers(h);
+        assert!(!summary_line(&r).chars().any(char::is_control));
+        assert!(!detail(&r).replace('\n', "").chars().any(char::is_control));
+    }
+
+    #[test]
+    fn known_binary_headers_are_decoded() {
+        let four = Bytes::from_static(&[0, 0, 0, 4]);
+        assert_eq!(header_value(headers::ATTEMPTS, Some(&four)), "4 (int)");
+        let offset = Bytes::from(42i64.to_be_bytes().to_vec());
+        assert_eq!(
+            header_value(headers::ORIGINAL_OFFSET, Some(&offset)),
+            "42 (long)"
+        );
+        assert_eq!(
+            header_value("user", Some(&Bytes::from_static(b"v"))),
+            "\"v\""
+        );
+        assert_eq!(header_value(headers::ATTEMPTS, None), "null");
+    }
 }
