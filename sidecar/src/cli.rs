@@ -42,6 +42,28 @@ enum Command {
     /// Inspect and replay dead letters.
     #[command(subcommand)]
     Dlt(Box<DltCommand>),
+    /// Move a route's group past records it cannot read (a corrupt batch, a codec the client
+    /// lacks), with its workers stopped; a marker in the dead-letter topic records what was
+    /// skipped. Prints the plan unless given --execute.
+    Skip(SkipArgs),
+}
+
+#[derive(Debug, Args)]
+struct SkipArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The route whose group and main topic to move.
+    #[arg(long)]
+    route: String,
+    /// The partition.
+    #[arg(long)]
+    partition: i32,
+    /// The first offset to handle again.
+    #[arg(long)]
+    to_offset: i64,
+    /// Write the marker and commit. Without it the command prints its plan only.
+    #[arg(long)]
+    execute: bool,
 }
 
 #[derive(Debug, Args)]
@@ -227,7 +249,37 @@ async fn execute(cmd: Command) -> Result<(), Failure> {
         Command::Run(arg) => run_worker(&arg).await,
         Command::Topics(TopicsCommand::Create(args)) => create_topics(args).await,
         Command::Dlt(cmd) => dead_letters(*cmd).await,
+        Command::Skip(args) => skip(args).await,
     }
+}
+
+async fn skip(args: SkipArgs) -> Result<(), Failure> {
+    let config = load(&args.config)?;
+    let route = config
+        .routes
+        .iter()
+        .find(|r| r.name == args.route)
+        .ok_or_else(|| {
+            Failure::Config(format!(
+                "--route {}: no such route in {}",
+                args.route, config.file
+            ))
+        })?
+        .clone();
+    let (c, p, to) = (config.clone(), args.partition, args.to_offset);
+    let plan = tokio::task::spawn_blocking(move || super::skip::plan(&c, &route, p, to))
+        .await
+        .map_err(|e| Failure::Run(e.to_string()))?
+        .map_err(run_error)?;
+    if !args.execute {
+        println!("would {plan} (add --execute to do it)");
+        return Ok(());
+    }
+    super::skip::execute(&config, &plan)
+        .await
+        .map_err(run_error)?;
+    println!("done: {plan}");
+    Ok(())
 }
 
 fn check(arg: &ConfigArg) -> Result<(), Failure> {

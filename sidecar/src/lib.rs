@@ -7,6 +7,7 @@
 //! redrive check --config redrive.toml     validate and print the resolved topology
 //! redrive topics create --config F        create retry and dead-letter topics up front
 //! redrive dlt list|show|replay ...        inspect dead letters and send them back
+//! redrive skip --route R --partition P --to-offset N   move past records that cannot be read
 //! ```
 //!
 //! Each `[[routes]]` entry reads one topic (plus its retry topics) in one consumer group and
@@ -19,6 +20,7 @@ pub mod dlt;
 pub mod forward;
 pub mod health;
 mod ops;
+pub mod skip;
 mod topics;
 
 use std::net::SocketAddr;

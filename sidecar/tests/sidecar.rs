@@ -1314,3 +1314,108 @@ async fn cloudevents_mode_follows_the_http_binary_binding() {
         );
     }
 }
+
+/// `redrive skip`: the plan changes nothing; with the group's workers running it refuses;
+/// with them stopped it writes a marker naming the skipped offsets to the route's DLT and
+/// moves the group's committed offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_moves_a_stopped_group_past_records_and_records_what_it_skipped() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-skip");
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 10).await;
+    let group = unique("sc-skip-group");
+    // The group handled offsets 0..3.
+    {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+        let c: BaseConsumer = client_config(&bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(3))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+    }
+    let endpoint = Endpoint::start(Arc::new(|_: &str, _| (200, None, Duration::ZERO))).await;
+    let config = write_config(
+        "skip",
+        &format!(
+            "{}\n[[routes]]\nname = \"orders\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{}\"\n",
+            kafka_section(&bootstrap),
+            endpoint.url
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let skip = [
+        "skip",
+        "--config",
+        cfg,
+        "--route",
+        "orders",
+        "--partition",
+        "0",
+        "--to-offset",
+        "7",
+    ];
+    let at = || committed(&bootstrap, &group, &topic, 1)[&0];
+
+    let out = redrive(&skip, &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("would skip") && stdout.contains("offsets 3..6 (4 records)"),
+        "{stdout}"
+    );
+    assert_eq!(at(), Some(3), "the plan changed nothing");
+
+    // With a worker of the group running, it refuses.
+    let mut running = Sidecar::start(&config);
+    eventually(
+        Duration::from_secs(60),
+        "the worker handled the rest",
+        || endpoint.seen.lock().unwrap().len() == 7,
+    )
+    .await;
+    let mut args = skip.to_vec();
+    args.push("--execute");
+    let refused = redrive(&args, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused).1);
+    assert!(
+        text(&refused).1.contains("active members"),
+        "{}",
+        text(&refused).1
+    );
+    assert!(running.terminate(Duration::from_secs(20)).success());
+
+    // Stopped: move it back to 3 as if 3..6 could not be read, then skip them.
+    {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+        let c: BaseConsumer = client_config(&bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(3))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+    }
+    let done = redrive(&args, &[]);
+    assert!(done.status.success(), "{}", text(&done).1);
+    assert_eq!(at(), Some(7));
+    let markers = read_topic(&bootstrap, &format!("{topic}-dlt"));
+    assert_eq!(markers.len(), 1);
+    let m = &markers[0];
+    assert_eq!(m.payload(), Some(&b""[..]));
+    assert_eq!(header(m, "redrive-skipped-to"), Some(&b"7"[..]));
+    assert_eq!(
+        header(m, "kafka_dlt-original-offset"),
+        Some(&3i64.to_be_bytes()[..])
+    );
+    let why =
+        String::from_utf8_lossy(header(m, "kafka_dlt-exception-message").unwrap()).into_owned();
+    assert!(
+        why.contains("offsets 3..6") && why.contains("4 records"),
+        "{why}"
+    );
+}
