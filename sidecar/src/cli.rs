@@ -22,6 +22,13 @@ pub struct Cli {
     command: Command,
 }
 
+/// How a listing is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -138,6 +145,9 @@ enum DltCommand {
         /// Stop after this many.
         #[arg(long)]
         limit: Option<u64>,
+        /// `json`: one JSON object per dead letter, for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Everything about one dead letter, headers decoded.
     Show {
@@ -346,7 +356,11 @@ async fn dead_letters(cmd: DltCommand) -> Result<(), Failure> {
             target,
             selection,
             limit,
-        } => (target, selection.resolve()?, Action::List { limit }),
+            output,
+        } => {
+            let json = output == Output::Json;
+            (target, selection.resolve()?, Action::List { limit, json })
+        }
         DltCommand::Show {
             target,
             partition,

@@ -684,6 +684,22 @@ async fn dlt_replay_moves_exactly_the_selection_once() {
         stderr.contains("10 of 10 scanned records selected"),
         "{stderr}"
     );
+    // The same listing as JSON lines, for scripts.
+    let args = [
+        "dlt", "list", "--config", cfg, "--route", "orders", "--output", "json",
+    ];
+    let out = redrive(&args, &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows[0]["key"], "bad-0");
+    assert_eq!(rows[0]["offset"], 0);
+    assert_eq!(rows[0]["original"]["topic"], topic.as_str());
+    assert_eq!(rows[0]["error_type"], "HttpStatusError");
 
     let out = redrive(
         &[

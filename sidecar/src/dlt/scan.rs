@@ -15,7 +15,7 @@ use redrive::Record;
 use super::progress::Progress;
 use super::replay::replay_copy;
 use super::select::{replay_group, Selection};
-use super::show::{detail, summary_line};
+use super::show::{detail, summary_json, summary_line};
 
 /// Records of a replay per commit.
 const BATCH: usize = 100;
@@ -33,6 +33,8 @@ pub enum Action<'a> {
     List {
         /// Stop after this many.
         limit: Option<u64>,
+        /// One JSON object per line instead of text.
+        json: bool,
     },
     /// Print everything about it.
     Show,
@@ -227,7 +229,7 @@ impl Scan<'_> {
         out: &mut (dyn Write + Send),
     ) -> Result<(), BoxError> {
         let limit = match action {
-            Action::List { limit } => *limit,
+            Action::List { limit, .. } => *limit,
             _ => None,
         };
         while let Some(r) = self.next_record().await? {
@@ -325,7 +327,8 @@ impl Scan<'_> {
         out: &mut (dyn Write + Send),
     ) -> Result<(), BoxError> {
         let s = match action {
-            Action::List { .. } => return Ok(writeln!(out, "{}", summary_line(r))?),
+            Action::List { json: false, .. } => return Ok(writeln!(out, "{}", summary_line(r))?),
+            Action::List { json: true, .. } => return Ok(writeln!(out, "{}", summary_json(r))?),
             Action::Show => return Ok(writeln!(out, "{}", detail(r))?),
             Action::Replay(s) => s,
         };

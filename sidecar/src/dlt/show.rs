@@ -114,6 +114,37 @@ pub fn summary_line(r: &Record) -> String {
     )
 }
 
+/// [`summary_line`] as one JSON object, for scripts: `topic`, `partition`, `offset`,
+/// `timestamp_ms`, `key` (text, or `key_hex`), `original` (`topic`, `partition`, `offset`),
+/// `tries`, `error_type`, `error`.
+pub fn summary_json(r: &Record) -> String {
+    let o = Original::read(r.headers());
+    let mut v = serde_json::json!({
+        "topic": r.topic(),
+        "partition": r.partition(),
+        "offset": r.offset(),
+        "timestamp_ms": r.timestamp().map(|t| t.millis),
+        "original": { "topic": o.topic, "partition": o.partition, "offset": o.offset },
+        "tries": tries_of(r),
+        "error_type": o.exception_fqcn,
+        "error": o.exception_message,
+    });
+    match r.key().map(|k| std::str::from_utf8(k)) {
+        Some(Ok(k)) => v["key"] = k.into(),
+        Some(Err(_)) => {
+            let hex: String = r
+                .key()
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            v["key_hex"] = hex.into();
+        }
+        None => v["key"] = serde_json::Value::Null,
+    }
+    v.to_string()
+}
+
 /// Everything about one dead letter, headers decoded.
 pub fn detail(r: &Record) -> String {
     use std::fmt::Write;
