@@ -621,6 +621,28 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
         );
         assert!(!stderr.contains("s3cret"), "{what}: secret printed");
     }
+    // Every mistake at once, not only the first: an unknown key, a bad duration, a bad value
+    // and a rule of the routes'.
+    let many = good
+        .replace("attempts = 4", "atempts = 4")
+        .replace("delay = \"1s\"", "delay = \"soon\"")
+        .replace("http://127.0.0.1:8080", "https://127.0.0.1:8080")
+        + "[routes.statuses]\n999 = \"retry\"\n";
+    let path = write_config("many", &many);
+    let out = redrive(&["check", "--config", path.to_str().unwrap()], &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for key in [
+        "routes[0].retry.atempts",
+        "routes[0].retry.backoff.delay",
+        "routes[0].url",
+        "routes[0].statuses.999",
+    ] {
+        assert!(
+            stderr.contains(&format!("{}: {key}:", path.display())),
+            "{key} missing from:\n{stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

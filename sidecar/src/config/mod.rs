@@ -31,6 +31,73 @@ pub use model::{
 use env::{apply_env, describe_key};
 use validate::validate;
 
+/// Reads the table into a [`Config`], reporting every key serde refuses, not only the first:
+/// a refused value is left out (its default taken) and the rest read again, until the table
+/// reads or a refusal names no single value (a missing key, a malformed table).
+fn read_all(
+    mut table: toml::Table,
+    origins: &[(String, String)],
+    file: &str,
+) -> (Option<Config>, Vec<ConfigError>) {
+    let mut errors = Vec::new();
+    for _ in 0..64 {
+        let e = match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+            Ok(config) => return (Some(config), errors),
+            Err(e) => e,
+        };
+        let path = e.path().to_string();
+        let mut reason = e.into_inner().to_string();
+        // toml appends its own location, which is meaningless for a re-built table.
+        if let Some(i) = reason.find("\nin ") {
+            reason.truncate(i);
+        }
+        let removed = errors.iter().any(|x: &ConfigError| {
+            reason.contains(&format!("`{}`", x.key.rsplit('.').next().unwrap_or("")))
+        });
+        if reason.starts_with("missing field") && removed {
+            break;
+        }
+        errors.push(ConfigError {
+            file: file.to_owned(),
+            key: describe_key(&path, origins),
+            reason: reason.trim().to_owned(),
+        });
+        if !remove_leaf(&mut table, &path) {
+            break;
+        }
+    }
+    (None, errors)
+}
+
+/// Removes the value at `path` (`routes[0].retry.attempts`) if it is a leaf or an unknown
+/// key's; false when there is none to remove.
+fn remove_leaf(table: &mut toml::Table, path: &str) -> bool {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return false;
+    };
+    let mut cur = table;
+    for part in parts {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let next = match (cur.get_mut(name), index) {
+            (Some(toml::Value::Array(a)), Some(i)) => a.get_mut(i),
+            (v, None) => v,
+            _ => None,
+        };
+        match next {
+            Some(toml::Value::Table(t)) => cur = t,
+            _ => return false,
+        }
+    }
+    if last.contains('[') {
+        return false;
+    }
+    cur.remove(last).is_some()
+}
+
 impl Config {
     /// Reads `path`, applies the `REDRIVE_...` variables of the process environment, and
     /// validates.
@@ -72,20 +139,20 @@ impl Config {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let key = describe_key(&path, &origins);
-                let mut reason = e.into_inner().to_string();
-                // toml appends its own location, which is meaningless for a re-built table.
-                if let Some(i) = reason.find("\nin ") {
-                    reason.truncate(i);
-                }
-                ConfigErrors(vec![err(key, reason.trim().to_owned())])
-            })?;
+        let (config, mut errors) = read_all(root, &origins, file);
+        let Some(mut config) = config else {
+            return Err(ConfigErrors(errors));
+        };
         config.file = file.to_owned();
-        validate(&mut config, &origins)?;
-        Ok(config)
+        if let Err(ConfigErrors(more)) = validate(&mut config, &origins) {
+            // A key already reported was left out to read the rest: its default is not news.
+            let reported: Vec<String> = errors.iter().map(|e| e.key.clone()).collect();
+            errors.extend(more.into_iter().filter(|e| !reported.contains(&e.key)));
+        }
+        match errors.is_empty() {
+            true => Ok(config),
+            false => Err(ConfigErrors(errors)),
+        }
     }
 
     /// The consumer groups, each with the indexes of its routes, in file order.
