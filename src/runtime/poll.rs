@@ -76,7 +76,8 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
         }
         if last_publisher_check.elapsed() >= PUBLISHER_CHECK_EVERY {
             last_publisher_check = Instant::now();
-            if let Some(why) = cfg.publisher.as_ref().and_then(|p| p.fatal_error()) {
+            let publisher = cfg.publisher.as_ref().and_then(std::sync::Weak::upgrade);
+            if let Some(why) = publisher.and_then(|p| p.fatal_error()) {
                 tracing::error!(error = %why, "the producer of copies failed fatally; the worker stops");
                 fatal = Some(Error::Fatal(format!(
                     "the producer of retry and dead-letter copies failed fatally and cannot send again: {why}"

@@ -25,8 +25,9 @@ pub(crate) struct RuntimeConfig {
     pub poll_timeout: Duration,
     pub lag_interval: Duration,
     pub on_commit_error: Option<CommitErrorCallback>,
-    /// The publisher of copies, whose fatal error stops the worker.
-    pub publisher: Option<Arc<dyn crate::publish::Publish>>,
+    /// The publisher of copies, whose fatal error stops the worker. Weak: a handle that
+    /// outlives the worker must not keep the publisher's producer alive.
+    pub publisher: Option<std::sync::Weak<dyn crate::publish::Publish>>,
     /// The routes' circuit breakers, whose state gauges are refreshed with the others.
     pub breakers: Vec<Arc<crate::layer::breaker::Breaker>>,
 }

@@ -327,7 +327,7 @@ impl WorkerBuilder {
                 lag_interval: self.lag_interval,
                 on_commit_error: self.on_commit_error,
                 breakers: planned.breakers,
-                publisher,
+                publisher: publisher.as_ref().map(Arc::downgrade),
             },
         ));
         let context = RuntimeContext::new(
