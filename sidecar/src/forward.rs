@@ -43,6 +43,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use redrive::headers::{self, AttemptsHeader};
+
+pub use super::config::{Disposition, Format};
 use redrive::Record;
 use redrive::{BoxError, Fatal, RetryAfter};
 
@@ -92,42 +94,6 @@ pub struct HttpForward {
     statuses: std::sync::Arc<std::collections::BTreeMap<u16, Disposition>>,
     /// With `format = "cloudevents"`: the route's name, for `ce-source`.
     cloudevents: Option<std::sync::Arc<str>>,
-}
-
-/// How records are put into requests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// The `Redrive-*` headers only (docs/sidecar-http.md).
-    #[default]
-    Redrive,
-    /// Also CloudEvents in HTTP binary mode, with Knative KafkaSource's conventions.
-    Cloudevents,
-}
-
-/// What becomes of a record, as the service asks with a `Redrive-Disposition` answer header
-/// or the route's `[routes.statuses]` table says for a status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Disposition {
-    /// Handled: nothing more to do.
-    Done,
-    /// Retried through the route's retry topics (`Retry-After` honoured).
-    Retry,
-    /// Straight to the dead-letter topic.
-    DeadLetter,
-}
-
-impl Disposition {
-    /// Reads a `Redrive-Disposition` value (`done`, `retry`, `dead-letter`; any case).
-    pub fn parse(value: &str) -> Option<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "done" => Some(Disposition::Done),
-            "retry" => Some(Disposition::Retry),
-            "dead-letter" => Some(Disposition::DeadLetter),
-            _ => None,
-        }
-    }
 }
 
 impl std::fmt::Debug for HttpForward {

@@ -814,7 +814,7 @@ async fn topics_create_makes_every_retry_and_dead_letter_topic_once() {
     let config = write_config(
         "topics",
         &format!(
-            "{}\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:1/\"\n[routes.retry]\nattempts = 3\nbackoff = {{ delay = \"1s\", multiplier = 2.0 }}\n",
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:1/\"\n[routes.retry]\nattempts = 3\nbackoff = {{ delay = \"1s\", multiplier = 2.0 }}\n",
             kafka_section(&bootstrap)
         ),
     );
@@ -842,7 +842,7 @@ async fn topics_create_makes_every_retry_and_dead_letter_topic_once() {
     let missing = write_config(
         "topics-missing",
         &format!(
-            "{}\n[[routes]]\ntopic = \"no-such-topic-{}\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:1/\"\n",
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\ntopic = \"no-such-topic-{}\"\ngroup = \"g\"\nurl = \"http://127.0.0.1:1/\"\n",
             kafka_section(&bootstrap),
             std::process::id()
         ),
@@ -1154,7 +1154,7 @@ async fn a_health_url_gates_start_up_and_nothing_is_posted_while_unhealthy() {
     let config = write_config(
         "health",
         &format!(
-            "{}\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\nhealth_url = \"http://127.0.0.1:{}/healthz\"\n[routes.retry]\nattempts = 2\nbackoff = {{ delay = \"1s\" }}\n",
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\nhealth_url = \"http://127.0.0.1:{}/healthz\"\n[routes.retry]\nattempts = 2\nbackoff = {{ delay = \"1s\" }}\n",
             kafka_section(&bootstrap),
             unique("sc-health-group"),
             service.url(),
@@ -1269,7 +1269,7 @@ async fn dispositions_and_the_status_table_decide_a_records_fate() {
     let config = write_config(
         "disposition",
         &format!(
-            "{}\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{url}\"\n[routes.retry]\nattempts = 2\nbackoff = {{ delay = \"300ms\" }}\n[routes.statuses]\n404 = \"retry\"\n",
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{url}\"\n[routes.retry]\nattempts = 2\nbackoff = {{ delay = \"300ms\" }}\n[routes.statuses]\n404 = \"retry\"\n",
             kafka_section(&bootstrap),
             unique("sc-disposition-group"),
         ),
@@ -1319,7 +1319,7 @@ async fn cloudevents_mode_follows_the_http_binary_binding() {
     let config = write_config(
         "ce",
         &format!(
-            "{}\n[[routes]]\nname = \"billing\"\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\nformat = \"cloudevents\"\ncontent_type = \"application/json\"\n",
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\nname = \"billing\"\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\nformat = \"cloudevents\"\ncontent_type = \"application/json\"\n",
             kafka_section(&bootstrap),
             unique("sc-ce-group"),
             endpoint.url
@@ -1379,7 +1379,7 @@ async fn skip_moves_a_stopped_group_past_records_and_records_what_it_skipped() {
     let config = write_config(
         "skip",
         &format!(
-            "{}\n[[routes]]\nname = \"orders\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{}\"\n",
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\nname = \"orders\"\ntopic = \"{topic}\"\ngroup = \"{group}\"\nurl = \"{}\"\n",
             kafka_section(&bootstrap),
             endpoint.url
         ),

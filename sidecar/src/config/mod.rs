@@ -24,8 +24,8 @@ mod validate;
 use std::path::Path;
 
 pub use model::{
-    is_secret, redact_url, Config, ConfigError, ConfigErrors, KafkaProperties, OpsSettings,
-    RouteConfig, WorkerSettings,
+    is_secret, redact_url, Config, ConfigError, ConfigErrors, Disposition, Format, KafkaProperties,
+    OpsSettings, RouteConfig, WorkerSettings,
 };
 
 use env::{apply_env, describe_key};

@@ -226,11 +226,11 @@ pub struct RouteConfig {
     /// `[routes.statuses]` with `404 = "retry"` (`done`, `retry`, `dead-letter`). A
     /// `Redrive-Disposition` answer header still wins.
     #[serde(default)]
-    pub statuses: BTreeMap<String, crate::forward::Disposition>,
+    pub statuses: BTreeMap<String, Disposition>,
     /// `redrive` (the default): the `Redrive-*` headers; `cloudevents`: also CloudEvents in
     /// HTTP binary mode (`ce-*`), as Knative's KafkaSource sends them.
     #[serde(default)]
-    pub format: crate::forward::Format,
+    pub format: Format,
 }
 
 impl fmt::Debug for RouteConfig {
@@ -271,7 +271,7 @@ fn default_content_type() -> String {
 impl RouteConfig {
     /// The `statuses` table by status code; a key that is not one is left out (`validate`
     /// reports it).
-    pub fn status_table(&self) -> BTreeMap<u16, crate::forward::Disposition> {
+    pub fn status_table(&self) -> BTreeMap<u16, Disposition> {
         self.statuses
             .iter()
             .filter_map(|(k, d)| Some((k.parse().ok()?, *d)))
@@ -298,4 +298,40 @@ pub fn redact_url(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+/// What becomes of a record, as the service asks with a `Redrive-Disposition` answer header
+/// or the route's `[routes.statuses]` table says for a status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Disposition {
+    /// Handled: nothing more to do.
+    Done,
+    /// Retried through the route's retry topics (`Retry-After` honoured).
+    Retry,
+    /// Straight to the dead-letter topic.
+    DeadLetter,
+}
+
+impl Disposition {
+    /// Reads a `Redrive-Disposition` value (`done`, `retry`, `dead-letter`; any case).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "done" => Some(Disposition::Done),
+            "retry" => Some(Disposition::Retry),
+            "dead-letter" => Some(Disposition::DeadLetter),
+            _ => None,
+        }
+    }
+}
+
+/// How records are put into requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The `Redrive-*` headers only (docs/sidecar-http.md).
+    #[default]
+    Redrive,
+    /// Also CloudEvents in HTTP binary mode, with Knative KafkaSource's conventions.
+    Cloudevents,
 }
