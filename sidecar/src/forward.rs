@@ -163,11 +163,12 @@ impl HttpForward {
         if record.value().is_none() {
             put("redrive-tombstone", "true".into());
         }
-        for (name, value) in origin_headers(record) {
+        let origin = Origin::of(record);
+        for (name, value) in origin_headers(&origin) {
             put(name, value);
         }
         if let Some(route) = &self.cloudevents {
-            for (name, value) in cloudevent_headers(record, route) {
+            for (name, value) in cloudevent_headers(record, &origin, route) {
                 put(name, value);
             }
         }
@@ -193,23 +194,41 @@ impl HttpForward {
     }
 }
 
+/// Where a record was first delivered (its own coordinates on a first delivery), and the
+/// previous attempt's error: read once per request from the retry flow's headers.
+struct Origin {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    last_error: Option<String>,
+}
+
+impl Origin {
+    fn of(record: &Record) -> Self {
+        let original = headers::Original::read(record.headers());
+        Origin {
+            topic: original.topic.unwrap_or_else(|| record.topic().to_owned()),
+            partition: original.partition.unwrap_or(record.partition()),
+            offset: original.offset.unwrap_or(record.offset()),
+            last_error: original.exception_message,
+        }
+    }
+}
+
 /// The record's identity across retries and replays, and its retry context, as readable
 /// headers: `Redrive-Id` (`topic/partition/offset` of the first delivery, percent-encoded
 /// topic), `Redrive-Original-Topic`, `-Partition`, `-Offset`, and on a retry
 /// `Redrive-Last-Error` (the previous attempt's error message, at most 200 bytes).
-fn origin_headers(record: &Record) -> Vec<(&'static str, String)> {
-    let original = headers::Original::read(record.headers());
-    let topic = original.topic.unwrap_or_else(|| record.topic().to_owned());
-    let partition = original.partition.unwrap_or(record.partition());
-    let offset = original.offset.unwrap_or(record.offset());
-    let topic = percent_encode(topic.as_bytes());
+fn origin_headers(origin: &Origin) -> Vec<(&'static str, String)> {
+    let (partition, offset) = (origin.partition, origin.offset);
+    let topic = percent_encode(origin.topic.as_bytes());
     let mut out = vec![
         ("redrive-id", format!("{topic}/{partition}/{offset}")),
         ("redrive-original-topic", topic),
         ("redrive-original-partition", partition.to_string()),
         ("redrive-original-offset", offset.to_string()),
     ];
-    if let Some(msg) = original.exception_message {
+    if let Some(msg) = &origin.last_error {
         let end = (0..=msg.len().min(200))
             .rev()
             .find(|i| msg.is_char_boundary(*i))
@@ -224,11 +243,12 @@ fn origin_headers(record: &Record) -> Vec<(&'static str, String)> {
 /// `partition:P/offset:O` of the first delivery (stable across retries), `ce-source`
 /// `/redrive/<route>#<topic>`, `ce-type` `dev.knative.kafka.event`, `ce-subject`
 /// `partition:P#O`, `ce-time` the record's timestamp, and the `key` extension.
-fn cloudevent_headers(record: &Record, route: &str) -> Vec<(&'static str, String)> {
-    let original = headers::Original::read(record.headers());
-    let topic = original.topic.unwrap_or_else(|| record.topic().to_owned());
-    let partition = original.partition.unwrap_or(record.partition());
-    let offset = original.offset.unwrap_or(record.offset());
+fn cloudevent_headers(
+    record: &Record,
+    origin: &Origin,
+    route: &str,
+) -> Vec<(&'static str, String)> {
+    let (topic, partition, offset) = (&origin.topic, origin.partition, origin.offset);
     let mut out = vec![
         ("ce-specversion", "1.0".to_owned()),
         ("ce-id", format!("partition:{partition}/offset:{offset}")),

@@ -356,6 +356,8 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
         let max_records = max_records.max(1);
         let mut batch = BatchBuilder::new();
         // The largest record of the batch so far (none read yet: read one first).
+        // A record read after the last error (if any) ends the partition's error streak.
+        let mut read_after_error = false;
         let mut largest: Option<usize> = None;
         while batch.entries.len() < max_records && batch.bytes < MAX_BATCH_BYTES {
             // Sized so that records as large as the largest so far end the batch near its
@@ -376,11 +378,14 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
                     Ok(msg) => {
                         let bytes = batch.push(&msg, self.read_headers);
                         largest = largest.max(Some(bytes));
-                        self.read_errors.recovered(p);
+                        read_after_error = true;
                     }
                     Err(KafkaError::PartitionEOF(_)) => {}
                     Err(e) => {
                         self.error_until = Some(Instant::now() + ERROR_BACKOFF);
+                        if std::mem::take(&mut read_after_error) {
+                            self.read_errors.recovered(p);
+                        }
                         self.read_errors.failed(p, group, &e);
                     }
                 }
@@ -392,6 +397,10 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
         }
         let limited = batch.entries.len() >= max_records || batch.bytes >= MAX_BATCH_BYTES;
         self.more = limited || self.error_until.is_some();
+        if read_after_error {
+            // Told once per batch, not per record.
+            self.read_errors.recovered(p);
+        }
         if batch.entries.is_empty() {
             return false;
         }
