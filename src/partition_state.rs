@@ -30,7 +30,7 @@ pub(crate) struct PartitionShared {
     deferred_tx: tokio::sync::mpsc::UnboundedSender<Completion>,
     finished_records: AtomicU64,
     /// Where handlers' acknowledgements go, in manual-acknowledgement mode.
-    pub ack_tx: Option<tokio::sync::mpsc::UnboundedSender<i64>>,
+    pub ack_tx: Option<tokio::sync::mpsc::UnboundedSender<AckEvent>>,
     /// Failure copies of this partition's records that the broker refused and that are being
     /// sent again; while any is, the partition's task takes no new record.
     failing_copies: AtomicU64,
@@ -43,6 +43,19 @@ pub(crate) struct PartitionShared {
     lag_records: AtomicI64,
     /// A layer halted the partition at a record on purpose (`Halt`): its task ended.
     halted: AtomicBool,
+    /// Why the task ended on its own, when it knows (the worker's error names it).
+    failure: Mutex<Option<String>>,
+}
+
+/// What a manual-acknowledgement handle tells its partition's task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AckEvent {
+    /// A handle for the record at this offset was taken.
+    Taken(i64),
+    /// The record was acknowledged.
+    Acked(i64),
+    /// A handle (with all its clones) was dropped without acknowledging.
+    Dropped(i64),
 }
 
 /// Marks a failure copy of the partition as failing until dropped (sent, or given up).
@@ -146,7 +159,7 @@ impl PartitionShared {
         topic: Arc<str>,
         partition: i32,
         route: Arc<str>,
-        ack_tx: Option<tokio::sync::mpsc::UnboundedSender<i64>>,
+        ack_tx: Option<tokio::sync::mpsc::UnboundedSender<AckEvent>>,
     ) -> (Self, Completions) {
         let (deferred_tx, deferred_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = PartitionShared {
@@ -169,6 +182,7 @@ impl PartitionShared {
             fetch_failing_since: AtomicI64::new(-1),
             lag_records: AtomicI64::new(-1),
             halted: AtomicBool::new(false),
+            failure: Mutex::new(None),
         };
         (shared, Completions::new(deferred_rx))
     }
@@ -282,6 +296,19 @@ impl PartitionShared {
     /// Marks the partition halted on purpose by a layer.
     pub(crate) fn mark_halted(&self) {
         self.halted.store(true, Ordering::Release);
+    }
+
+    /// Records why the task is about to end on its own.
+    pub(crate) fn set_failure(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Why the task ended on its own, if it said.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True once a layer halted the partition on purpose.

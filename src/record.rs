@@ -188,13 +188,11 @@ impl Record {
 
     /// The handle to acknowledge this record when the worker runs with manual acknowledgement
     /// ([`WorkerBuilder::manual_ack`](crate::WorkerBuilder::manual_ack)); `None` otherwise.
-    /// The handle may be kept and used after the handler returned.
+    /// The handle may be kept and used after the handler returned; take it before the handler
+    /// returns. Each call gives a new handle; the record needs one of them acknowledged.
     pub fn acknowledgment(&self) -> Option<Acknowledgment> {
         let tx = self.partition_state.as_ref()?.ack_tx.clone()?;
-        Some(Acknowledgment {
-            offset: self.offset,
-            tx,
-        })
+        Some(Acknowledgment::new(self.offset, tx))
     }
 
     /// Size of key, value and headers in bytes.

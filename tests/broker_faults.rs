@@ -198,6 +198,40 @@ async fn failing_offset_commits_are_reported_and_resent() {
     );
 }
 
+/// Every asynchronous commit fails (OffsetCommit answers REBALANCE_IN_PROGRESS) until the
+/// worker is shut down: every partition is still committed to its end when `run` returns.
+/// Two mechanisms see to it (a failed commit makes the next round resend every position, and
+/// the final synchronous commit sends every position); the test fails if a failed
+/// asynchronous commit counted as committed for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_final_commit_follows_failed_async_commits() {
+    let n = 60;
+    let r = start_with(n, "final-commit", |m| {
+        m.request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS; 10_000],
+        );
+    })
+    .await;
+    r.wait_all(n, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.commit_errors.load(Ordering::Relaxed) < 3 {
+        assert!(Instant::now() < deadline, "no failed commit reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = committed(&r.bootstrap, &r.group, &r.topic);
+    assert!(before.iter().all(Option::is_none), "committed {before:?}");
+    r.mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    r.handle.shutdown();
+    r.run.await.unwrap().unwrap();
+    let per = n / PARTITIONS as i64;
+    let after = committed(&r.bootstrap, &r.group, &r.topic);
+    assert!(
+        after.iter().all(|o| *o == Some(per)),
+        "after the final commit: {after:?}, expected {per} per partition"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_group_and_heartbeat_errors_are_recovered() {
     let n = 400;

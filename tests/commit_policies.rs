@@ -525,3 +525,70 @@ async fn manual_ack_commits_only_what_was_acknowledged() {
     run.await.unwrap().unwrap();
     assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0], Some(10));
 }
+
+/// Manual acknowledgement: a record whose handler returned `Ok` and dropped its handle
+/// without acknowledging (offset 4), or never took one (offset 7, on a second run), stops the
+/// worker with `Error::Fatal` naming it instead of stalling the partition silently; the commit
+/// never passes it, and the next run gets it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_ack_a_dropped_handle_stops_the_worker() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("commit-dropped-ack");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 10).await;
+
+    let run = |forgotten: i64, concurrency: usize| {
+        let handled: Seen = Default::default();
+        let svc = {
+            let handled = handled.clone();
+            service_fn(move |r: Record| {
+                handled.lock().unwrap().push((r.partition(), r.offset()));
+                match r.offset() {
+                    4 if forgotten == 4 => drop(r.acknowledgment()),
+                    o if o == forgotten => {}
+                    _ => r.acknowledgment().unwrap().acknowledge(),
+                }
+                std::future::ready(Ok::<_, BoxError>(()))
+            })
+        };
+        let w = test_worker(&bootstrap, &group)
+            .commit_policy(CommitPolicy::async_per_record())
+            .manual_ack(true)
+            .route(Route::new(&topic, svc).concurrency(concurrency))
+            .build()
+            .unwrap();
+        (handled, tokio::spawn(w.run()))
+    };
+
+    for (forgotten, concurrency, first) in [(4, 1, 0), (7, 3, 4)] {
+        let (handled, task) = run(forgotten, concurrency);
+        let res = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the worker stops by itself")
+            .unwrap();
+        let err = res.expect_err("a record that can never be final stops the worker");
+        assert!(
+            matches!(err, redrive::Error::Fatal(_))
+                && err.to_string().contains(&format!("{topic}/0@{forgotten}"))
+                && err.to_string().contains("never acknowledged"),
+            "{err}"
+        );
+        let offsets: Vec<i64> = handled.lock().unwrap().iter().map(|&(_, o)| o).collect();
+        assert_eq!(
+            offsets.first(),
+            Some(&first),
+            "resumes at the unacknowledged record"
+        );
+        assert!(offsets.contains(&forgotten));
+        commit_stops_at(
+            &bootstrap,
+            &group,
+            &topic,
+            forgotten,
+            "the abandoned record",
+        )
+        .await;
+    }
+}

@@ -195,3 +195,58 @@ async fn bytes_in_flight_never_exceed_max_in_flight_bytes() {
         "the bound was reached: {most} records, {bytes} bytes at most"
     );
 }
+
+/// An unfinished record holds its partition's commit position; the records behind it that
+/// finish are tracked until it is final. With concurrency 4 and `max_in_flight_records(20)`,
+/// a handler that holds offset 0 sees at most 20 records of the partition (0 included) until
+/// it lets go: the partition pauses instead of tracking the whole topic behind one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_head_record_pauses_its_partition_at_the_bound() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("head");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 1).await;
+    produce_n(&bootstrap, &topic, 1, 0, 100).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let handled = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let (gate, handled) = (gate.clone(), handled.clone());
+        service_fn(move |r: Record| {
+            let (gate, handled) = (gate.clone(), handled.clone());
+            async move {
+                handled.fetch_add(1, Ordering::SeqCst);
+                if r.offset() == 0 {
+                    gate.acquire().await.unwrap().forget();
+                }
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let w = test_worker(&bootstrap, &group)
+        .max_in_flight_records(20)
+        .route(Route::new(&topic, handler).concurrency(4))
+        .build()
+        .unwrap();
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    eventually(Duration::from_secs(60), "records handled", || {
+        handled.load(Ordering::SeqCst) >= 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let while_held = handled.load(Ordering::SeqCst);
+    assert_eq!(
+        while_held, 20,
+        "records handled while offset 0 is unfinished"
+    );
+    assert_eq!(committed(&bootstrap, &group, &topic, 1)[&0].unwrap_or(0), 0);
+    gate.add_permits(1);
+    eventually(Duration::from_secs(30), "all handled and committed", || {
+        committed(&bootstrap, &group, &topic, 1)[&0] == Some(100)
+    })
+    .await;
+    assert_eq!(handled.load(Ordering::SeqCst), 100);
+    h.shutdown();
+    run.await.unwrap().unwrap();
+}

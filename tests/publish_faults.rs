@@ -493,16 +493,17 @@ async fn a_copy_in_flight_at_shutdown_does_not_keep_the_publisher_alive() {
     );
 }
 
-/// Every produce request is refused with TOPIC_AUTHORIZATION_FAILED while 10 % of 3,000
+/// Every produce request is refused with TOPIC_AUTHORIZATION_FAILED while 10 % of 15,000
 /// records fail their first attempt: each partition stops taking records soon after its
 /// first refused copy (the count stays flat), the refusals are counted as permanent, the
-/// handle names the blocked partitions; once the fault clears every record completes and the
-/// commits reach the end, without a restart.
+/// handle names the blocked partitions, and the process's resident memory (worker and mock
+/// cluster together) does not grow while the backlog waits; once the fault clears every
+/// record completes and the commits reach the end, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthorized_retry_topic_halts_its_partitions_then_recovers() {
     support::init_tracing();
     let _ = metrics();
-    let (topic, group, n) = ("payments", "ledger", 3_000u64);
+    let (topic, group, n) = ("payments", "ledger", 15_000u64);
     let policy = RetryPolicy::new()
         .attempts(2)
         .fixed(Duration::from_millis(200));
@@ -550,8 +551,16 @@ async fn an_unauthorized_retry_topic_halts_its_partitions_then_recovers() {
     // A record already in hand when its partition's copy was refused still finishes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let halted_at = main_calls.load(Ordering::SeqCst);
+    let rss_halted = support::rss_bytes();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let later = main_calls.load(Ordering::SeqCst);
+    let rss_later = support::rss_bytes();
+    assert!(
+        rss_later < rss_halted + (8 << 20) && rss_later < 256 << 20,
+        "resident memory while halted: {} MiB, then {} MiB",
+        rss_halted >> 20,
+        rss_later >> 20
+    );
     assert_eq!(
         later, halted_at,
         "no record taken while the copies are refused"
@@ -582,13 +591,17 @@ async fn an_unauthorized_retry_topic_halts_its_partitions_then_recovers() {
     support::eventually(Duration::from_secs(30), "commits at the end", || {
         support::committed(&bootstrap, group, topic, 3)
             .values()
-            .all(|o| *o == Some(1_000))
+            .all(|o| *o == Some(5_000))
     })
     .await;
     assert!(handle.blocked_partitions().is_empty());
     handle.shutdown();
     run.await.unwrap().unwrap();
-    println!("halted after {halted_at} of {n} main-topic records");
+    println!(
+        "halted after {halted_at} of {n} main-topic records; resident {} MiB, 3 s later {} MiB",
+        rss_halted >> 20,
+        rss_later >> 20
+    );
 }
 
 /// The broker refuses the idempotent producer's id (CLUSTER_AUTHORIZATION_FAILED on
@@ -628,4 +641,95 @@ async fn a_fatal_producer_error_stops_the_worker_with_an_error() {
         committed(&bootstrap, group, topic).unwrap_or(0) == 0,
         "nothing committed past records whose copies were never sent"
     );
+}
+
+/// Holds every copy's acknowledgement until released.
+struct HeldAll {
+    held: AtomicU32,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for HeldAll {
+    fn default() -> Self {
+        HeldAll {
+            held: AtomicU32::new(0),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+}
+
+impl Publish for HeldAll {
+    fn publish(&self, _record: &Outgoing) -> PublishFuture {
+        self.held.fetch_add(1, Ordering::SeqCst);
+        let release = self.release.clone();
+        Box::pin(async move {
+            release.acquire().await.unwrap().forget();
+            Ok(())
+        })
+    }
+}
+
+/// A failed record whose copy is not yet acknowledged keeps its share of
+/// `max_in_flight_bytes` (its copy keeps its bytes alive): with 1 KB values, a 10 KB bound and
+/// a publisher holding every copy, at most 10 records are handled until copies are
+/// acknowledged; then every record completes. Without it the whole topic would be read into
+/// copies waiting for the broker, unbounded by the byte bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_copies_count_against_max_in_flight_bytes() {
+    use redrive::layer::retry_topic::RetryTopicLayer;
+    let (topic, group) = ("payloads", "bounded");
+    let mock = mock_cluster(topic, 1, None);
+    let bootstrap = mock.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let value = vec![b'x'; 1000];
+    for _ in 0..60 {
+        let record = FutureRecord::to(topic)
+            .key("k")
+            .payload(&value)
+            .partition(0);
+        producer.send(record, Duration::from_secs(5)).await.unwrap();
+    }
+    let publisher = Arc::new(HeldAll::default());
+    let handled = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let handled = handled.clone();
+        service_fn(move |_: Record| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Err::<(), BoxError>("every record fails".into()))
+        })
+    };
+    let policy = RetryPolicy::new();
+    let layer = RetryTopicLayer::new(policy, &[topic], publisher.clone(), group, topic);
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id(group)
+        .max_in_flight_bytes(10_000)
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(50)))
+        .route(Route::new(topic, handler).concurrency(4).layer(layer))
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    support::eventually(Duration::from_secs(30), "records handled", || {
+        handled.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let while_held = handled.load(Ordering::SeqCst);
+    assert!(
+        (5..=10).contains(&while_held),
+        "{while_held} records handled while every copy is unacknowledged (bound: 10 of 1 KB)"
+    );
+    assert_eq!(publisher.held.load(Ordering::SeqCst), while_held);
+    publisher.release.add_permits(1_000);
+    support::eventually(Duration::from_secs(30), "every record completed", || {
+        committed(&bootstrap, group, topic) == Some(60)
+    })
+    .await;
+    assert_eq!(handled.load(Ordering::SeqCst), 60);
+    handle.shutdown();
+    run.await.unwrap().unwrap();
 }

@@ -319,6 +319,9 @@ fn dead_task(st: &DispatchState) -> Result<(), crate::Error> {
     for slot in st.slots.values() {
         let p = &slot.shared;
         if slot.task.is_finished() && !p.stopping() && !p.halted() {
+            if let Some(why) = p.failure() {
+                return Err(crate::Error::Fatal(why));
+            }
             tracing::error!(topic = %p.topic, partition = p.partition, "the partition's task ended unexpectedly; the worker stops");
             return Err(crate::Error::Fatal(format!(
                 "the task of {}/{} ended unexpectedly (a panic outside the handler, or a service that can no longer take records); see the log",

@@ -11,6 +11,7 @@
 //! holds `partition_queue` records or 1 MiB. Records handed to handlers and not yet
 //! final are bounded worker-wide by `max_in_flight_records` and `max_in_flight_bytes`.
 
+mod acks;
 mod committer;
 mod context;
 mod fetch;

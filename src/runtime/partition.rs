@@ -1,5 +1,6 @@
 //! The task that handles one partition's records.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,15 +11,16 @@ use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
+use super::acks::{AckBook, AckStep};
 use super::fetch::Feed;
 use super::meters::{record_span, report, FinishedCount, Meters};
 use super::shared::RuntimeShared;
-use super::source::{Pulled, Source};
+use super::source::{InFlight, Pulled, Source};
 use super::tracker::{Completion, OffsetTracker};
 use crate::clock::now_ms;
 use crate::error::{error_chain, BoxError};
 use crate::layer::{guarded_call, Stage};
-use crate::partition_state::{Completions, PartitionShared};
+use crate::partition_state::{AckEvent, Completions, PartitionShared};
 use crate::Record;
 
 /// Everything a partition task needs besides its service.
@@ -28,7 +30,7 @@ pub(crate) struct PartitionStart {
     pub feed: Feed,
     /// Completions of records whose completion a layer deferred.
     pub deferred: Completions,
-    pub acks: Option<mpsc::UnboundedReceiver<i64>>,
+    pub acks: Option<mpsc::UnboundedReceiver<AckEvent>>,
     pub rt: Arc<RuntimeShared>,
     pub concurrency: usize,
     pub stage: Stage,
@@ -102,6 +104,7 @@ where
         finished: FinishedCount::new(&rt),
         deferred,
         outstanding: 0,
+        deferred_permits: HashMap::new(),
         gated: matches!(stage, Stage::Retry | Stage::Dlt),
         retry: stage == Stage::Retry,
         max_wait,
@@ -110,7 +113,8 @@ where
         // The common case: one record at a time, final when the service returns.
         task.run_sequential(svc, source).await;
     } else {
-        task.run_concurrent(svc, source, acks, concurrency).await;
+        task.run_concurrent(svc, source, acks.map(AckBook::new), concurrency)
+            .await;
     }
 }
 
@@ -125,6 +129,8 @@ struct Task<'r> {
     /// acknowledged), and how many are outstanding.
     deferred: Completions,
     outstanding: usize,
+    /// The in-flight permits of deferred records, given back when they are final.
+    deferred_permits: HashMap<i64, InFlight<'r>>,
     /// Records wait for their due time (a retry topic, or a DLT whose handler's failures are
     /// retried later).
     gated: bool,
@@ -147,14 +153,14 @@ impl<'r> Task<'r> {
         let mut ended: Option<Instant> = None;
         let mut until_check = 0u32;
         loop {
-            if self.outstanding > 0 && self.copies_failing() {
-                // A failure copy the broker refuses: take no new record until it is sent.
+            if self.outstanding > 0 && (self.copies_failing() || self.span_full()) {
+                // A failure copy the broker refuses, or one unacknowledged while the records
+                // behind it finished up to the bound: take no new record until one settles.
                 ended = None;
                 self.finished.publish();
                 match self.deferred.next().await {
                     Some(offset) => {
-                        self.outstanding -= 1;
-                        self.settle(offset);
+                        self.settle_deferred(offset);
                         continue;
                     }
                     None => break,
@@ -183,8 +189,7 @@ impl<'r> Task<'r> {
                     tokio::select! {
                         biased;
                         Some(offset) = self.deferred.next(), if self.outstanding > 0 => {
-                            self.outstanding -= 1;
-                            self.settle(offset);
+                            self.settle_deferred(offset);
                             continue;
                         }
                         pulled = source.next() => pulled,
@@ -225,14 +230,14 @@ impl<'r> Task<'r> {
                 break;
             }
             if self.shared.take_deferred(offset) {
-                self.outstanding += 1;
+                self.defer(offset, permits);
             } else {
                 if self.tracker.complete(offset) == Completion::Moved {
                     self.observe();
                 }
                 self.finished.add(self.shared);
+                source.recycle(permits);
             }
-            source.recycle(permits);
         }
         source.release_spare();
         self.drain_deferrals().await;
@@ -244,7 +249,7 @@ impl<'r> Task<'r> {
         &mut self,
         mut svc: S,
         mut source: Source<'r>,
-        mut acks: Option<mpsc::UnboundedReceiver<i64>>,
+        mut acks: Option<AckBook>,
         concurrency: usize,
     ) where
         S: Service<Record> + Clone + Send + 'static,
@@ -259,18 +264,27 @@ impl<'r> Task<'r> {
             let can_take = open
                 && !self.shared.stopping()
                 && in_flight.len() < concurrency
-                && !(self.outstanding > 0 && self.copies_failing());
+                && !(self.outstanding > 0 && self.copies_failing())
+                && !self.span_full();
             tokio::select! {
                 biased;
                 // An acknowledgement is what makes the record final, so it counts for the
                 // commit triggers now (a late one included).
-                Some(offset) = recv_ack(&mut acks) => self.settle(offset),
-                Some(offset) = self.deferred.next(), if self.outstanding > 0 => {
-                    self.outstanding -= 1;
-                    self.settle(offset);
+                ev = recv_ack(&mut acks) => {
+                    let step = acks.as_mut().map_or(AckStep::Wait, |b| b.event(ev));
+                    if !self.ack_step(step) {
+                        return;
+                    }
                 }
-                Some((offset, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                    open &= self.finish_call(offset, done, manual);
+                Some(offset) = self.deferred.next(), if self.outstanding > 0 => {
+                    self.settle_deferred(offset);
+                }
+                Some((offset, done, permits)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let (more, step) = self.finish_call(offset, done, permits, acks.as_mut());
+                    open &= more;
+                    if !self.ack_step(step) {
+                        return;
+                    }
                 }
                 res = futures_util::future::poll_fn(|cx| svc.poll_ready(cx)), if can_take && !ready => {
                     match res {
@@ -309,7 +323,10 @@ impl<'r> Task<'r> {
         &mut self,
         svc: &mut S,
         pulled: Pulled<'r>,
-    ) -> Either<impl Future<Output = CallOutcome> + 'r, impl Future<Output = CallOutcome> + 'r>
+    ) -> Either<
+        impl Future<Output = CallOutcome<'r>> + 'r,
+        impl Future<Output = CallOutcome<'r>> + 'r,
+    >
     where
         S: Service<Record> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
@@ -323,10 +340,7 @@ impl<'r> Task<'r> {
             let started = Instant::now();
             let span = record_span(self.rt, self.shared, &record);
             let call = guarded_call(svc, record).instrument(span);
-            return Either::Right(async move {
-                let _permits = permits;
-                (offset, Some((started, call.await)))
-            });
+            return Either::Right(async move { (offset, Some((started, call.await)), permits) });
         }
         // The call starts only once due: the ready service moves into the future (tower's
         // clone-and-swap) and is called after the gate.
@@ -336,34 +350,79 @@ impl<'r> Task<'r> {
         let delay_error = self.retry.then(|| self.meters.delay_error.clone());
         let max_wait = self.max_wait;
         Either::Left(async move {
-            let _permits = permits;
             if !due_gate(&shared, &record, max_wait, delay_error.as_ref()).await {
-                return (offset, None);
+                return (offset, None, permits);
             }
             let started = Instant::now();
             let span = record_span(&rt, &shared, &record);
             let res = guarded_call(&mut ready_svc, record).instrument(span).await;
-            (offset, Some((started, res)))
+            (offset, Some((started, res)), permits)
         })
     }
 
-    /// Accounts a finished call; false when the partition must stop taking records.
-    fn finish_call(&mut self, offset: i64, done: Option<Called>, manual: bool) -> bool {
+    /// Accounts a finished call: false when the partition must stop taking records, and
+    /// what manual acknowledgement makes of it.
+    fn finish_call(
+        &mut self,
+        offset: i64,
+        done: Option<Called>,
+        permits: InFlight<'r>,
+        acks: Option<&mut AckBook>,
+    ) -> (bool, AckStep) {
         let Some((started, res)) = done else {
             // Stopped while waiting for its due time: neither handled nor final.
-            return false;
+            return (false, AckStep::Wait);
         };
-        let failed = res.is_err();
+        let (failed, manual) = (res.is_err(), acks.is_some());
         if !report(self.shared, &self.meters, offset, started.elapsed(), res) {
-            return false;
+            return (false, AckStep::Wait);
+        }
+        let deferred = !failed && self.shared.take_deferred(offset);
+        if deferred {
+            self.defer(offset, permits);
         }
         // In manual mode an Ok outcome is final only once acknowledged.
-        if !failed && self.shared.take_deferred(offset) {
-            self.outstanding += 1;
-        } else if !manual || failed {
+        let step = match acks {
+            Some(book) if !failed && !deferred && !self.tracker.is_final(offset) => {
+                book.returned_ok(offset)
+            }
+            Some(book) => {
+                book.forget(offset);
+                AckStep::Wait
+            }
+            None => AckStep::Wait,
+        };
+        if failed || !(manual || deferred) {
             self.settle(offset);
         }
-        true
+        (true, step)
+    }
+
+    /// Applies an acknowledgement step; false when the task must end.
+    fn ack_step(&mut self, step: AckStep) -> bool {
+        match step {
+            AckStep::Wait => true,
+            AckStep::Settle(offset) => {
+                self.settle(offset);
+                true
+            }
+            AckStep::Abandoned(offset) => {
+                let (topic, p) = (&self.shared.topic, self.shared.partition);
+                tracing::error!(%topic, partition = p, offset, "the record's handler returned Ok, but every Acknowledgment of it was dropped without acknowledge(): it can never be committed; the worker stops and the record is delivered again after a restart");
+                self.shared.set_failure(format!(
+                    "{topic}/{p}@{offset} was never acknowledged: its handler returned Ok and dropped every Acknowledgment of it"
+                ));
+                false
+            }
+        }
+    }
+
+    /// The records between the commit position and the newest one reached
+    /// `max_in_flight_records`: an unfinished record holds the position while those behind it
+    /// finished, and the partition takes no more until it is final, so the tracker stays
+    /// bounded.
+    fn span_full(&self) -> bool {
+        self.tracker.span() as u64 >= self.rt.config.max_in_flight_records
     }
 
     /// A failure copy of this partition is being sent again after the broker refused it.
@@ -394,15 +453,28 @@ impl<'r> Task<'r> {
         self.finished.add(self.shared);
     }
 
+    /// A layer took over the record's completion (its copy is being sent): the record keeps
+    /// its share of the in-flight bounds until then, since its copy keeps its bytes alive.
+    fn defer(&mut self, offset: i64, permits: InFlight<'r>) {
+        self.outstanding += 1;
+        self.deferred_permits.insert(offset, permits);
+    }
+
+    /// A deferred record is final: its permits go back to the worker-wide bounds.
+    fn settle_deferred(&mut self, offset: i64) {
+        self.outstanding -= 1;
+        self.deferred_permits.remove(&offset);
+        self.settle(offset);
+    }
+
     /// Settles the deferred records whose completion is ready now, without waiting.
     fn settle_ready_deferrals(&mut self) {
         while self.outstanding > 0 {
             let Some(offset) = self.deferred.try_next() else {
                 break;
             };
-            self.outstanding -= 1;
             // Final only now: commit triggers count it now.
-            self.settle(offset);
+            self.settle_deferred(offset);
         }
     }
 
@@ -413,8 +485,7 @@ impl<'r> Task<'r> {
             let Some(offset) = self.deferred.next().await else {
                 break;
             };
-            self.outstanding -= 1;
-            self.settle(offset);
+            self.settle_deferred(offset);
             self.finished.publish();
         }
     }
@@ -425,16 +496,16 @@ type Called = (Instant, Result<(), BoxError>);
 
 /// A record's call in the concurrent loop: its offset, and `None` when the partition stopped
 /// before the record was due.
-type CallOutcome = (i64, Option<Called>);
+type CallOutcome<'r> = (i64, Option<Called>, InFlight<'r>);
 
 /// A record's timestamp for the lag-in-seconds gauge; records without one count from now.
 fn record_ts(r: &Record) -> i64 {
     r.timestamp().map_or_else(now_ms, |t| t.millis)
 }
 
-async fn recv_ack(acks: &mut Option<mpsc::UnboundedReceiver<i64>>) -> Option<i64> {
+async fn recv_ack(acks: &mut Option<AckBook>) -> AckEvent {
     match acks {
-        Some(rx) => rx.recv().await,
+        Some(book) => book.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -68,12 +68,25 @@ impl OffsetTracker {
         Completion::Moved
     }
 
+    /// True when the record is final (or was never dispatched, or is released).
+    pub(crate) fn is_final(&self, offset: i64) -> bool {
+        match self.pending.binary_search_by_key(&offset, |&(o, _, _)| o) {
+            Ok(i) => self.pending[i].1,
+            Err(_) => true,
+        }
+    }
+
     /// The offset to commit (Kafka's "next offset to read"), if any record was dispatched.
     pub(crate) fn committable(&self) -> Option<i64> {
         match self.pending.front() {
             Some(&(o, _, _)) => Some(o),
             None => self.next,
         }
+    }
+
+    /// Records between the commit position and the newest dispatched one (final or not).
+    pub(crate) fn span(&self) -> usize {
+        self.pending.len()
     }
 
     /// Number of records dispatched and not yet released.

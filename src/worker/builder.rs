@@ -153,7 +153,10 @@ impl WorkerBuilder {
     /// Manual acknowledgement: a record's offset becomes committable only when the handler
     /// calls [`Record::acknowledgment`]`.acknowledge()` (or the record failed and its error
     /// was handled). The handle may be kept and acknowledged after the handler returned;
-    /// until then no offset at or after the record is committed for its partition.
+    /// until then no offset at or after the record is committed for its partition. Take it
+    /// before the handler returns: a record that returned `Ok` with no live handle can never
+    /// be acknowledged, and the worker stops with [`Error::Fatal`](crate::Error::Fatal) naming
+    /// it (see [`Acknowledgment`](crate::Acknowledgment)).
     ///
     /// ```no_run
     /// use redrive::{BoxError, Record, Route, Worker};
@@ -181,12 +184,17 @@ impl WorkerBuilder {
 
     /// Bound on records handed to handlers and not yet final, worker-wide; above it the
     /// partition tasks wait (and librdkafka stops prefetching once their queues are full).
+    /// It also bounds each partition's span from its commit position to its newest record
+    /// handed over: a record that stays unfinished (a slow handler, an unacknowledged copy
+    /// or acknowledgement) while the records behind it finish pauses its partition at the
+    /// bound instead of tracking the topic behind it.
     pub fn max_in_flight_records(mut self, n: u64) -> Self {
         self.max_in_flight_records = n;
         self
     }
 
-    /// Bound on bytes (key + value + headers) read and not yet final.
+    /// Bound on bytes (key + value + headers) read and not yet final. A failed record whose
+    /// retry or dead-letter copy is not yet acknowledged keeps its share until it is.
     pub fn max_in_flight_bytes(mut self, n: u64) -> Self {
         self.max_in_flight_bytes = n;
         self

@@ -423,3 +423,14 @@ pub fn mock_cluster(topic: &str, partitions: i32, policy: Option<&RetryPolicy>) 
     }
     mock
 }
+
+/// This process's resident set size in bytes (`VmRSS` in `/proc/self/status`).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib << 10
+}
