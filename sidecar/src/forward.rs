@@ -38,13 +38,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use redrive::headers::{self, AttemptsHeader};
 
+use super::client::{ClientSettings, Connector};
 pub use super::config::{Disposition, Format};
+use super::request_headers::RouteHeaders;
 use redrive::Record;
 use redrive::{BoxError, Fatal, RetryAfter};
 
@@ -86,7 +86,9 @@ pub struct HttpTransportError {
 /// Forwards records to one HTTP endpoint. Clones share one connection pool.
 #[derive(Clone)]
 pub struct HttpForward {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+    /// The route's own headers (`[routes.headers]`).
+    extra: std::sync::Arc<RouteHeaders>,
     uri: Uri,
     url: std::sync::Arc<str>,
     content_type: HeaderValue,
@@ -105,23 +107,33 @@ impl std::fmt::Debug for HttpForward {
 }
 
 impl HttpForward {
-    /// A forwarder to `url` (`http://` only) sending `content_type`.
+    /// A forwarder to `url` (`http://` or `https://` with the system's roots, HTTP/1.1)
+    /// sending `content_type`.
     pub fn new(url: &str, content_type: &str) -> Result<Self, BoxError> {
-        let uri: Uri = url.parse()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        Self::with(
+            &ClientSettings::new(url, Duration::from_secs(5)),
+            content_type,
+        )
+    }
+
+    /// A forwarder to `settings.url`, connecting as `settings` say, sending `content_type`.
+    pub fn with(settings: &ClientSettings, content_type: &str) -> Result<Self, BoxError> {
+        let uri: Uri = settings.url.parse()?;
         Ok(HttpForward {
-            client,
+            client: settings.client()?,
+            extra: Default::default(),
             uri,
-            url: super::config::redact_url(url).into(),
+            url: super::config::redact_url(&settings.url).into(),
             content_type: HeaderValue::from_str(content_type)?,
             statuses: Default::default(),
             cloudevents: None,
         })
+    }
+
+    /// Adds the route's own headers (`[routes.headers]`) to every request.
+    pub fn headers(mut self, headers: RouteHeaders) -> Self {
+        self.extra = std::sync::Arc::new(headers);
+        self
     }
 
     /// Adds CloudEvents binary-mode headers to every request, `ce-source` naming `route`.
@@ -140,6 +152,7 @@ impl HttpForward {
     fn request(&self, record: &Record) -> Request<Full<Bytes>> {
         let mut req = Request::post(self.uri.clone());
         let h = req.headers_mut().expect("a fresh builder has headers");
+        self.extra.apply(h);
         h.insert(CONTENT_TYPE, self.content_type.clone());
         let mut put = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {

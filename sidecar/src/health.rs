@@ -7,9 +7,9 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
+use super::client::ClientSettings;
 
 use redrive::BoxError;
 
@@ -18,11 +18,18 @@ pub fn http_check(
     url: &str,
     timeout: Duration,
 ) -> Result<impl Fn() -> BoxFuture<'static, bool> + Send + Sync + 'static, BoxError> {
-    let uri: Uri = url.parse()?;
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(timeout));
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let shown = super::config::redact_url(url);
+    http_check_with(&ClientSettings::new(url, timeout), timeout)
+}
+
+/// A health check of `settings.url`, connecting as `settings` say: up when a `GET` answers
+/// 2xx within `timeout`.
+pub fn http_check_with(
+    settings: &ClientSettings,
+    timeout: Duration,
+) -> Result<impl Fn() -> BoxFuture<'static, bool> + Send + Sync + 'static, BoxError> {
+    let uri: Uri = settings.url.parse()?;
+    let client: Client<_, Empty<Bytes>> = settings.client()?;
+    let shown = super::config::redact_url(&settings.url);
     Ok(move || {
         let (client, uri, shown) = (client.clone(), uri.clone(), shown.clone());
         Box::pin(async move {

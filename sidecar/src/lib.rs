@@ -15,21 +15,27 @@
 //! Routes of one group share one [`Worker`]. See `examples/sidecar.toml`.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dlt;
 pub mod forward;
 pub mod health;
 mod ops;
+pub mod request_headers;
 pub mod skip;
 mod topics;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
 
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use forward::{HttpForward, HttpStatusError, HttpTransportError};
+
+use client::ClientSettings;
+use request_headers::RouteHeaders;
 
 use redrive::policy::CircuitBreaker;
 use redrive::BoxError;
@@ -48,8 +54,12 @@ pub fn build_workers(config: &Config) -> Result<Vec<(String, Worker)>, BoxError>
             .startup_timeout(config.worker.startup_timeout);
         for i in routes {
             let r = &config.routes[i];
-            let mut forward = HttpForward::new(&r.url, &r.content_type)
-                .map_err(|e| format!("{}: routes[{i}].url: {e}", config.file))?
+            let at = |e: &dyn std::fmt::Display| format!("{}: routes[{i}].{e}", config.file);
+            let headers = RouteHeaders::new(&r.headers, |v| std::env::var(v).ok())
+                .map_err(|e| at(&format_args!("headers: {e}")))?;
+            let mut forward = HttpForward::with(&client_settings(r, &r.url), &r.content_type)
+                .map_err(|e| at(&format_args!("url: {e}")))?
+                .headers(headers)
                 .statuses(r.status_table());
             if r.format == forward::Format::Cloudevents {
                 forward = forward.cloudevents(&r.name);
@@ -83,9 +93,21 @@ fn breaker(r: &config::RouteConfig) -> Result<Option<CircuitBreaker>, BoxError> 
     };
     let settings = settings.outage_when(forward::is_outage);
     Ok(Some(match &r.health_url {
-        Some(url) => settings.health_check(health::http_check(url, r.timeout)?),
+        Some(url) => settings.health_check(health::http_check_with(
+            &client_settings(r, url),
+            r.timeout,
+        )?),
         None => settings,
     }))
+}
+
+/// How a route's client connects to `url` (its endpoint or its health URL).
+fn client_settings(r: &config::RouteConfig, url: &str) -> ClientSettings {
+    ClientSettings {
+        ca_path: r.ca_path.clone(),
+        http2: r.http2,
+        ..ClientSettings::new(url, Duration::from_secs(5).min(r.timeout))
+    }
 }
 
 /// Runs every route of `config` until SIGTERM or ctrl-c, then drains in-flight records

@@ -46,23 +46,31 @@ struct Endpoint {
 
 impl Endpoint {
     async fn start(script: Script) -> Endpoint {
+        Self::start_on(script, None).await
+    }
+
+    /// Plain HTTP/1.1, or with `tls` HTTPS speaking HTTP/1.1 or HTTP/2 (ALPN). Each request's
+    /// HTTP version is recorded as the pseudo-header `x-version`.
+    async fn start_on(script: Script, tls: Option<tokio_rustls::TlsAcceptor>) -> Endpoint {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/records", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/records", listener.local_addr().unwrap());
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let (log, script) = (log.clone(), script.clone());
+                let (log, script, tls) = (log.clone(), script.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (log, script) = (log.clone(), script.clone());
                         async move {
-                            let headers: HashMap<String, String> = req
+                            let mut headers: HashMap<String, String> = req
                                 .headers()
                                 .iter()
                                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
                                 .collect();
+                            headers.insert("x-version".into(), format!("{:?}", req.version()));
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let key = headers.get("redrive-key").cloned().unwrap_or_default();
                             let attempt: u32 = headers["redrive-attempt"].parse().unwrap();
@@ -86,9 +94,20 @@ impl Endpoint {
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let Some(tls) = tls else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                        return;
+                    };
+                    let Ok(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
                 });
             }
         });
@@ -553,7 +572,7 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
     assert_eq!(text(&from_env).0, stdout);
 
     type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 9] = [
+    let cases: [Case; 12] = [
         (
             "a status table key that is no status",
             format!("{good}[routes.statuses]\n4o4 = \"retry\"\n"),
@@ -591,10 +610,28 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
             "kafka.\"bootstrap.servers\": missing",
         ),
         (
-            "https endpoint",
-            good.replace("http://127.0.0.1:8080", "https://127.0.0.1:8080"),
+            "ftp endpoint",
+            good.replace("http://127.0.0.1:8080", "ftp://127.0.0.1:8080"),
             &[],
-            "routes[0].url: scheme `https` is not supported",
+            "routes[0].url: scheme `ftp` is not supported",
+        ),
+        (
+            "a CA file for plain http",
+            good.replace("/orders\"\n", "/orders\"\nca_path = \"/etc/ca.pem\"\n"),
+            &[],
+            "routes[0].ca_path: applies to an https:// url only",
+        ),
+        (
+            "a header the sidecar sets",
+            format!("{good}[routes.headers]\nRedrive-Key = \"x\"\n"),
+            &[],
+            "routes[0].headers.Redrive-Key: `Redrive-Key` is set by the sidecar itself",
+        ),
+        (
+            "a header with two sources",
+            format!("{good}[routes.headers]\nAuthorization = {{ file = \"/t\", env = \"T\" }}\n"),
+            &[],
+            "routes[0].headers.Authorization: give exactly one of `file` or `env`",
         ),
         (
             "environment override",
@@ -626,7 +663,7 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
     let many = good
         .replace("attempts = 4", "atempts = 4")
         .replace("delay = \"1s\"", "delay = \"soon\"")
-        .replace("http://127.0.0.1:8080", "https://127.0.0.1:8080")
+        .replace("http://127.0.0.1:8080", "ftp://127.0.0.1:8080")
         + "[routes.statuses]\n999 = \"retry\"\n";
     let path = write_config("many", &many);
     let out = redrive(&["check", "--config", path.to_str().unwrap()], &[]);
@@ -1456,4 +1493,113 @@ async fn skip_moves_a_stopped_group_past_records_and_records_what_it_skipped() {
         why.contains("offsets 3..6") && why.contains("4 records"),
         "{why}"
     );
+}
+
+/// A test CA and a certificate it signed for 127.0.0.1: (CA PEM, server TLS acceptor
+/// offering HTTP/2 and HTTP/1.1).
+fn test_tls() -> (String, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// An https:// service with a certificate from a test CA (`ca_path`), over HTTP/2, and a bearer
+/// token read from a file: every request carries the file's token, a new token once the file
+/// changes; the token is in no log line and not in `check`'s output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_test_ca_and_a_bearer_token_from_a_file() {
+    let bootstrap = bootstrap();
+    let topic = unique("sc-tls");
+    create_topic(&bootstrap, &topic, 1).await;
+    let (ca_pem, acceptor) = test_tls();
+    let endpoint = Endpoint::start_on(
+        Arc::new(|_: &str, _| (200, None, Duration::ZERO)),
+        Some(acceptor),
+    )
+    .await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, token) = (dir.join("ca.pem"), dir.join("token"));
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&token, "first-token-4f1c\n").unwrap();
+    let config = write_config(
+        "tls",
+        &format!(
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\nca_path = \"{}\"\nhttp2 = true\n[routes.headers]\nAuthorization = {{ file = \"{}\", prefix = \"Bearer \" }}\nX-Tenant = \"acme\"\n",
+            kafka_section(&bootstrap),
+            unique("sc-tls-group"),
+            endpoint.url,
+            ca.display(),
+            token.display()
+        ),
+    );
+    let check = redrive(&["check", "--config", config.to_str().unwrap()], &[]);
+    let (stdout, stderr) = text(&check);
+    assert!(check.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("header Authorization: *** (from file"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("header X-Tenant: acme"), "{stdout}");
+    assert!(!stdout.contains("first-token"), "{stdout}");
+
+    let mut sidecar = Sidecar::start(&config);
+    produce_keyed(&bootstrap, &topic, &[("a".to_string(), 0)]).await;
+    eventually(
+        Duration::from_secs(60),
+        "the first record delivered",
+        || !endpoint.calls("a").is_empty(),
+    )
+    .await;
+    let h = &endpoint.calls("a")[0].headers;
+    assert_eq!(h["authorization"], "Bearer first-token-4f1c");
+    assert_eq!(h["x-tenant"], "acme");
+    assert_eq!(h["x-version"], "HTTP/2.0", "http2 = true negotiates HTTP/2");
+
+    std::fs::write(&token, "second-token-9e2d\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    produce_keyed(&bootstrap, &topic, &[("b".to_string(), 0)]).await;
+    eventually(
+        Duration::from_secs(60),
+        "the second record delivered",
+        || !endpoint.calls("b").is_empty(),
+    )
+    .await;
+    assert_eq!(
+        endpoint.calls("b")[0].headers["authorization"],
+        "Bearer second-token-9e2d",
+        "the changed file is read again"
+    );
+    assert!(sidecar.terminate(Duration::from_secs(20)).success());
+    let log = sidecar.log();
+    assert!(
+        !log.contains("first-token") && !log.contains("second-token"),
+        "{log}"
+    );
+    assert!(endpoint
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.status == 200));
 }

@@ -56,6 +56,48 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
     Ok(())
 }
 
+/// `REDRIVE_X_FILE=/path` (Docker and Kubernetes secret mounts) stands for `REDRIVE_X` with
+/// the file's content, trailing line breaks removed. Returns (variable, the name to show in
+/// messages, value), sorted. The content is never part of a message.
+fn read_file_variants(
+    vars: Vec<(String, String)>,
+    errors: &mut Vec<ConfigError>,
+    file: &str,
+) -> Vec<(String, String, String)> {
+    let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+    let mut out = Vec::new();
+    for (var, value) in vars {
+        let Some(plain) = var
+            .strip_suffix("_FILE")
+            .filter(|p| p.len() > "REDRIVE_".len())
+        else {
+            out.push((var.clone(), var, value));
+            continue;
+        };
+        let mut fail = |reason: String| {
+            errors.push(ConfigError {
+                file: file.to_owned(),
+                key: format!("${var}"),
+                reason,
+            })
+        };
+        if names.iter().any(|n| n == plain) {
+            fail(format!("${plain} is set too; set one of them"));
+            continue;
+        }
+        match std::fs::read_to_string(&value) {
+            Ok(content) => out.push((
+                plain.to_owned(),
+                var.clone(),
+                content.trim_end_matches(['\n', '\r']).to_owned(),
+            )),
+            Err(e) => fail(format!("cannot read `{value}`: {e}")),
+        }
+    }
+    out.sort();
+    out
+}
+
 pub(super) fn apply_env(
     root: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -63,13 +105,13 @@ pub(super) fn apply_env(
     errors: &mut Vec<ConfigError>,
     file: &str,
 ) {
-    let mut vars: Vec<(String, String)> = env
+    let vars: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with("REDRIVE_"))
         .collect();
-    vars.sort();
-    for (var, value) in vars {
+    for (var, shown, value) in read_file_variants(vars, errors, file) {
         let rest = &var["REDRIVE_".len()..];
+        let var = shown;
         let lower = |s: &str| s.to_ascii_lowercase();
         let res: Result<(), String> = if let Some(prop) = rest.strip_prefix("KAFKA_") {
             let key = lower(prop).replace('_', ".");

@@ -15,7 +15,9 @@
 //! | `REDRIVE_ROUTE_ORDERS__URL` | `url` of the route named `orders` (`__` nests: `..._RETRY__ATTEMPTS`) |
 //!
 //! A route's name matches case-insensitively, with any character other than a letter or digit
-//! written as `_`.
+//! written as `_`. Each variable also has a `_FILE` form (`REDRIVE_KAFKA_SASL_PASSWORD_FILE=
+//! /run/secrets/kafka`) whose value names a file holding the value, as Docker and Kubernetes
+//! mount secrets; the file's content is never printed.
 
 mod env;
 mod model;
@@ -24,8 +26,8 @@ mod validate;
 use std::path::Path;
 
 pub use model::{
-    is_secret, redact_url, Config, ConfigError, ConfigErrors, Disposition, Format, KafkaProperties,
-    OpsSettings, RouteConfig, WorkerSettings,
+    is_secret, is_secret_header, redact_url, Config, ConfigError, ConfigErrors, Disposition,
+    Format, HeaderFrom, HeaderSpec, KafkaProperties, OpsSettings, RouteConfig, WorkerSettings,
 };
 
 use env::{apply_env, describe_key};
@@ -210,6 +212,15 @@ impl Config {
                     r.content_type,
                 );
                 let _ = writeln!(s, "    policy: {}", r.retry);
+                if let Some(ca) = &r.ca_path {
+                    let _ = writeln!(s, "    tls: the system's roots and {ca}");
+                }
+                if r.http2 {
+                    let _ = writeln!(s, "    http/2");
+                }
+                for (name, spec) in &r.headers {
+                    let _ = writeln!(s, "    header {name}: {}", spec.describe(name));
+                }
                 if let Some(h) = &r.health_url {
                     let _ = writeln!(
                         s,
@@ -299,6 +310,34 @@ backoff = { delay = "1s", multiplier = 2.0, max = "10s" }
     }
 
     #[test]
+    fn file_variants_read_secrets_from_mounted_files() {
+        let path = std::env::temp_dir().join(format!("redrive-secret-{}", std::process::id()));
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(GOOD, &[("REDRIVE_KAFKA_SASL_PASSWORD_FILE", p)]).unwrap();
+        assert_eq!(c.kafka.get("sasl.password"), Some("from-a-file"));
+        let c = parse(GOOD, &[("REDRIVE_ROUTE_ORDERS__URL_FILE", p)]);
+        let e = c.unwrap_err().to_string();
+        assert!(
+            e.contains("routes[0].url (from $REDRIVE_ROUTE_ORDERS__URL_FILE)"),
+            "{e}"
+        );
+        let both = [
+            ("REDRIVE_KAFKA_SASL_PASSWORD_FILE", p),
+            ("REDRIVE_KAFKA_SASL_PASSWORD", "x"),
+        ];
+        let e = parse(GOOD, &both).unwrap_err().to_string();
+        assert!(e.contains("$REDRIVE_KAFKA_SASL_PASSWORD is set too"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let e = parse(GOOD, &[("REDRIVE_KAFKA_SASL_PASSWORD_FILE", p)]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("$REDRIVE_KAFKA_SASL_PASSWORD_FILE: cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let c = parse(
             GOOD,
@@ -358,7 +397,7 @@ backoff = { delay = "1s", multiplier = 2.0, max = "10s" }
     #[test]
     fn validation_reports_every_mistake() {
         let text = format!(
-            "{GOOD}\n[[routes]]\ntopic = \"orders\"\ngroup = \"\"\nurl = \"https://user:pw@example.com/x\"\nconcurrency = 0\ntransactional = true\n"
+            "{GOOD}\n[[routes]]\ntopic = \"orders\"\ngroup = \"\"\nurl = \"ftp://user:pw@example.com/x\"\nconcurrency = 0\ntransactional = true\n"
         );
         let e = parse(&text, &[]).unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();

@@ -188,8 +188,18 @@ pub struct RouteConfig {
     pub topic: String,
     /// The consumer group. Routes of one group run in one worker.
     pub group: String,
-    /// Where records are POSTed (`http://` only: the sidecar talks to its neighbour).
+    /// Where records are POSTed: `http://` (the neighbour in the pod) or `https://`.
     pub url: String,
+    /// A PEM file of CA certificates trusted for `https://` besides the system's roots.
+    #[serde(default)]
+    pub ca_path: Option<String>,
+    /// Speak HTTP/2 to the service (negotiated on `https://`, prior knowledge on `http://`).
+    #[serde(default)]
+    pub http2: bool,
+    /// Headers added to every request: `name = "value"`, `name = { env = "VAR" }` or
+    /// `name = { file = "/path", prefix = "Bearer " }` (read again when the file changes).
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSpec>,
     /// Per-request timeout; a timeout is retryable.
     #[serde(default = "default_timeout", with = "redrive::policy::duration")]
     pub timeout: Duration,
@@ -240,6 +250,9 @@ impl fmt::Debug for RouteConfig {
             .field("topic", &self.topic)
             .field("group", &self.group)
             .field("url", &redact_url(&self.url))
+            .field("ca_path", &self.ca_path)
+            .field("http2", &self.http2)
+            .field("headers", &self.headers)
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("partition_concurrency", &self.partition_concurrency)
@@ -334,4 +347,67 @@ pub enum Format {
     Redrive,
     /// Also CloudEvents in HTTP binary mode, with Knative KafkaSource's conventions.
     Cloudevents,
+}
+
+/// Where a `[routes.headers]` value comes from.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum HeaderSpec {
+    /// The value itself.
+    Value(String),
+    /// An environment variable or a file.
+    From(HeaderFrom),
+}
+
+/// A header value read from an environment variable (once) or a file (again when it changes).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderFrom {
+    /// The file holding the value (trailing line breaks removed).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// The environment variable holding the value.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Put before the value, e.g. `Bearer `.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+impl HeaderSpec {
+    /// How `redrive check` shows it: a value only for names that do not suggest a secret.
+    pub fn describe(&self, name: &str) -> String {
+        match self {
+            HeaderSpec::Value(_) if is_secret_header(name) => "*** (a value in the file)".into(),
+            HeaderSpec::Value(v) => v.clone(),
+            HeaderSpec::From(HeaderFrom { file: Some(f), .. }) => format!("*** (from file {f})"),
+            HeaderSpec::From(HeaderFrom { env: Some(e), .. }) => format!("*** (from ${e})"),
+            HeaderSpec::From(_) => "(no source)".into(),
+        }
+    }
+}
+
+impl fmt::Debug for HeaderSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderSpec::Value(_) => f.write_str("Value(***)"),
+            HeaderSpec::From(from) => from.fmt(f),
+        }
+    }
+}
+
+/// Whether a request header's value is likely a credential.
+pub fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "authorization",
+        "cookie",
+        "key",
+        "token",
+        "secret",
+        "password",
+        "signature",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }

@@ -7,7 +7,9 @@ use redrive::policy::CircuitBreaker;
 use redrive::CommitPolicy;
 
 use super::env::describe_key;
-use super::model::{redact_url, Config, ConfigError, ConfigErrors, RouteConfig, WorkerSettings};
+use super::model::{
+    redact_url, Config, ConfigError, ConfigErrors, HeaderSpec, RouteConfig, WorkerSettings,
+};
 
 /// The mistakes found so far, keyed as the file (or the variable that set them) names them.
 struct Found<'a> {
@@ -170,6 +172,14 @@ fn route(i: usize, r: &RouteConfig, found: &mut Found<'_>) {
     if let Some(Err(reason)) = r.health_url.as_deref().map(check_url) {
         found.push(at("health_url"), reason);
     }
+    if r.ca_path.is_some() && !r.url.starts_with("https:") {
+        found.push(at("ca_path"), "applies to an https:// url only".into());
+    }
+    for (name, spec) in &r.headers {
+        if let Err(reason) = check_header(name, spec) {
+            found.push(at(&format!("headers.{name}")), reason);
+        }
+    }
     for code in r.statuses.keys() {
         if !code.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c)) {
             found.push(
@@ -185,16 +195,51 @@ fn check_url(url: &str) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("`{}` is not a URL: {e}", redact_url(url)))?;
     match uri.scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(format!(
-                "scheme `{other}` is not supported: the sidecar forwards to its neighbour over plain http://"
+                "scheme `{other}` is not supported: write http:// or https://"
             ))
         }
-        None => return Err(format!("`{}` has no scheme: write http://host:port/path", redact_url(url))),
+        None => {
+            return Err(format!(
+                "`{}` has no scheme: write http://host:port/path",
+                redact_url(url)
+            ))
+        }
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("`{}` has no host", redact_url(url)));
     }
     Ok(())
+}
+
+/// A `[routes.headers]` entry: a valid name the sidecar does not set itself, one source, a
+/// value a header can hold. Files and variables are read when the route starts.
+fn check_header(name: &str, spec: &HeaderSpec) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    let ours = [
+        "content-type",
+        "content-length",
+        "host",
+        "traceparent",
+        "transfer-encoding",
+    ];
+    if ours.contains(&lower.as_str()) || lower.starts_with("redrive-") || lower.starts_with("ce-") {
+        return Err(format!(
+            "`{name}` is set by the sidecar itself (the request contract, docs/sidecar-http.md)"
+        ));
+    }
+    match spec {
+        HeaderSpec::Value(v) if hyper::header::HeaderValue::from_str(v).is_err() => {
+            Err("the value holds characters a header cannot (line breaks, controls)".into())
+        }
+        HeaderSpec::From(f) if f.file.is_some() == f.env.is_some() => {
+            Err("give exactly one of `file` or `env`".into())
+        }
+        _ => Ok(()),
+    }
 }
