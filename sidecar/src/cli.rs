@@ -207,6 +207,7 @@ impl SelectionArgs {
             to_offset: self.to_offset,
             since_ms: time(&self.since, "since")?,
             until_ms: time(&self.until, "until")?,
+            written: (self.since.clone(), self.until.clone()),
             key: self.key.clone(),
             error_type: self.error_type.clone(),
         })
@@ -214,8 +215,10 @@ impl SelectionArgs {
 }
 
 impl Target {
-    fn resolve(&self) -> Result<(Config, String), Failure> {
+    /// The configuration, the DLT topic, and the route's flow when named by `--route`.
+    fn resolve(&self) -> Result<(Config, String, Option<dlt::Flow>), Failure> {
         let config = load(&self.config)?;
+        let mut flow = None;
         let topic = match (&self.topic, &self.route) {
             (Some(t), _) => t.clone(),
             (None, Some(name)) => {
@@ -232,6 +235,10 @@ impl Target {
                             names.join(", ")
                         ))
                     })?;
+                flow = Some(dlt::Flow {
+                    topic: r.topic.clone(),
+                    group: r.group.clone(),
+                });
                 r.retry
                     .for_group(&r.group)
                     .topology(&r.topic)
@@ -245,7 +252,7 @@ impl Target {
             }
             (None, None) => return Err(Failure::Config("name --route or --topic".into())),
         };
-        Ok((config, topic))
+        Ok((config, topic, flow))
     }
 }
 
@@ -388,11 +395,12 @@ async fn dead_letters(cmd: DltCommand) -> Result<(), Failure> {
                 rate,
                 dry_run: !execute,
                 group,
+                flow: None,
             };
             return replay(target, selection, settings).await;
         }
     };
-    let (config, topic) = target.resolve()?;
+    let (config, topic, _) = target.resolve()?;
     let mut out = std::io::stdout();
     let summary = dlt::run(&config.kafka.0, &topic, &selection, action, &mut out)
         .await
@@ -407,12 +415,13 @@ async fn dead_letters(cmd: DltCommand) -> Result<(), Failure> {
 async fn replay(
     target: Target,
     selection: SelectionArgs,
-    settings: ReplaySettings<'_>,
+    mut settings: ReplaySettings<'_>,
 ) -> Result<(), Failure> {
     if !settings.rate.is_finite() || settings.rate <= 0.0 {
         return Err(Failure::Config("--rate must be above 0".into()));
     }
-    let (config, topic) = target.resolve()?;
+    let (config, topic, flow) = target.resolve()?;
+    settings.flow = flow;
     let selection = selection.resolve()?;
     let dry_run = settings.dry_run;
     let mut out = std::io::stdout();

@@ -824,10 +824,51 @@ async fn dlt_replay_moves_exactly_the_selection_once() {
         "the second run sent records"
     );
 
+    // A relative time is resolved at each run, but the replay's group is named by the
+    // selection as written: the same command run twice sends its records once.
+    let relative = [
+        "dlt",
+        "replay",
+        "--config",
+        cfg,
+        "--route",
+        "orders",
+        "--execute",
+        "--since",
+        "1h",
+        "--key",
+        "bad-2",
+    ];
+    for (run, sent) in [(1, 1), (2, 0)] {
+        let out = redrive(&relative, &[]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("replayed {sent} of")),
+            "run {run} of `--since 1h`: {stdout}"
+        );
+    }
+    assert_eq!(watermark(&bootstrap, &topic, 0), before + 5);
+    // Named with --topic, no route vouches for a destination: the plan refuses to guess.
+    let out = redrive(
+        &[
+            "dlt", "replay", "--config", cfg, "--topic", &dlt, "--key", "bad-0",
+        ],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stdout.contains("skipped") && stdout.contains("--to"),
+        "{stdout}{stderr}"
+    );
+
     let main = read_topic(&bootstrap, &topic);
     let replayed: Vec<_> = main.iter().filter(|m| m.offset() >= before).collect();
     let keys: Vec<&[u8]> = replayed.iter().map(|m| m.key().unwrap()).collect();
-    assert_eq!(keys, [&b"bad-4"[..], b"bad-6", b"bad-8", b"bad-10"]);
+    assert_eq!(
+        keys,
+        [&b"bad-4"[..], b"bad-6", b"bad-8", b"bad-10", b"bad-2"]
+    );
     for m in replayed {
         assert_eq!(
             header(m, "redrive-replay-count"),

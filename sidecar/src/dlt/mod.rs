@@ -15,7 +15,7 @@ mod scan;
 mod select;
 mod show;
 
-pub use replay::replay_copy;
+pub use replay::{replay_copy, Flow};
 pub use scan::{run, Action, ReplaySettings, Summary};
 pub use select::{parse_time, replay_group, Selection};
 pub use show::{detail, summary_line};
@@ -68,10 +68,17 @@ mod tests {
             })
     }
 
+    fn orders() -> Flow {
+        Flow {
+            topic: "orders".into(),
+            group: "billing".into(),
+        }
+    }
+
     #[test]
     fn replay_copy_resets_attempts_and_counts_replays() {
         let r = dead_letter();
-        let c = replay_copy(&r, None).unwrap();
+        let c = replay_copy(&r, None, Some(&orders())).unwrap();
         assert_eq!((c.topic.as_str(), c.partition), ("orders", Some(2)));
         assert_eq!(c.key.as_deref(), Some(&b"k1"[..]));
         let keys: Vec<&str> = c.headers.iter().map(|h| &*h.key).collect();
@@ -80,13 +87,44 @@ mod tests {
             c.headers.last_value(redrive::headers::REPLAY_COUNT),
             Some(&[0, 0, 0, 2][..])
         );
-        let elsewhere = replay_copy(&r, Some("orders-audit")).unwrap();
+        let elsewhere = replay_copy(&r, Some("orders-audit"), None).unwrap();
         assert_eq!(
             (elsewhere.topic.as_str(), elsewhere.partition),
             ("orders-audit", None)
         );
         let bare = Record::new("x-dlt", 0, 0);
-        assert!(replay_copy(&bare, None).unwrap_err().contains("--to"));
+        assert!(replay_copy(&bare, None, Some(&orders()))
+            .unwrap_err()
+            .contains("--to"));
+        assert!(replay_copy(&r, None, None).unwrap_err().contains("--to"));
+    }
+
+    #[test]
+    fn a_replay_never_follows_headers_to_another_flow() {
+        let forged = |topic: &str, group: &str| {
+            let mut h = Headers::new();
+            h.push(
+                headers::ORIGINAL_TOPIC,
+                Some(Bytes::copy_from_slice(topic.as_bytes())),
+            );
+            h.push(
+                headers::ORIGINAL_CONSUMER_GROUP,
+                Some(Bytes::copy_from_slice(group.as_bytes())),
+            );
+            Record::new("orders-dlt", 0, 1).with_headers(h)
+        };
+        let e = replay_copy(&forged("payments", "billing"), None, Some(&orders())).unwrap_err();
+        assert!(e.contains("`payments`") && e.contains("--to"), "{e}");
+        let e = replay_copy(&forged("orders", "shipping"), None, Some(&orders())).unwrap_err();
+        assert!(e.contains("group `shipping`"), "{e}");
+        let ok = replay_copy(&forged("orders", "billing"), None, Some(&orders())).unwrap();
+        assert_eq!(ok.topic, "orders");
+        let chosen = replay_copy(&forged("payments", "x"), Some("orders"), Some(&orders()));
+        assert_eq!(
+            chosen.unwrap().topic,
+            "orders",
+            "--to is the operator's choice"
+        );
     }
 
     #[test]
@@ -109,6 +147,27 @@ mod tests {
         assert!(!sel(&|s| s.key = Some("k2".into())));
         assert!(sel(&|s| s.error_type = Some("httpstatus".into())));
         assert!(!sel(&|s| s.error_type = Some("Timeout".into())));
+    }
+
+    #[test]
+    fn a_relative_time_names_the_group_as_written() {
+        let at = |ms: i64| Selection {
+            since_ms: Some(ms),
+            written: (Some("2h".into()), None),
+            ..Selection::default()
+        };
+        assert_eq!(
+            replay_group("t", &at(1), None),
+            replay_group("t", &at(2), None)
+        );
+        let absolute = |ms: i64| Selection {
+            since_ms: Some(ms),
+            ..Selection::default()
+        };
+        assert_ne!(
+            replay_group("t", &absolute(1), None),
+            replay_group("t", &absolute(2), None)
+        );
     }
 
     #[test]

@@ -5,19 +5,36 @@ use redrive::headers::{self, Headers, Original, REPLAY_COUNT};
 use redrive::publish::Outgoing;
 use redrive::Record;
 
+/// The retry flow a dead-letter topic belongs to: its route's main topic and group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The route's main topic: where its dead letters go back to.
+    pub topic: String,
+    /// The route's consumer group.
+    pub group: String,
+}
+
 /// The record a replay sends for dead letter `r`, or why it cannot.
-pub fn replay_copy(r: &Record, to: Option<&str>) -> Result<Outgoing, String> {
+///
+/// The destination is `to`, or else the main topic of `flow`, the route the DLT was named by.
+/// It never comes from the record's headers alone, which any producer to the DLT could
+/// forge: a dead letter whose `kafka_original-topic` names another topic, or whose
+/// `kafka_dlt-original-consumer-group` names another group, is not replayed without `--to`.
+pub fn replay_copy(r: &Record, to: Option<&str>, flow: Option<&Flow>) -> Result<Outgoing, String> {
     let o = Original::read(r.headers());
-    let (topic, partition) = match (to, o.topic) {
-        (Some(t), orig) => {
+    let (topic, partition) = match (to, flow) {
+        (Some(t), _) => {
             // Back to its own topic it keeps its partition; elsewhere the key decides.
-            let p = (orig.as_deref() == Some(t)).then_some(o.partition).flatten();
+            let p = (o.topic.as_deref() == Some(t)).then_some(o.partition).flatten();
             (t.to_owned(), p)
         }
-        (None, Some(orig)) => (orig, o.partition),
+        (None, Some(f)) => {
+            from_flow(&o, f)?;
+            (f.topic.clone(), o.partition)
+        }
         (None, None) => {
             return Err(
-                "no kafka_original-topic / kafka_dlt-original-topic header: name a destination with --to"
+                "the DLT was named with --topic, so no route vouches for a destination: name one with --to (or use --route)"
                     .into(),
             )
         }
@@ -52,4 +69,30 @@ pub fn replay_copy(r: &Record, to: Option<&str>) -> Result<Outgoing, String> {
         value: r.value().cloned(),
         headers: h,
     })
+}
+
+/// Whether the dead letter's headers say it came from `flow`.
+fn from_flow(o: &Original, flow: &Flow) -> Result<(), String> {
+    match o.topic.as_deref() {
+        Some(t) if t == flow.topic => {}
+        Some(t) => {
+            return Err(format!(
+                "its kafka_original-topic names `{t}`, not the route's topic `{}`; replay it with --to if that is meant",
+                flow.topic
+            ))
+        }
+        None => {
+            return Err(
+                "no kafka_original-topic / kafka_dlt-original-topic header: name a destination with --to"
+                    .into(),
+            )
+        }
+    }
+    match o.consumer_group.as_deref() {
+        Some(g) if g != flow.group => Err(format!(
+            "it was dead-lettered by group `{g}`, not the route's group `{}`; replay it with --to if that is meant",
+            flow.group
+        )),
+        _ => Ok(()),
+    }
 }

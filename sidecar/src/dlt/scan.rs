@@ -13,7 +13,7 @@ use redrive::BoxError;
 use redrive::Record;
 
 use super::progress::Progress;
-use super::replay::replay_copy;
+use super::replay::{replay_copy, Flow};
 use super::select::{replay_group, Selection};
 use super::show::{detail, summary_json, summary_line};
 
@@ -52,6 +52,8 @@ pub struct ReplaySettings<'a> {
     pub dry_run: bool,
     /// The consumer group that remembers the replay's position; default [`replay_group`].
     pub group: Option<String>,
+    /// The route the DLT was named by; without `to` its main topic is the destination.
+    pub flow: Option<Flow>,
 }
 
 /// Counts of a finished command.
@@ -333,7 +335,7 @@ impl Scan<'_> {
             Action::Replay(s) => s,
         };
         let coordinates = format!("{}/{}@{}", r.topic(), r.partition(), r.offset());
-        match replay_copy(r, s.to) {
+        match replay_copy(r, s.to, s.flow.as_ref()) {
             Err(why) => {
                 self.summary.skipped += 1;
                 tracing::warn!(record = %r.coordinates(), "{why}");

@@ -18,6 +18,10 @@ pub struct Selection {
     pub since_ms: Option<i64>,
     /// Dead-lettered before this time (epoch ms).
     pub until_ms: Option<i64>,
+    /// `since` and `until` as written (`2h`): they, not the times resolved at this run, name
+    /// the default replay group, so running the same command again resumes where it ended
+    /// instead of sending again what it sent.
+    pub written: (Option<String>, Option<String>),
     /// Only records with exactly this key.
     pub key: Option<String>,
     /// Only records whose error type (`kafka_exception-fqcn` or its cause) contains this,
@@ -68,13 +72,23 @@ impl Selection {
 
     /// A stable text form, for the default replay group name.
     fn canonical(&self) -> String {
+        let since = self
+            .written
+            .0
+            .clone()
+            .or(self.since_ms.map(|t| t.to_string()));
+        let until = self
+            .written
+            .1
+            .clone()
+            .or(self.until_ms.map(|t| t.to_string()));
         format!(
             "p={:?};from={:?};to={:?};since={:?};until={:?};key={:?};err={:?}",
             self.partitions,
             self.from_offset,
             self.to_offset,
-            self.since_ms,
-            self.until_ms,
+            since,
+            until,
             self.key,
             self.error_type
         )
