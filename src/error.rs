@@ -141,6 +141,39 @@ impl Fatal {
     }
 }
 
+/// An error with a name for its type: the dead letter's `kafka_exception-fqcn` (what `redrive
+/// dlt list --error-type` matches) says `name` instead of the type redrive guesses from the
+/// error's `Debug` form (its leading identifier, or the handler's declared error type when that
+/// names none). Only the name changes: message, classification and the rest of the chain are
+/// the wrapped error's. The sidecar names HTTP failures this way (`http-503`).
+///
+/// ```
+/// # use redrive::ErrorType;
+/// # fn charge() -> Result<(), redrive::BoxError> {
+/// let declined = std::io::Error::other("card declined");
+/// return Err(ErrorType::new("payments.CardDeclined", declined).into());
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct ErrorType {
+    /// The type's name, as the dead letter records it.
+    pub name: String,
+    /// The failure itself.
+    #[source]
+    pub source: BoxError,
+}
+
+impl ErrorType {
+    /// `err`, recorded under the type name `name`.
+    pub fn new(name: impl Into<String>, err: impl Into<BoxError>) -> Self {
+        ErrorType {
+            name: name.into(),
+            source: err.into(),
+        }
+    }
+}
+
 /// A retryable error that names the earliest time to try again, e.g. from an HTTP
 /// `Retry-After` header. The next retry waits at least `after`, even when the policy's back-off
 /// is shorter; it is capped at [`RetryPolicy::max_hold`](crate::policy::RetryPolicy::max_hold), the

@@ -75,7 +75,8 @@ mod worker;
 
 pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger, ParseCommitPolicyError};
 pub use error::{
-    error_chain, BoxError, DecodeError, Error, Fatal, Halt, Panicked, RetryAfter, Unavailable,
+    error_chain, BoxError, DecodeError, Error, ErrorType, Fatal, Halt, Panicked, RetryAfter,
+    Unavailable,
 };
 #[cfg(feature = "json")]
 pub use handler::Json;

@@ -733,3 +733,100 @@ async fn deferred_copies_count_against_max_in_flight_bytes() {
     handle.shutdown();
     run.await.unwrap().unwrap();
 }
+
+/// Keeps every copy it is given and acknowledges it.
+#[derive(Default)]
+struct Capture(Mutex<Vec<Outgoing>>);
+
+impl Publish for Capture {
+    fn publish(&self, record: &Outgoing) -> PublishFuture {
+        self.0.lock().unwrap().push(record.clone());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// An error whose `Debug` form starts with no type name.
+struct Opaque;
+
+impl std::fmt::Debug for Opaque {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<opaque>")
+    }
+}
+
+impl std::fmt::Display for Opaque {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("opaque failure")
+    }
+}
+
+impl std::error::Error for Opaque {}
+
+/// What a dead letter's `kafka_exception-fqcn` names: the handler's declared error type when
+/// the error's `Debug` form names none; the route's `error_type_name` for an error built from
+/// a string; an `ErrorType` in the chain over both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_name_the_error_type() {
+    let policy = RetryPolicy::new().attempts(1);
+    let (declared, named) = ("typed-orders", "named-orders");
+    let mock = mock_cluster(declared, 1, Some(&policy));
+    for t in policy.topology(named).derived_topics().chain([named]) {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    let bootstrap = mock.bootstrap_servers();
+    produce_keys(&bootstrap, declared, 1).await;
+    produce_keys(&bootstrap, named, 2).await;
+    let capture = Arc::new(Capture::default());
+    let typed = service_fn(|_: Record| async { Err::<(), Opaque>(Opaque) });
+    let untyped = service_fn(|r: Record| async move {
+        Err::<(), BoxError>(match r.offset() {
+            0 => "declined by the bank".into(),
+            _ => redrive::ErrorType::new("http-503", Opaque).into(),
+        })
+    });
+    let worker = Worker::builder()
+        .bootstrap_servers(&bootstrap)
+        .group_id("naming")
+        .publisher(capture.clone())
+        .route(Route::new(declared, typed).retry(policy.clone()))
+        .route(
+            Route::new(named, untyped)
+                .retry(policy)
+                .error_type_name("billing.Declined"),
+        )
+        .build()
+        .unwrap();
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    support::eventually(Duration::from_secs(30), "3 dead letters", || {
+        capture.0.lock().unwrap().len() == 3
+    })
+    .await;
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    let mut names: Vec<(String, String)> = capture
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let fqcn = o
+                .headers
+                .last_value(redrive::headers::EXCEPTION_FQCN)
+                .unwrap();
+            (o.topic.clone(), String::from_utf8_lossy(fqcn).into_owned())
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ("named-orders-dlt".to_owned(), "billing.Declined".to_owned()),
+            ("named-orders-dlt".to_owned(), "http-503".to_owned()),
+            (
+                "typed-orders-dlt".to_owned(),
+                "publish_faults::Opaque".to_owned()
+            ),
+        ]
+    );
+}

@@ -59,6 +59,7 @@ fn first_hop_writes_springs_bytes_and_reads_them_back() {
             due_ms: 1_700_000_005_000 + 1000,
             error: &*err,
             max_text: 4096,
+            declared_type: None,
         },
     );
     for (name, bytes) in case("first-hop") {
@@ -104,6 +105,7 @@ fn second_hop_keeps_the_originals_and_replaces_retry_headers() {
                 due_ms: due,
                 error: &*err,
                 max_text: 4096,
+                declared_type: None,
             },
         )
     };
@@ -207,6 +209,7 @@ fn error_texts_are_truncated() {
             due_ms: 0,
             error: &*err,
             max_text: 256,
+            declared_type: None,
         },
     );
     assert!(h.last_value(headers::EXCEPTION_MESSAGE).unwrap().len() <= 256);

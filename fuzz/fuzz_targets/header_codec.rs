@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
             due_ms: 1_700_000_001_000,
             error: &err,
             max_text: 256,
+            declared_type: None,
         },
     );
     for key in [headers::ATTEMPTS, headers::BACKOFF_TIMESTAMP, headers::EXCEPTION_MESSAGE] {

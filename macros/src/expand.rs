@@ -37,6 +37,24 @@ fn check_signature(f: &ItemFn, attr: &str) -> syn::Result<()> {
     Ok(())
 }
 
+/// `E` of a `Result<(), E>` return type, when written that way (not behind an alias).
+fn error_type(output: &ReturnType) -> Option<&syn::Type> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let syn::Type::Path(p) = &**ty else {
+        return None;
+    };
+    let last = p.path.segments.last().filter(|s| s.ident == "Result")?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.iter().nth(1)? {
+        syn::GenericArgument::Type(e) => Some(e),
+        _ => None,
+    }
+}
+
 /// The hidden struct named like the function, the function as its `handler` associated fn,
 /// and the service adapter.
 fn handler_parts(f: &ItemFn) -> (TokenStream, TokenStream) {
@@ -174,6 +192,9 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
             .name(#name_str)
             .retry(Self::retry_policy())
     };
+    if let Some(e) = error_type(&f.sig.output) {
+        route = quote!(#route.error_type_name(::std::any::type_name::<#e>()));
+    }
     if let Some(n) = args.concurrency {
         route = quote!(#route.concurrency(#n));
     }

@@ -1,12 +1,16 @@
 //! The HTTP forwarder: each record becomes a `POST` to the route's endpoint, and the response
 //! decides the record's fate.
 //!
-//! | response | outcome |
-//! |---|---|
-//! | 2xx | handled |
-//! | 408, 429, 5xx | retryable ([`HttpStatusError`]); `Retry-After` is the minimum delay |
-//! | timeout, connection error | retryable ([`HttpTransportError`], tower's `Elapsed`) |
-//! | any other status (4xx, 3xx, 1xx) | fatal: straight to the DLT |
+//! | response | outcome | error type in dead letters |
+//! |---|---|---|
+//! | 2xx | handled | |
+//! | 408, 429, 5xx | retryable ([`HttpStatusError`]); `Retry-After` is the minimum delay | `http-<status>` |
+//! | timeout | retryable (tower's `Elapsed`) | `http-timeout` |
+//! | connection error | retryable ([`HttpTransportError`]) | `http-connection` |
+//! | any other status (4xx, 3xx, 1xx) | fatal: straight to the DLT | `http-<status>` |
+//!
+//! The error type is what `kafka_exception-fqcn` records and `redrive dlt list --error-type`
+//! matches.
 //!
 //! A `Redrive-Disposition: done | retry | dead-letter` answer header overrides the table
 //! (its `Redrive-Reason` header, else the body, goes into the dead letter), and so does the
@@ -46,7 +50,7 @@ use super::client::{ClientSettings, Connector};
 pub use super::config::{Disposition, Format};
 use super::request_headers::RouteHeaders;
 use redrive::Record;
-use redrive::{BoxError, Fatal, RetryAfter};
+use redrive::{BoxError, ErrorType, Fatal, RetryAfter};
 
 /// Error bodies are read up to this size; their start goes into the error message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -326,6 +330,21 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// `err` under the type name dead letters record and `dlt --error-type` matches: `http-<status>`.
+fn named(err: HttpStatusError) -> ErrorType {
+    ErrorType::new(format!("http-{}", err.status), err)
+}
+
+/// A timeout of the route's `timeout` layer under the type name `http-timeout`; other
+/// errors as they are.
+pub fn name_timeout(err: BoxError) -> BoxError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ErrorType::new("http-timeout", err).into()
+    } else {
+        err
+    }
+}
+
 /// True for a failure that says the endpoint is down rather than the record bad: no
 /// response at all (connection refused or reset, DNS), a timeout, or 502, 503 or 504. A
 /// route's circuit breaker counts these.
@@ -356,11 +375,11 @@ pub fn decide(
     let Some(asked) = asked else {
         return classify(status, retry_after, url, body);
     };
-    let err = HttpStatusError {
+    let err = named(HttpStatusError {
         status: status.as_u16(),
         url: url.to_owned(),
         body,
-    };
+    });
     match (asked, retry_after) {
         (Disposition::Done, _) => Ok(()),
         (Disposition::Retry, Some(after)) => Err(RetryAfter::new(after, err).into()),
@@ -379,11 +398,11 @@ pub fn classify(
     if status.is_success() {
         return Ok(());
     }
-    let err = HttpStatusError {
+    let err = named(HttpStatusError {
         status: status.as_u16(),
         url: url.to_owned(),
         body,
-    };
+    });
     let retryable = status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error();
@@ -409,9 +428,12 @@ impl tower::Service<Record> for HttpForward {
         let url = self.url.clone();
         let statuses = self.statuses.clone();
         Box::pin(async move {
-            let res = client.request(req).await.map_err(|e| HttpTransportError {
-                url: url.to_string(),
-                source: e.into(),
+            let res = client.request(req).await.map_err(|e| {
+                let err = HttpTransportError {
+                    url: url.to_string(),
+                    source: e.into(),
+                };
+                ErrorType::new("http-connection", err)
             })?;
             let status = res.status();
             let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok());

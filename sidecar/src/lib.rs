@@ -66,6 +66,7 @@ pub fn build_workers(config: &Config) -> Result<Vec<(String, Worker)>, BoxError>
             }
             // The limit wraps the timeout: a request waiting for a slot is not timed out.
             let service = ServiceBuilder::new()
+                .map_err(forward::name_timeout)
                 .concurrency_limit(r.concurrency)
                 .timeout(r.timeout)
                 .service(forward);

@@ -736,7 +736,7 @@ async fn dlt_replay_moves_exactly_the_selection_once() {
         line.contains(&format!("{dlt}/0@0"))
             && line.contains("key=\"bad-0\"")
             && line.contains(&format!("from={topic}/0@0"))
-            && line.contains("HttpStatusError"),
+            && line.contains("http-400"),
         "{line}"
     );
     assert!(
@@ -758,7 +758,7 @@ async fn dlt_replay_moves_exactly_the_selection_once() {
     assert_eq!(rows[0]["key"], "bad-0");
     assert_eq!(rows[0]["offset"], 0);
     assert_eq!(rows[0]["original"]["topic"], topic.as_str());
-    assert_eq!(rows[0]["error_type"], "HttpStatusError");
+    assert_eq!(rows[0]["error_type"], "http-400");
 
     let out = redrive(
         &[

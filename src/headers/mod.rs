@@ -311,6 +311,8 @@ pub struct Failure<'a> {
     pub error: &'a (dyn std::error::Error + 'static),
     /// Error texts are cut to this many bytes.
     pub max_text: usize,
+    /// The handler's declared error type, named when the error's `Debug` form names none.
+    pub declared_type: Option<&'a str>,
 }
 
 /// Cuts `buf` back to at most `max` bytes after `start`, at a character boundary (what was
@@ -462,9 +464,17 @@ fn failure_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
     v.put(ORIGINAL_TIMESTAMP_TYPE, kind.as_java_str().as_bytes(), true);
     v.put(ORIGINAL_CONSUMER_GROUP, f.group.as_bytes(), true);
 
-    // `Fatal` and `RetryAfter` only steer the routing; the error they wrap is what failed.
+    // `Fatal` and `RetryAfter` only steer the routing and `ErrorType` names the type; the
+    // error they wrap is what failed.
     let mut reported: &(dyn std::error::Error + 'static) = f.error;
-    while reported.is::<crate::error::Fatal>() || reported.is::<crate::error::RetryAfter>() {
+    let mut named: Option<&str> = None;
+    while reported.is::<crate::error::Fatal>()
+        || reported.is::<crate::error::RetryAfter>()
+        || reported.is::<crate::error::ErrorType>()
+    {
+        if let Some(n) = reported.downcast_ref::<crate::error::ErrorType>() {
+            named = named.or(Some(&n.name));
+        }
         match reported.source() {
             Some(inner) => reported = inner,
             None => break,
@@ -476,7 +486,16 @@ fn failure_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
     }
 
     let start = v.start();
-    write_type_name(&mut v.buf, reported);
+    match named {
+        Some(name) => v.buf.extend_from_slice(name.as_bytes()),
+        None => {
+            write_type_name(&mut v.buf, reported);
+            if let Some(declared) = f.declared_type.filter(|_| &v.buf[start..] == b"error") {
+                v.buf.truncate(start);
+                v.buf.extend_from_slice(declared.as_bytes());
+            }
+        }
+    }
     v.end(EXCEPTION_FQCN, start, false);
     let start = v.start();
     write_type_name(&mut v.buf, root);
@@ -650,6 +669,14 @@ mod tests {
     impl std::error::Error for Inner {}
 
     fn hop(error: &(dyn std::error::Error + 'static), max_text: usize) -> Headers {
+        hop_declared(error, max_text, None)
+    }
+
+    fn hop_declared(
+        error: &(dyn std::error::Error + 'static),
+        max_text: usize,
+        declared_type: Option<&str>,
+    ) -> Headers {
         let mut h = Headers::new();
         apply_failure(
             &mut h,
@@ -663,6 +690,7 @@ mod tests {
                 due_ms: 0,
                 error,
                 max_text,
+                declared_type,
             },
         );
         h
@@ -687,6 +715,22 @@ mod tests {
         let plain: crate::BoxError = "plain text".into();
         let h = hop(&*plain, 4096);
         assert_eq!(h.last_value(EXCEPTION_FQCN), Some(&b"error"[..]));
+        // The handler's declared error type then names it; a named error type wins over both.
+        let h = hop_declared(&*plain, 4096, Some("shop::PaymentError"));
+        assert_eq!(
+            h.last_value(EXCEPTION_FQCN),
+            Some(&b"shop::PaymentError"[..])
+        );
+        let h = hop_declared(&Outer(Inner), 4096, Some("shop::PaymentError"));
+        assert_eq!(h.last_value(EXCEPTION_FQCN), Some(&b"Outer"[..]));
+        let named = crate::Fatal::new(crate::ErrorType::new("http-503", Outer(Inner)));
+        let h = hop_declared(&named, 4096, Some("shop::PaymentError"));
+        assert_eq!(h.last_value(EXCEPTION_FQCN), Some(&b"http-503"[..]));
+        assert_eq!(h.last_value(EXCEPTION_CAUSE_FQCN), Some(&b"Inner"[..]));
+        assert_eq!(
+            h.last_value(EXCEPTION_MESSAGE),
+            Some("charge failed; gateway said nö".as_bytes())
+        );
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub(super) struct PendingRoute {
     pub(super) breaker: Option<Arc<Breaker>>,
     /// See `Route::handler_timeout`.
     pub(super) handler_timeout: Option<Duration>,
+    /// The handler's error type, for dead letters whose error names none (unless it is a
+    /// boxed trait object, which names nothing).
+    declared_error: Option<&'static str>,
     make: MakeBindings,
 }
 
@@ -76,6 +79,10 @@ impl PendingRoute {
             produces,
             breaker: route.breaker.clone(),
             handler_timeout: route.handler_timeout,
+            declared_error: route
+                .error_type
+                .or(Some(std::any::type_name::<S::Error>()))
+                .filter(|name| !name.contains("dyn ")),
             make: Box::new(move |layer, output| {
                 let Route {
                     name,
@@ -280,13 +287,10 @@ fn retry_layer(
         });
     }
     let mains: Vec<&str> = r.topics.iter().map(String::as_str).collect();
-    Some(RetryTopicLayer::new(
-        policy.clone(),
-        &mains,
-        publisher.clone(),
-        group,
-        &r.name,
-    ))
+    Some(
+        RetryTopicLayer::new(policy.clone(), &mains, publisher.clone(), group, &r.name)
+            .with_declared_error(r.declared_error),
+    )
 }
 
 /// The topic bindings of one route: its main topics, and with a retry policy its retry topics

@@ -61,6 +61,8 @@ pub struct Route<S> {
     pub(crate) breaker: Option<Arc<Breaker>>,
     /// The limit set with [`Route::handler_timeout`], checked at build.
     pub(crate) handler_timeout: Option<std::time::Duration>,
+    /// Set with [`Route::error_type_name`].
+    pub(crate) error_type: Option<&'static str>,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -98,7 +100,18 @@ impl<S> Route<S> {
             read_headers: true,
             breaker: None,
             handler_timeout: None,
+            error_type: None,
         }
+    }
+
+    /// Names the handler's error type in dead letters (`kafka_exception-fqcn`) whose error
+    /// names no type of its own, such as an error built from a string (recorded as `error`
+    /// otherwise). Without it the service's declared `Error` type is used unless it is a boxed
+    /// trait object; `#[retryable_topic]` sets it from the function's `Result<(), E>`. An
+    /// [`ErrorType`](crate::ErrorType) in the chain names a failure itself.
+    pub fn error_type_name(mut self, name: &'static str) -> Self {
+        self.error_type = Some(name);
+        self
     }
 
     /// Declares the consumer group the route belongs to (Spring's `groupId`). The worker's
@@ -206,6 +219,7 @@ impl<S> Route<S> {
             read_headers: self.read_headers,
             breaker: self.breaker,
             handler_timeout: self.handler_timeout,
+            error_type: self.error_type,
         }
     }
 

@@ -1,13 +1,17 @@
 //! Dead-letter operations: list, show and replay the records of a dead-letter topic.
 //!
 //! `redrive dlt replay` prints its plan (each record and where it would go) unless given
-//! `--execute`, like `kafka-consumer-groups --reset-offsets`. A replay sends the selected records back to the topic they first failed on (read from
-//! `kafka_original-topic` / `kafka_dlt-original-topic`) or to a chosen one, with the retry
-//! headers removed (so the attempt count starts again at 1) and `redrive-replay-count`
-//! incremented. Its position is committed under a consumer group of its own, derived from the
-//! DLT topic and the selection (or named with `--group`), after every acknowledged batch: the
-//! same replay run again only sends records that reached the DLT since. A crash between a
-//! batch's acknowledgement and its commit can send that batch (at most 100 records) twice.
+//! `--execute`, like `kafka-consumer-groups --reset-offsets`. A replay sends the selected
+//! records back to the main topic of the route named with `--route`, or to the topic named
+//! with `--to`, with the retry headers removed (so the attempt count starts again at 1) and
+//! `redrive-replay-count` incremented. The destination never comes from a record's headers
+//! alone, which anyone producing to the DLT could forge: without `--to`, a dead letter whose
+//! `kafka_original-topic` or `kafka_dlt-original-consumer-group` names another route's flow is
+//! skipped with the reason. Its position is committed under a consumer group of its own,
+//! derived from the DLT topic and the selection as written (`--since 2h` stays `2h`; or named
+//! with `--group`), after every acknowledged batch: the same replay run again only sends
+//! records that reached the DLT since. A crash between a batch's acknowledgement and its
+//! commit can send that batch (at most 100 records) twice.
 
 mod progress;
 mod replay;

@@ -90,6 +90,7 @@ pub(crate) fn failure_copy(
         group: &shared.group,
         max_text: shared.policy.max_header_text,
         keep_partition: shared.policy.partitions.is_none(),
+        declared_error: shared.declared_error,
     };
     hop_copy(record, err, &hop)
 }
@@ -105,6 +106,8 @@ pub(crate) struct Hop<'a> {
     pub max_text: usize,
     /// The copy keeps the record's partition.
     pub keep_partition: bool,
+    /// The handler's error type, named when the error names none.
+    pub declared_error: Option<&'a str>,
 }
 
 /// The copy of `record` for `hop.topic`, with Spring's failure headers for `err`.
@@ -125,6 +128,7 @@ pub(crate) fn hop_copy(
             due_ms: hop.due_ms,
             error: err,
             max_text: hop.max_text,
+            declared_type: hop.declared_error,
         },
         random_u64(),
     );

@@ -78,8 +78,18 @@ impl RetryTopicLayer {
                 by_topic,
                 publisher,
                 group: Arc::from(group),
+                declared_error: None,
             }),
         }
+    }
+
+    /// Names `declared` (the handler's error type) in dead letters whose error names no
+    /// type of its own. Called on a new layer, before it is shared.
+    pub(crate) fn with_declared_error(mut self, declared: Option<&'static str>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.declared_error = declared;
+        }
+        self
     }
 
     /// The layer for the routes' dead-letter handler, sharing this layer's policy and

@@ -14,6 +14,8 @@ pub(crate) struct RetryShared {
     pub(crate) by_topic: HashMap<String, Arc<TopicEntry>>,
     pub(crate) publisher: Arc<dyn Publish>,
     pub(crate) group: Arc<str>,
+    /// The handler's error type, named in dead letters whose error names none.
+    pub(crate) declared_error: Option<&'static str>,
 }
 
 /// What the layer knows about one topic it reads.

@@ -142,6 +142,7 @@ pub(super) fn dead_letter_copy(
         group,
         max_text: target.max_text,
         keep_partition: target.keep_partition,
+        declared_error: None,
     };
     hop_copy(record, &err, &hop)
 }
