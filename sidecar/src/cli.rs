@@ -42,7 +42,7 @@ enum Command {
     /// SIGTERM or ctrl-c (in-flight records drain, offsets are committed, exit 0).
     Run(ConfigArg),
     /// Validate the config and print the resolved routes and topics (secrets redacted).
-    Check(ConfigArg),
+    Check(CheckArgs),
     /// Topic administration.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -71,6 +71,15 @@ struct SkipArgs {
     /// Write the marker and commit. Without it the command prints its plan only.
     #[arg(long)]
     execute: bool,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// `json`: the resolved configuration, or every mistake, as one JSON object on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +168,26 @@ enum DltCommand {
         /// Its offset.
         #[arg(long)]
         offset: i64,
+        /// `json`: one JSON object, headers decoded.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Dead letters counted by error type and age, per route (every route with a DLT unless
+    /// one is named).
+    Stats {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this route.
+        #[arg(long, conflicts_with = "topic")]
+        route: Option<String>,
+        /// Only this dead-letter topic, named directly.
+        #[arg(long)]
+        topic: Option<String>,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// `json`: one JSON object with a row per route.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Send selected dead letters back to their original topic (or `--to`), attempts reset.
     Replay {
@@ -299,8 +328,17 @@ async fn skip(args: SkipArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check(arg: &ConfigArg) -> Result<(), Failure> {
-    let config = load(arg)?;
+fn check(args: &CheckArgs) -> Result<(), Failure> {
+    if args.output == Output::Json {
+        let loaded = Config::load(&args.config.config);
+        let json = match &loaded {
+            Ok(config) => config.to_json(),
+            Err(errors) => crate::config::errors_json(errors),
+        };
+        println!("{json:#}");
+        return loaded.map(drop).map_err(|e| Failure::Config(e.to_string()));
+    }
+    let config = load(&args.config)?;
     print!("{}", config.describe());
     println!(
         "ok: {} routes in {} groups",
@@ -372,6 +410,7 @@ async fn dead_letters(cmd: DltCommand) -> Result<(), Failure> {
             target,
             partition,
             offset,
+            output,
         } => (
             target,
             Selection {
@@ -380,8 +419,17 @@ async fn dead_letters(cmd: DltCommand) -> Result<(), Failure> {
                 to_offset: Some(offset),
                 ..Selection::default()
             },
-            Action::Show,
+            Action::Show {
+                json: output == Output::Json,
+            },
         ),
+        DltCommand::Stats {
+            config,
+            route,
+            topic,
+            selection,
+            output,
+        } => return stats(config, route, topic, selection, output).await,
         DltCommand::Replay {
             target,
             selection,
@@ -409,6 +457,56 @@ async fn dead_letters(cmd: DltCommand) -> Result<(), Failure> {
         "{} of {} scanned records selected from {topic}",
         summary.selected, summary.scanned
     );
+    Ok(())
+}
+
+/// `dlt stats`: each chosen DLT scanned once, its records counted.
+async fn stats(
+    config: ConfigArg,
+    route: Option<String>,
+    topic: Option<String>,
+    selection: SelectionArgs,
+    output: Output,
+) -> Result<(), Failure> {
+    let selection = selection.resolve()?;
+    let loaded = load(&config)?;
+    let targets: Vec<(String, String)> = match (route, topic) {
+        (None, None) => loaded
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let topology = r.retry.for_group(&r.group).topology(&r.topic);
+                Some((r.name.clone(), topology.dlt()?.to_owned()))
+            })
+            .collect(),
+        (route, topic) => {
+            let name = route.clone().unwrap_or_else(|| "-".into());
+            let config = ConfigArg {
+                config: config.config.clone(),
+            };
+            let (_, dlt, _) = Target {
+                config,
+                route,
+                topic,
+            }
+            .resolve()?;
+            vec![(name, dlt)]
+        }
+    };
+    let mut rows = Vec::new();
+    for (name, dlt) in &targets {
+        let mut sink = std::io::sink();
+        let summary = dlt::run(&loaded.kafka.0, dlt, &selection, Action::Stats, &mut sink)
+            .await
+            .map_err(run_error)?;
+        match output {
+            Output::Text => print!("{}", summary.stats.text(name, dlt)),
+            Output::Json => rows.push(summary.stats.json(name, dlt)),
+        }
+    }
+    if output == Output::Json {
+        println!("{:#}", serde_json::json!({ "routes": rows }));
+    }
     Ok(())
 }
 

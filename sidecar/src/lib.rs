@@ -6,7 +6,7 @@
 //! redrive run --config redrive.toml       consume and forward (SIGTERM drains and commits)
 //! redrive check --config redrive.toml     validate and print the resolved topology
 //! redrive topics create --config F        create retry and dead-letter topics up front
-//! redrive dlt list|show|replay ...        inspect dead letters and send them back
+//! redrive dlt list|show|stats|replay ...  inspect dead letters and send them back
 //! redrive skip --route R --partition P --to-offset N   move past records that cannot be read
 //! ```
 //!

@@ -566,6 +566,24 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
         assert!(stdout.contains(want), "`{want}` missing from:\n{stdout}");
     }
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
+    let json = redrive(
+        &[
+            "check",
+            "--config",
+            path.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert!(json.status.success(), "{}", text(&json).1);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["kafka"]["sasl.password"], "***");
+    let route = &v["groups"][0]["routes"][0];
+    assert_eq!(route["dlt"], "orders-dlt");
+    assert_eq!(route["retry_topics"][2]["topic"], "orders-retry-4000");
+    assert!(!text(&json).0.contains("s3cret"));
     // The file may also come from REDRIVE_CONFIG.
     let from_env = redrive(&["check"], &[("REDRIVE_CONFIG", path.to_str().unwrap())]);
     assert!(from_env.status.success(), "{}", text(&from_env).1);
@@ -666,6 +684,20 @@ fn check_rejects_bad_configs_with_file_key_and_reason() {
         .replace("http://127.0.0.1:8080", "ftp://127.0.0.1:8080")
         + "[routes.statuses]\n999 = \"retry\"\n";
     let path = write_config("many", &many);
+    let json = redrive(
+        &[
+            "check",
+            "--config",
+            path.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(json.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 4, "{v}");
     let out = redrive(&["check", "--config", path.to_str().unwrap()], &[]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -778,6 +810,48 @@ async fn dlt_replay_moves_exactly_the_selection_once() {
     let (stdout, _) = text(&out);
     assert!(stdout.contains("key:               \"bad-6\""), "{stdout}");
     assert!(stdout.contains("answered 400"), "{stdout}");
+    let show = [
+        "dlt",
+        "show",
+        "--config",
+        cfg,
+        "--topic",
+        &dlt,
+        "--partition",
+        "0",
+        "--offset",
+        "3",
+        "--output",
+        "json",
+    ];
+    let out = redrive(&show, &[]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(shown["key"], "bad-6");
+    assert_eq!(shown["value"], "payload of bad-6");
+    assert_eq!(shown["original"]["group"], group.as_str());
+    assert_eq!(shown["error_type"], "http-400");
+    let attempts = shown["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == headers::ATTEMPTS)
+        .expect("the attempts header");
+    assert_eq!(attempts["value"], "2 (int)", "decoded");
+
+    // Counted by route, error type and age, as text and JSON.
+    let out = redrive(&["dlt", "stats", "--config", cfg], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("route orders ({dlt}): 10 dead letters"))
+            && stdout.contains("by error type: http-400 10")
+            && stdout.contains("by age: <1h 10"),
+        "{stdout}"
+    );
+    let out = redrive(&["dlt", "stats", "--config", cfg, "--output", "json"], &[]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(stats["routes"][0]["total"], 10);
+    assert_eq!(stats["routes"][0]["by_error_type"]["http-400"], 10);
 
     // Without --execute the command prints its plan and sends nothing.
     let before = watermark(&bootstrap, &topic, 0);

@@ -20,6 +20,7 @@
 //! mount secrets; the file's content is never printed.
 
 mod env;
+mod json;
 mod model;
 mod validate;
 
@@ -31,6 +32,7 @@ pub use model::{
 };
 
 use env::{apply_env, describe_key};
+pub use json::errors_json;
 use validate::validate;
 
 /// Reads the table into a [`Config`], reporting every key serde refuses, not only the first:

@@ -18,11 +18,13 @@ mod replay;
 mod scan;
 mod select;
 mod show;
+mod stats;
 
 pub use replay::{replay_copy, Flow};
 pub use scan::{run, Action, ReplaySettings, Summary};
 pub use select::{parse_time, replay_group, Selection};
-pub use show::{detail, summary_line};
+pub use show::{detail, detail_json, summary_line};
+pub use stats::Stats;
 
 /// The header a replay increments: how many times the record was replayed.
 pub use redrive::headers::REPLAY_COUNT;

@@ -15,7 +15,8 @@ use redrive::Record;
 use super::progress::Progress;
 use super::replay::{replay_copy, Flow};
 use super::select::{replay_group, Selection};
-use super::show::{detail, summary_json, summary_line};
+use super::show::{detail, detail_json, summary_json, summary_line};
+use super::stats::Stats;
 
 /// Records of a replay per commit.
 const BATCH: usize = 100;
@@ -37,7 +38,12 @@ pub enum Action<'a> {
         json: bool,
     },
     /// Print everything about it.
-    Show,
+    Show {
+        /// One JSON object instead of text.
+        json: bool,
+    },
+    /// Count it into the summary's [`Stats`].
+    Stats,
     /// Send it back.
     Replay(ReplaySettings<'a>),
 }
@@ -65,6 +71,8 @@ pub struct Summary {
     pub selected: u64,
     /// Selected records that could not be replayed (no original topic and no `--to`).
     pub skipped: u64,
+    /// With [`Action::Stats`]: the selected records by error type and age.
+    pub stats: Stats,
 }
 
 /// Reads `dlt_topic` from the start (or, for a replay, from the replay group's committed
@@ -331,7 +339,12 @@ impl Scan<'_> {
         let s = match action {
             Action::List { json: false, .. } => return Ok(writeln!(out, "{}", summary_line(r))?),
             Action::List { json: true, .. } => return Ok(writeln!(out, "{}", summary_json(r))?),
-            Action::Show => return Ok(writeln!(out, "{}", detail(r))?),
+            Action::Show { json: false } => return Ok(writeln!(out, "{}", detail(r))?),
+            Action::Show { json: true } => return Ok(writeln!(out, "{}", detail_json(r))?),
+            Action::Stats => {
+                self.summary.stats.add(r);
+                return Ok(());
+            }
             Action::Replay(s) => s,
         };
         let coordinates = format!("{}/{}@{}", r.topic(), r.partition(), r.offset());

@@ -118,6 +118,10 @@ pub fn summary_line(r: &Record) -> String {
 /// `timestamp_ms`, `key` (text, or `key_hex`), `original` (`topic`, `partition`, `offset`),
 /// `tries`, `error_type`, `error`.
 pub fn summary_json(r: &Record) -> String {
+    summary_value(r).to_string()
+}
+
+fn summary_value(r: &Record) -> serde_json::Value {
     let o = Original::read(r.headers());
     let mut v = serde_json::json!({
         "topic": r.topic(),
@@ -129,19 +133,46 @@ pub fn summary_json(r: &Record) -> String {
         "error_type": o.exception_fqcn,
         "error": o.exception_message,
     });
-    match r.key().map(|k| std::str::from_utf8(k)) {
-        Some(Ok(k)) => v["key"] = k.into(),
+    put_bytes(&mut v, "key", r.key());
+    v
+}
+
+/// Bytes as JSON: text when UTF-8 (`name`), else hex (`name_hex`), or null.
+fn put_bytes(v: &mut serde_json::Value, name: &str, b: Option<&Bytes>) {
+    match b.map(|b| std::str::from_utf8(b)) {
+        Some(Ok(text)) => v[name] = text.into(),
         Some(Err(_)) => {
-            let hex: String = r
-                .key()
-                .unwrap()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            v["key_hex"] = hex.into();
+            let hex: String = b.unwrap().iter().map(|x| format!("{x:02x}")).collect();
+            v[format!("{name}_hex")] = hex.into();
         }
-        None => v["key"] = serde_json::Value::Null,
+        None => v[name] = serde_json::Value::Null,
     }
+}
+
+/// [`detail`] as one JSON object: [`summary_json`]'s fields plus `value` (or `value_hex`),
+/// the original's `timestamp_ms`, `timestamp_type` and `group`, `replayed_before`,
+/// `root_cause_type`, `error_chain`, and every header with its decoded value.
+pub fn detail_json(r: &Record) -> String {
+    let o = Original::read(r.headers());
+    let mut v = summary_value(r);
+    put_bytes(&mut v, "value", r.value());
+    v["original"]["timestamp_ms"] = o.timestamp.into();
+    v["original"]["timestamp_type"] = o.timestamp_type.into();
+    v["original"]["group"] = o.consumer_group.into();
+    v["replayed_before"] = r
+        .headers()
+        .last_value(headers::REPLAY_COUNT)
+        .and_then(headers::decode_int)
+        .unwrap_or(0)
+        .into();
+    v["root_cause_type"] = o.exception_cause_fqcn.into();
+    v["error_chain"] = o.exception_stacktrace.into();
+    let list: Vec<serde_json::Value> = r
+        .headers()
+        .iter()
+        .map(|h| serde_json::json!({ "name": &*h.key, "value": header_value(&h.key, h.value.as_ref()) }))
+        .collect();
+    v["headers"] = list.into();
     v.to_string()
 }
 
