@@ -149,7 +149,7 @@ fn put_bytes(v: &mut serde_json::Value, name: &str, b: Option<&Bytes>) {
     }
 }
 
-/// [`detail`] as one JSON object: [`summary_json`]'s fields plus `value` (or `value_hex`),
+/// [`detail`] as one JSON object: the fields of `dlt list --output json` plus `value` (or `value_hex`),
 /// the original's `timestamp_ms`, `timestamp_type` and `group`, `replayed_before`,
 /// `root_cause_type`, `error_chain`, and every header with its decoded value.
 pub fn detail_json(r: &Record) -> String {
