@@ -75,6 +75,21 @@ async fn paused_by_default(_record: Record) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+#[redrive::retryable_topic(topic = "macro-compact", headers = "compact")]
+async fn compact(_record: Record) -> Result<(), std::io::Error> {
+    Ok(())
+}
+
+#[test]
+fn the_macro_header_profile_is_the_hand_built_one() {
+    let want = RetryPolicy::new().header_profile(redrive::headers::HeaderProfile::Compact);
+    assert_eq!(compact::retry_policy(), want);
+    assert_eq!(
+        bill::retry_policy().headers,
+        redrive::headers::HeaderProfile::Spring
+    );
+}
+
 #[test]
 fn the_macro_circuit_breaker_is_the_hand_built_one() {
     use redrive::IntoRoute;

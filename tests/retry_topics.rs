@@ -1166,3 +1166,90 @@ async fn a_call_over_the_handler_timeout_goes_down_the_retry_chain() {
         "nothing dead-lettered"
     );
 }
+
+/// `headers = compact`: the retry flow runs on one `redrive-compact` header. Every 3rd record
+/// fails every attempt (to the DLT), every other record fails once; attempts, due times and
+/// the original coordinates read back from the compact header alone (no Spring retry-flow
+/// header on any copy), nothing runs early, every record ends handled or dead-lettered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compact_profile_carries_the_whole_flow_in_one_header() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("compact");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 2).await;
+    produce_n(&bootstrap, &topic, 2, 0, 30).await;
+    let ledger = Ledger::default();
+    fn script(i: u64, call: usize) -> Result<(), BoxError> {
+        match (i % 3, call) {
+            (0, _) | (_, 1) => Err(format!("record {i} failed call {call}").into()),
+            _ => Ok(()),
+        }
+    }
+    let policy = RetryPolicy::new()
+        .attempts(3)
+        .fixed(Duration::from_millis(300))
+        .header_profile(headers::HeaderProfile::Compact);
+    let route = Route::new(&topic, scripted(ledger.clone(), script)).retry(policy);
+    let w = worker_with(&bootstrap, &group, route);
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    let dlt = format!("{topic}-dlt");
+    eventually(
+        Duration::from_secs(60),
+        "20 handled and 10 dead letters",
+        || {
+            ledger.ok_count() == 20
+                && high_watermarks(&bootstrap, &dlt, 2).values().sum::<i64>() == 10
+        },
+    )
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    no_early_starts(&ledger);
+    for (key, calls) in ledger.all() {
+        let attempts: Vec<u32> = calls.iter().map(|c| c.attempt).collect();
+        let want: &[u32] = if index_of(&key) % 3 == 0 {
+            &[1, 2, 3]
+        } else {
+            &[1, 2]
+        };
+        assert_eq!(attempts, want, "{key}");
+    }
+    let spring_flow = |m: &rdkafka::message::OwnedMessage| {
+        use rdkafka::message::{Headers as _, Message as _};
+        m.headers().is_some_and(|h| {
+            h.iter()
+                .any(|x| x.key.starts_with("retry_topic-") || x.key.starts_with("kafka_"))
+        })
+    };
+    // A fixed back-off has one retry topic, as in Spring.
+    let copies: Vec<_> = read_topic(&bootstrap, &format!("{topic}-retry"))
+        .into_iter()
+        .chain(read_topic(&bootstrap, &dlt))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        30 + 10 + 10,
+        "first and second retries, dead letters"
+    );
+    for m in &copies {
+        assert!(!spring_flow(m), "a Spring header on {m:?}");
+        let c = headers::Compact::decode(header(m, headers::COMPACT).expect("compact header"))
+            .expect("a readable compact header");
+        let i = index_of(&String::from_utf8_lossy(
+            rdkafka::message::Message::key(m).unwrap(),
+        ));
+        assert_eq!((c.topic, c.group), (topic.as_str(), group.as_str()));
+        assert_eq!(
+            c.partition,
+            (i % 2) as i32,
+            "record {i}'s original partition"
+        );
+        assert!(
+            c.message.starts_with(&format!("record {i} failed")),
+            "{}",
+            c.message
+        );
+    }
+}

@@ -60,6 +60,7 @@ fn first_hop_writes_springs_bytes_and_reads_them_back() {
             error: &*err,
             max_text: 4096,
             declared_type: None,
+            profile: Default::default(),
         },
     );
     for (name, bytes) in case("first-hop") {
@@ -106,6 +107,7 @@ fn second_hop_keeps_the_originals_and_replaces_retry_headers() {
                 error: &*err,
                 max_text: 4096,
                 declared_type: None,
+                profile: Default::default(),
             },
         )
     };
@@ -210,6 +212,7 @@ fn error_texts_are_truncated() {
             error: &*err,
             max_text: 256,
             declared_type: None,
+            profile: Default::default(),
         },
     );
     assert!(h.last_value(headers::EXCEPTION_MESSAGE).unwrap().len() <= 256);

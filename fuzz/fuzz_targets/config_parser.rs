@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
             let described = config.describe();
             for (k, v) in &config.kafka.0 {
                 if redrive_sidecar::config::is_secret(k) && v.len() >= 4 {
-                    assert!(!described.contains(&format!("{k} = {v}")), "secret {k} printed");
+                    assert!(
+                        !described.contains(&format!("{k} = {v}")),
+                        "secret {k} printed"
+                    );
                 }
             }
             let _ = format!("{config:?}");

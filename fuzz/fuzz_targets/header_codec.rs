@@ -1,14 +1,15 @@
 //! The Spring-compatible header codec on arbitrary header lists (well-known and arbitrary
 //! names, values up to 64 KiB, thousands of headers): reading never panics, and a failure hop
 //! always leaves exactly one value per retry header with the next attempt and keeps every
-//! header of the record's own.
+//! header of the record's own, in the Spring profile and in the compact one.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use redrive::headers::{self, AttemptsHeader, Failure, Original};
 use redrive::{headers::Headers, TimestampType};
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
+    headers::COMPACT,
     headers::ATTEMPTS,
     headers::BACKOFF_TIMESTAMP,
     headers::ORIGINAL_TIMESTAMP_RETRY,
@@ -41,7 +42,11 @@ fn header_list(data: &[u8]) -> Headers {
         } else {
             KEYS[usize::from(flags) % KEYS.len()].to_owned()
         };
-        let repeat = if flags & 0x40 != 0 { 1 + usize::from(rest[2]) * 40 } else { 1 };
+        let repeat = if flags & 0x40 != 0 {
+            1 + usize::from(rest[2]) * 40
+        } else {
+            1
+        };
         for _ in 0..repeat {
             if flags & 0x80 != 0 {
                 h.push(key.clone(), None::<Vec<u8>>);
@@ -60,6 +65,7 @@ fn others(h: &Headers) -> usize {
     h.iter()
         .filter(|x| !KEYS[..KEYS.len() - 1].contains(&&*x.key))
         .filter(|x| !x.key.starts_with("kafka_") && !x.key.starts_with("retry_topic-"))
+        .filter(|x| x.key != headers::COMPACT)
         .count()
 }
 
@@ -75,7 +81,10 @@ fuzz_target!(|data: &[u8]| {
     let original = Original::read(&h);
     if let Some(v) = h.last_value(headers::BACKOFF_TIMESTAMP) {
         if let Some(x) = headers::decode_big_integer(v) {
-            assert_eq!(headers::decode_big_integer(&headers::encode_big_integer(x)), Some(x));
+            assert_eq!(
+                headers::decode_big_integer(&headers::encode_big_integer(x)),
+                Some(x)
+            );
         }
     }
 
@@ -94,15 +103,28 @@ fuzz_target!(|data: &[u8]| {
             error: &err,
             max_text: 256,
             declared_type: None,
+            profile: Default::default(),
         },
     );
-    for key in [headers::ATTEMPTS, headers::BACKOFF_TIMESTAMP, headers::EXCEPTION_MESSAGE] {
+    for key in [
+        headers::ATTEMPTS,
+        headers::BACKOFF_TIMESTAMP,
+        headers::EXCEPTION_MESSAGE,
+    ] {
         assert_eq!(out.get_all(key).count(), 1, "{key} once");
     }
-    assert_eq!(others(&out), others(&h), "the record's own headers are kept");
+    assert_eq!(
+        others(&out),
+        others(&h),
+        "the record's own headers are kept"
+    );
     assert_eq!(
         headers::read_attempts(&out),
-        AttemptsHeader::Valid(attempt.saturating_add(1).min(headers::ATTEMPTS_HARD_CAP as u32))
+        AttemptsHeader::Valid(
+            attempt
+                .saturating_add(1)
+                .min(headers::ATTEMPTS_HARD_CAP as u32)
+        )
     );
     assert!(out.last_value(headers::EXCEPTION_MESSAGE).unwrap().len() <= 256);
     // The first hop's coordinates are kept, not overwritten.
@@ -111,4 +133,52 @@ fuzz_target!(|data: &[u8]| {
     }
     headers::propagate_traceparent(&mut out, &headers::derived_trace_id("orders", 3, 42), 7);
     assert!(headers::trace_id(&out).is_some() || h.last(headers::TRACEPARENT).is_some());
+
+    // The compact profile: one compact header, no Spring retry-flow header, the same reads.
+    let mut compact = h.clone();
+    headers::apply_failure(
+        &mut compact,
+        &Failure {
+            topic: "orders",
+            partition: 3,
+            offset: 42,
+            timestamp: Some((1_700_000_000_000, TimestampType::CreateTime)),
+            group: "g",
+            attempt,
+            due_ms: 1_700_000_001_000,
+            error: &err,
+            max_text: 256,
+            declared_type: None,
+            profile: headers::HeaderProfile::Compact,
+        },
+    );
+    assert_eq!(compact.get_all(headers::COMPACT).count(), 1);
+    let spring_flow = [
+        "retry_topic-",
+        "kafka_original-",
+        "kafka_exception-",
+        "kafka_dlt-",
+    ];
+    assert!(!compact
+        .iter()
+        .any(|x| spring_flow.iter().any(|p| x.key.starts_with(p))));
+    assert_eq!(
+        others(&compact),
+        others(&h),
+        "the record's own headers are kept"
+    );
+    assert_eq!(
+        headers::read_attempts(&compact),
+        AttemptsHeader::Valid(
+            attempt
+                .saturating_add(1)
+                .min(headers::ATTEMPTS_HARD_CAP as u32)
+        )
+    );
+    assert_eq!(headers::due_at_ms(&compact), Some(1_700_000_001_000));
+    let c = headers::compact(&compact).expect("readable");
+    assert!(c.message.len() <= 256);
+    if let Some(t) = &original.topic {
+        assert_eq!(c.topic, t.as_str(), "the first hop's coordinates are kept");
+    }
 });

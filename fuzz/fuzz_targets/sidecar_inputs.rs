@@ -32,6 +32,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let encoded = percent_encode(data);
     assert!(encoded.is_ascii());
-    assert!(hyper::header::HeaderValue::from_str(&encoded).is_ok(), "{encoded}");
+    assert!(
+        hyper::header::HeaderValue::from_str(&encoded).is_ok(),
+        "{encoded}"
+    );
     assert_eq!(decode(&encoded), data);
 });

@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::{bracketed, parenthesized, Ident, LitBool, LitFloat, LitInt, LitStr, Path, Token};
 
 /// Every key `#[retryable_topic]` accepts.
-pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, dlt_handler, circuit_breaker, handler_timeout";
+pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, headers, dlt_handler, circuit_breaker, handler_timeout";
 /// Every key of `backoff(...)`.
 pub(crate) const BACKOFF_KEYS: &str = "delay, multiplier, max, jitter";
 
@@ -66,6 +66,7 @@ pub(crate) struct Args {
     pub exclude: Vec<Path>,
     pub dlt_strategy: Option<(Span, &'static str)>,
     pub suffix: Option<(Span, &'static str)>,
+    pub headers: Option<(Span, &'static str)>,
     pub timeout: Option<DurationLit>,
     pub concurrency: Option<usize>,
     pub auto_create_topics: Option<bool>,
@@ -314,6 +315,10 @@ impl Parse for Args {
                             &["always_retry_on_error", "fail_on_error", "no_dlt"],
                             "dlt_strategy",
                         )?)
+                    }
+                    "headers" => {
+                        a.headers =
+                            Some(one_of(&input.parse()?, &["spring", "compact"], "headers")?)
                     }
                     "suffix" => {
                         a.suffix = Some(one_of(&input.parse()?, &["delay", "index"], "suffix")?)

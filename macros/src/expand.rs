@@ -180,6 +180,14 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
     if let Some(b) = args.auto_create_topics {
         policy.push(quote!(p.auto_create_topics = #b;));
     }
+    if let Some((_, h)) = args.headers {
+        let v = if h == "compact" {
+            quote!(Compact)
+        } else {
+            quote!(Spring)
+        };
+        policy.push(quote!(p.headers = ::redrive::headers::HeaderProfile::#v;));
+    }
     if let Some(b) = args.group_scoped {
         policy.push(quote!(p.group_scoped = #b;));
     }

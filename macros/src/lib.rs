@@ -43,6 +43,7 @@ use syn::ItemFn;
 ///     auto_create_topics = true,         // create retry/DLT topics at start-up (default true)
 ///     group_scoped = false,              // orders-billing-retry-1000 instead of orders-retry-1000
 ///     partitions = 6,                    // partitions of created topics (default: the main's)
+///     headers = "spring",                // spring (default) | compact: one redrive-compact header
 ///     dlt_handler = billing_dlt,         // a #[dlt_handler] fn consuming orders-dlt
 ///     handler_timeout = "30s",           // a call longer than this fails (and is retried)
 ///     circuit_breaker(consecutive_failures = 5, open_for = "1s", max_open_for = "60s"),

@@ -8,6 +8,7 @@
 //! - original partition: 4-byte int; original offset and timestamp: 8-byte longs;
 //!   topic, timestamp type, group and exception texts: UTF-8.
 
+mod compact;
 mod list;
 
 use std::borrow::Cow;
@@ -15,6 +16,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+pub use compact::{Compact, HeaderProfile, COMPACT};
 pub use list::{Header, Headers};
 
 use crate::timestamp::TimestampType;
@@ -92,7 +94,7 @@ pub mod dlt_form {
 
 /// The header names redrive writes or reads, so a consumed record's copy of them borrows a
 /// static string instead of allocating one per header.
-const KNOWN: [&str; 26] = [
+const KNOWN: [&str; 27] = [
     ATTEMPTS,
     BACKOFF_TIMESTAMP,
     ORIGINAL_TIMESTAMP_RETRY,
@@ -119,6 +121,7 @@ const KNOWN: [&str; 26] = [
     VALUE_DROPPED,
     REPLAY_COUNT,
     DLT_HANDLER_FAILURES,
+    COMPACT,
 ];
 
 /// `name` as a header key: a well-known name borrows its static string, others are copied.
@@ -198,8 +201,20 @@ pub enum AttemptsHeader {
     Malformed,
 }
 
-/// Reads `retry_topic-attempts` as Spring does: 1 byte (legacy) or 4 bytes.
+/// The compact header, when the record carries a readable one.
+pub fn compact(headers: &Headers) -> Option<Compact<'_>> {
+    Compact::decode(headers.last_value(COMPACT)?)
+}
+
+/// Reads the attempts from the compact header, or `retry_topic-attempts` as Spring does:
+/// 1 byte (legacy) or 4 bytes.
 pub fn read_attempts(headers: &Headers) -> AttemptsHeader {
+    if let Some(c) = compact(headers) {
+        return match i32::try_from(c.attempts) {
+            Ok(n) if (1..=ATTEMPTS_HARD_CAP).contains(&n) => AttemptsHeader::Valid(c.attempts),
+            _ => AttemptsHeader::Malformed,
+        };
+    }
     let Some(h) = headers.last(ATTEMPTS) else {
         return AttemptsHeader::Absent;
     };
@@ -226,18 +241,34 @@ pub fn attempt_of(headers: &Headers) -> u32 {
     }
 }
 
-/// Reads `retry_topic-backoff-timestamp` (epoch ms when due).
+/// Reads the due time (epoch ms): the compact header's, or `retry_topic-backoff-timestamp`.
 pub fn due_at_ms(headers: &Headers) -> Option<i64> {
+    if let Some(c) = compact(headers) {
+        return Some(c.due_ms);
+    }
     headers
         .last_value(BACKOFF_TIMESTAMP)
         .and_then(decode_big_integer)
 }
 
-/// Reads `retry_topic-original-timestamp` (epoch ms of the first delivery's record).
+/// Reads the first delivery's record timestamp (epoch ms): the compact header's, or
+/// `retry_topic-original-timestamp`.
 pub fn original_timestamp(headers: &Headers) -> Option<i64> {
+    if let Some(c) = compact(headers) {
+        return (c.first_timestamp >= 0).then_some(c.first_timestamp);
+    }
     headers
         .last_value(ORIGINAL_TIMESTAMP_RETRY)
         .and_then(decode_big_integer)
+}
+
+/// The consumer group whose retry flow wrote the record: the compact header's, or
+/// `kafka_dlt-original-consumer-group`.
+pub fn original_group(headers: &Headers) -> Option<&[u8]> {
+    match compact(headers) {
+        Some(c) => Some(c.group.as_bytes()),
+        None => headers.last_value(ORIGINAL_CONSUMER_GROUP),
+    }
 }
 
 /// Original coordinates of a record that went through retry or dead-letter topics, read from
@@ -267,8 +298,27 @@ pub struct Original {
 }
 
 impl Original {
-    /// Reads the retry-flow form, falling back to the plain dead-letter form.
+    /// Reads the compact header, else the retry-flow form, falling back to the plain
+    /// dead-letter form.
     pub fn read(headers: &Headers) -> Self {
+        if let Some(c) = compact(headers) {
+            let kind = match c.log_append_time {
+                true => TimestampType::LogAppendTime,
+                false => TimestampType::CreateTime,
+            };
+            return Original {
+                topic: Some(c.topic.to_owned()),
+                partition: Some(c.partition),
+                offset: Some(c.offset),
+                timestamp: Some(c.timestamp),
+                timestamp_type: Some(kind.as_java_str().to_owned()),
+                consumer_group: Some(c.group.to_owned()),
+                exception_fqcn: Some(c.error_type.to_owned()),
+                exception_cause_fqcn: None,
+                exception_message: Some(c.message.to_owned()),
+                exception_stacktrace: None,
+            };
+        }
         let text = |a: &str, b: &str| {
             headers
                 .last_value(a)
@@ -313,6 +363,8 @@ pub struct Failure<'a> {
     pub max_text: usize,
     /// The handler's declared error type, named when the error's `Debug` form names none.
     pub declared_type: Option<&'a str>,
+    /// Which headers the hop writes.
+    pub profile: HeaderProfile,
 }
 
 /// Cuts `buf` back to at most `max` bytes after `start`, at a character boundary (what was
@@ -359,6 +411,10 @@ const HOP_HEADERS: usize = 14;
 /// Header values of one hop written into one buffer: a hop allocates once for all of them
 /// instead of once per header, and the copy frees them at once.
 struct HopValues {
+    /// A compact hop: the Spring retry-flow headers of earlier hops are dropped.
+    drop_spring_flow: bool,
+    /// A Spring hop after compact ones: the compact header is dropped.
+    drop_compact: bool,
     buf: Vec<u8>,
     /// Key, range in `buf`, and whether an existing header of that name is kept instead;
     /// the first `len` are set.
@@ -369,6 +425,8 @@ struct HopValues {
 impl HopValues {
     fn new() -> Self {
         HopValues {
+            drop_spring_flow: false,
+            drop_compact: false,
             buf: Vec::with_capacity(256),
             pending: std::array::from_fn(|_| ("", 0..0, false)),
             len: 0,
@@ -401,7 +459,11 @@ impl HopValues {
     /// [`Headers::push`] would leave it, without their copies and searches).
     fn apply(self, existing: &Headers) -> Headers {
         let pending = &self.pending[..self.len];
-        let replaced = |key: &str| pending.iter().any(|(k, _, keep)| !keep && *k == key);
+        let replaced = |key: &str| {
+            pending.iter().any(|(k, _, keep)| !keep && *k == key)
+                || (self.drop_spring_flow && is_spring_flow(key))
+                || (self.drop_compact && key == COMPACT)
+        };
         let mut list = Vec::with_capacity(existing.len() + pending.len());
         list.extend(existing.iter().filter(|h| !replaced(&h.key)).cloned());
         let all = Bytes::from(self.buf);
@@ -418,6 +480,14 @@ impl HopValues {
     }
 }
 
+/// Spring's retry-flow headers, which a compact hop replaces.
+fn is_spring_flow(key: &str) -> bool {
+    key.starts_with("retry_topic-")
+        || key.starts_with("kafka_original-")
+        || key.starts_with("kafka_exception-")
+        || key.starts_with("kafka_dlt-")
+}
+
 /// Applies the headers of a retry or dead-letter hop, as Spring's retry flow does: retry
 /// headers and exception headers are replaced (one value each), original coordinates are
 /// written only on the first hop. User headers are left untouched.
@@ -430,7 +500,7 @@ pub fn apply_failure(headers: &mut Headers, f: &Failure<'_>) {
 pub(crate) fn failure_headers(existing: &Headers, f: &Failure<'_>, span_id: u64) -> Headers {
     use std::io::Write;
     let mut v = failure_values(existing, f);
-    if trace_id(existing).is_none() {
+    if trace_id(existing).is_none() && f.profile == HeaderProfile::Spring {
         let (a, b) = derived_trace_halves(f.topic, f.partition, f.offset);
         let start = v.start();
         let _ = write!(v.buf, "00-{a:016x}{b:016x}-{:016x}-01", span_id | 1);
@@ -439,34 +509,13 @@ pub(crate) fn failure_headers(existing: &Headers, f: &Failure<'_>, span_id: u64)
     v.apply(existing)
 }
 
-fn failure_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
-    use std::io::Write;
-    let mut v = HopValues::new();
-    match headers
-        .last(ORIGINAL_TIMESTAMP_RETRY)
-        .and_then(|h| h.value.as_ref())
-        .filter(|v| !v.is_empty() && v.len() <= 8)
-    {
-        // Already on the record: copied as is (a few bytes).
-        Some(kept) => v.put(ORIGINAL_TIMESTAMP_RETRY, kept, false),
-        None => v.put_big_integer(ORIGINAL_TIMESTAMP_RETRY, f.timestamp.map_or(-1, |(t, _)| t)),
-    }
-    // Saturates at the cap, so the copy's header always reads back as valid.
-    let attempts = f.attempt.saturating_add(1).min(ATTEMPTS_HARD_CAP as u32) as i32;
-    v.put(ATTEMPTS, &encode_int(attempts), false);
-    v.put_big_integer(BACKOFF_TIMESTAMP, f.due_ms);
-
-    v.put(ORIGINAL_TOPIC, f.topic.as_bytes(), true);
-    v.put(ORIGINAL_PARTITION, &encode_int(f.partition), true);
-    v.put(ORIGINAL_OFFSET, &encode_long(f.offset), true);
-    let (ts, kind) = f.timestamp.unwrap_or((-1, TimestampType::CreateTime));
-    v.put(ORIGINAL_TIMESTAMP, &encode_long(ts), true);
-    v.put(ORIGINAL_TIMESTAMP_TYPE, kind.as_java_str().as_bytes(), true);
-    v.put(ORIGINAL_CONSUMER_GROUP, f.group.as_bytes(), true);
-
-    // `Fatal` and `RetryAfter` only steer the routing and `ErrorType` names the type; the
-    // error they wrap is what failed.
-    let mut reported: &(dyn std::error::Error + 'static) = f.error;
+/// The error a failure reports and the name an [`ErrorType`](crate::ErrorType) gives it:
+/// `Fatal` and `RetryAfter` only steer the routing and `ErrorType` names the type; the error
+/// they wrap is what failed.
+fn reported<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> (&'e (dyn std::error::Error + 'static), Option<&'e str>) {
+    let mut reported = error;
     let mut named: Option<&str> = None;
     while reported.is::<crate::error::Fatal>()
         || reported.is::<crate::error::RetryAfter>()
@@ -480,22 +529,130 @@ fn failure_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
             None => break,
         }
     }
+    (reported, named)
+}
+
+/// Appends the reported error's type name: its [`ErrorType`](crate::ErrorType) name, else
+/// the `Debug` form's identifier, else the declared type, else `error`.
+fn write_error_type(buf: &mut Vec<u8>, f: &Failure<'_>) {
+    let (reported, named) = reported(f.error);
+    let start = buf.len();
+    match named {
+        Some(name) => buf.extend_from_slice(name.as_bytes()),
+        None => {
+            write_type_name(buf, reported);
+            if let Some(declared) = f.declared_type.filter(|_| &buf[start..] == b"error") {
+                buf.truncate(start);
+                buf.extend_from_slice(declared.as_bytes());
+            }
+        }
+    }
+}
+
+/// The one header of a compact hop. The original coordinates come from the record's
+/// compact header, else from its Spring headers (a record from before a switch), else from
+/// the record itself.
+fn compact_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
+    use std::io::Write;
+    let mut v = HopValues::new();
+    v.drop_spring_flow = true;
+    let mut text = Vec::with_capacity(128);
+    write_error_type(&mut text, f);
+    let kind_end = text.len();
+    let _ = write!(text, "{}", reported(f.error).0);
+    truncate_from(&mut text, kind_end, f.max_text);
+    let text = String::from_utf8_lossy(&text);
+    let (kind, message) = text.split_at(kind_end.min(text.len()));
+    let spring = Original::read(headers);
+    let prev = compact(headers);
+    let (ts, ts_kind) = f.timestamp.unwrap_or((-1, TimestampType::CreateTime));
+    let first = Compact {
+        attempts: f.attempt.saturating_add(1).min(ATTEMPTS_HARD_CAP as u32),
+        due_ms: f.due_ms,
+        first_timestamp: original_timestamp(headers).unwrap_or(ts),
+        partition: spring.partition.unwrap_or(f.partition),
+        offset: spring.offset.unwrap_or(f.offset),
+        timestamp: spring.timestamp.unwrap_or(ts),
+        log_append_time: match &spring.timestamp_type {
+            Some(t) => t == TimestampType::LogAppendTime.as_java_str(),
+            None => ts_kind == TimestampType::LogAppendTime,
+        },
+        topic: spring.topic.as_deref().unwrap_or(f.topic),
+        group: f.group,
+        error_type: kind,
+        message,
+    };
+    let c = match prev {
+        Some(p) => Compact {
+            attempts: first.attempts,
+            due_ms: first.due_ms,
+            group: first.group,
+            error_type: first.error_type,
+            message: first.message,
+            ..p
+        },
+        None => first,
+    };
+    let start = v.start();
+    c.encode(&mut v.buf);
+    v.end(COMPACT, start, false);
+    v
+}
+
+fn failure_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
+    use std::io::Write;
+    if f.profile == HeaderProfile::Compact {
+        return compact_values(headers, f);
+    }
+    let mut v = HopValues::new();
+    // A record from before a switch back to Spring's headers: its flow so far is in the
+    // compact header, which this hop replaces.
+    let prev = compact(headers);
+    v.drop_compact = prev.is_some();
+    match headers
+        .last(ORIGINAL_TIMESTAMP_RETRY)
+        .and_then(|h| h.value.as_ref())
+        .filter(|v| !v.is_empty() && v.len() <= 8)
+    {
+        _ if prev.is_some() => {
+            let first = prev.as_ref().map_or(-1, |c| c.first_timestamp);
+            v.put_big_integer(ORIGINAL_TIMESTAMP_RETRY, first);
+        }
+        // Already on the record: copied as is (a few bytes).
+        Some(kept) => v.put(ORIGINAL_TIMESTAMP_RETRY, kept, false),
+        None => v.put_big_integer(ORIGINAL_TIMESTAMP_RETRY, f.timestamp.map_or(-1, |(t, _)| t)),
+    }
+    // Saturates at the cap, so the copy's header always reads back as valid.
+    let attempts = f.attempt.saturating_add(1).min(ATTEMPTS_HARD_CAP as u32) as i32;
+    v.put(ATTEMPTS, &encode_int(attempts), false);
+    v.put_big_integer(BACKOFF_TIMESTAMP, f.due_ms);
+
+    let (ts, kind) = f.timestamp.unwrap_or((-1, TimestampType::CreateTime));
+    let (topic, partition, offset, ts, kind) = match &prev {
+        Some(c) => {
+            let kind = match c.log_append_time {
+                true => TimestampType::LogAppendTime,
+                false => TimestampType::CreateTime,
+            };
+            (c.topic, c.partition, c.offset, c.timestamp, kind)
+        }
+        None => (f.topic, f.partition, f.offset, ts, kind),
+    };
+    v.put(ORIGINAL_TOPIC, topic.as_bytes(), true);
+    v.put(ORIGINAL_PARTITION, &encode_int(partition), true);
+    v.put(ORIGINAL_OFFSET, &encode_long(offset), true);
+    v.put(ORIGINAL_TIMESTAMP, &encode_long(ts), true);
+    v.put(ORIGINAL_TIMESTAMP_TYPE, kind.as_java_str().as_bytes(), true);
+    v.put(ORIGINAL_CONSUMER_GROUP, f.group.as_bytes(), true);
+
+    let (reported, _) = reported(f.error);
     let mut root: &(dyn std::error::Error + 'static) = reported;
     while let Some(s) = root.source() {
         root = s;
     }
 
     let start = v.start();
-    match named {
-        Some(name) => v.buf.extend_from_slice(name.as_bytes()),
-        None => {
-            write_type_name(&mut v.buf, reported);
-            if let Some(declared) = f.declared_type.filter(|_| &v.buf[start..] == b"error") {
-                v.buf.truncate(start);
-                v.buf.extend_from_slice(declared.as_bytes());
-            }
-        }
-    }
+    write_error_type(&mut v.buf, f);
     v.end(EXCEPTION_FQCN, start, false);
     let start = v.start();
     write_type_name(&mut v.buf, root);
@@ -691,9 +848,96 @@ mod tests {
                 error,
                 max_text,
                 declared_type,
+                profile: Default::default(),
             },
         );
         h
+    }
+
+    /// A hop of the record `orders/3@7` (or of the copy `orders-retry/3@1`) failing attempt
+    /// `attempt` in group `group`, in `profile`, applied to `h`.
+    fn hop_on(h: &mut Headers, profile: HeaderProfile, attempt: u32, group: &str) {
+        let copy = attempt > 1;
+        apply_failure(
+            h,
+            &Failure {
+                topic: if copy { "orders-retry" } else { "orders" },
+                partition: 3,
+                offset: if copy { 1 } else { 7 },
+                timestamp: Some((1_000, TimestampType::CreateTime)),
+                group,
+                attempt,
+                due_ms: 5_000 * i64::from(attempt),
+                error: &Outer(Inner),
+                max_text: 4096,
+                declared_type: None,
+                profile,
+            },
+        );
+    }
+
+    #[test]
+    fn compact_hops_carry_the_flow_in_one_header() {
+        let mut h = Headers::new();
+        h.push("user", Some(Bytes::from_static(b"u")));
+        hop_on(&mut h, HeaderProfile::Compact, 1, "billing");
+        let keys: Vec<&str> = h.iter().map(|x| &*x.key).collect();
+        assert_eq!(keys, ["user", COMPACT]);
+        hop_on(&mut h, HeaderProfile::Compact, 2, "billing");
+        assert_eq!(h.len(), 2, "one compact header, replaced");
+        assert_eq!(attempt_of(&h), 3);
+        assert_eq!(due_at_ms(&h), Some(10_000));
+        assert_eq!(original_timestamp(&h), Some(1_000));
+        assert_eq!(original_group(&h), Some(&b"billing"[..]));
+        let o = Original::read(&h);
+        assert_eq!(
+            (o.topic.as_deref(), o.partition, o.offset),
+            (Some("orders"), Some(3), Some(7)),
+            "the first hop's coordinates"
+        );
+        assert_eq!(o.exception_fqcn.as_deref(), Some("Outer"));
+        assert_eq!(o.exception_message.as_deref(), Some("charge failed"));
+        let compact_len = h.last_value(COMPACT).unwrap().len();
+        let mut spring = Headers::new();
+        hop_on(&mut spring, HeaderProfile::Spring, 1, "billing");
+        let spring_len: usize = spring
+            .iter()
+            .map(|x| x.key.len() + x.value.as_ref().map_or(0, Bytes::len))
+            .sum();
+        assert!(
+            compact_len * 4 < spring_len,
+            "{compact_len} vs {spring_len} bytes"
+        );
+    }
+
+    #[test]
+    fn a_switch_to_compact_keeps_the_originals_and_drops_springs_headers() {
+        let mut h = Headers::new();
+        hop_on(&mut h, HeaderProfile::Spring, 1, "billing");
+        hop_on(&mut h, HeaderProfile::Compact, 2, "billing");
+        let keys: Vec<&str> = h.iter().map(|x| &*x.key).collect();
+        assert_eq!(
+            keys,
+            [TRACEPARENT, COMPACT]
+                .iter()
+                .filter(|k| keys.contains(k))
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        assert!(h.last(ATTEMPTS).is_none() && h.last(ORIGINAL_TOPIC).is_none());
+        let o = Original::read(&h);
+        assert_eq!((o.topic.as_deref(), o.offset), (Some("orders"), Some(7)));
+        assert_eq!(attempt_of(&h), 3);
+        // And back: a Spring hop after a compact one carries the compact originals over.
+        hop_on(&mut h, HeaderProfile::Spring, 3, "billing");
+        assert!(h.last(COMPACT).is_none(), "replaced by Spring's headers");
+        assert_eq!(attempt_of(&h), 4);
+        let o = Original::read(&h);
+        assert_eq!(
+            (o.topic.as_deref(), o.partition, o.offset),
+            (Some("orders"), Some(3), Some(7))
+        );
+        assert_eq!(original_timestamp(&h), Some(1_000));
     }
 
     #[test]

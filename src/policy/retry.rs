@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration;
 use super::matcher::ErrorMatcher;
+use crate::headers::HeaderProfile;
 use crate::Error;
 
 /// How long to wait before each retry.
@@ -136,6 +137,10 @@ pub struct RetryPolicy {
     /// Error texts written into headers (message, chain) are cut to this many bytes, so a
     /// record never grows toward the broker's size limit. Default 4096.
     pub max_header_text: usize,
+    /// Which headers failure copies carry: Spring's (the default, what Spring consumers and
+    /// tools read) or redrive's compact one. Every worker reads both, so a route can switch
+    /// without draining its retry topics.
+    pub headers: HeaderProfile,
 }
 
 impl Default for RetryPolicy {
@@ -157,6 +162,7 @@ impl Default for RetryPolicy {
             replication_factor: None,
             in_memory: InMemoryRetries::default(),
             max_header_text: 4096,
+            headers: HeaderProfile::Spring,
         }
     }
 }
@@ -237,6 +243,12 @@ impl RetryPolicy {
     /// [`group_scoped`](Self::group_scoped)).
     pub fn group_scoped(mut self, yes: bool) -> Self {
         self.group_scoped = yes;
+        self
+    }
+
+    /// Which headers failure copies carry (see [`headers`](Self::headers)).
+    pub fn header_profile(mut self, profile: HeaderProfile) -> Self {
+        self.headers = profile;
         self
     }
 
@@ -359,7 +371,11 @@ impl fmt::Display for RetryPolicy {
         if let Some(t) = self.timeout {
             write!(f, " timeout={}", humantime::format_duration(t))?;
         }
-        write!(f, " dlt_strategy={:?}", self.dlt_strategy)
+        write!(f, " dlt_strategy={:?}", self.dlt_strategy)?;
+        if self.headers == HeaderProfile::Compact {
+            write!(f, " headers=compact")?;
+        }
+        Ok(())
     }
 }
 

@@ -43,6 +43,8 @@ pub(crate) struct DeadLetter {
     pub keep_partition: bool,
     /// The policy's bound on header texts.
     pub max_text: usize,
+    /// The policy's header profile.
+    pub profile: crate::headers::HeaderProfile,
 }
 
 /// A route with its service type erased, able to start a task per assigned partition.

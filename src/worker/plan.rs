@@ -257,6 +257,7 @@ fn dead_letters(r: &PendingRoute, group: &str) -> HashMap<String, DeadLetter> {
             topic: Arc::from(dlt),
             keep_partition: policy.partitions.is_none(),
             max_text: policy.max_header_text,
+            profile: policy.headers,
         };
         for t in std::iter::once(main).chain(topology.retry_topics()) {
             out.insert(t.clone(), target.clone());

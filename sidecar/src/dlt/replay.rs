@@ -51,7 +51,8 @@ pub fn replay_copy(r: &Record, to: Option<&str>, flow: Option<&Flow>) -> Result<
             || k.starts_with("kafka_original-")
             || k.starts_with("kafka_exception-")
             || k.starts_with("kafka_dlt-")
-            || k == REPLAY_COUNT;
+            || k == REPLAY_COUNT
+            || k == headers::COMPACT;
         if !bookkeeping {
             h.push(x.key.clone(), x.value.clone());
         }

@@ -60,6 +60,21 @@ fn header_value(name: &str, v: Option<&Bytes>) -> String {
             return format!("{n} (long)");
         }
     }
+    if name == headers::COMPACT {
+        if let Some(c) = headers::Compact::decode(b) {
+            return format!(
+                "attempts={} due={} from={}/{}@{} group={} {}: {} (compact)",
+                c.attempts,
+                fmt_ms(c.due_ms),
+                terminal_safe(c.topic, false),
+                c.partition,
+                c.offset,
+                terminal_safe(c.group, false),
+                terminal_safe(c.error_type, false),
+                terminal_safe(c.message, false),
+            );
+        }
+    }
     if name == headers::BACKOFF_TIMESTAMP || name == headers::ORIGINAL_TIMESTAMP_RETRY {
         if let Some(ms) = headers::decode_big_integer(b) {
             return format!("{ms} ({})", fmt_ms(ms));

@@ -91,6 +91,7 @@ pub(crate) fn failure_copy(
         max_text: shared.policy.max_header_text,
         keep_partition: shared.policy.partitions.is_none(),
         declared_error: shared.declared_error,
+        profile: shared.policy.headers,
     };
     hop_copy(record, err, &hop)
 }
@@ -108,6 +109,8 @@ pub(crate) struct Hop<'a> {
     pub keep_partition: bool,
     /// The handler's error type, named when the error names none.
     pub declared_error: Option<&'a str>,
+    /// Which headers the copy carries.
+    pub profile: headers::HeaderProfile,
 }
 
 /// The copy of `record` for `hop.topic`, with Spring's failure headers for `err`.
@@ -129,6 +132,7 @@ pub(crate) fn hop_copy(
             error: err,
             max_text: hop.max_text,
             declared_type: hop.declared_error,
+            profile: hop.profile,
         },
         random_u64(),
     );

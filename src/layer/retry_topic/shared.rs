@@ -160,10 +160,7 @@ impl TopicEntry {
         if self.stage == Stage::Main {
             return false;
         }
-        let Some(owner) = record
-            .headers()
-            .last_value(crate::headers::ORIGINAL_CONSUMER_GROUP)
-        else {
+        let Some(owner) = crate::headers::original_group(record.headers()) else {
             return false;
         };
         if owner == group.as_bytes() {

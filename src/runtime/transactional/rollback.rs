@@ -143,6 +143,7 @@ pub(super) fn dead_letter_copy(
         max_text: target.max_text,
         keep_partition: target.keep_partition,
         declared_error: None,
+        profile: target.profile,
     };
     hop_copy(record, &err, &hop)
 }
