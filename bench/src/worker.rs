@@ -116,6 +116,7 @@ pub(crate) async fn redrive_retry(
     bootstrap: &str,
     topic: &str,
     n: u64,
+    profile: redrive::headers::HeaderProfile,
 ) -> (f64, f64, Option<f64>, u64) {
     let main_done = Arc::new(PerPartition::default());
     let partitions_done = Arc::new(AtomicU64::new(0));
@@ -163,7 +164,8 @@ pub(crate) async fn redrive_retry(
     let delay_ms = env_number("BENCH_RETRY_DELAY_MS", 1000);
     let policy = RetryPolicy::new()
         .attempts(2)
-        .fixed(Duration::from_millis(delay_ms));
+        .fixed(Duration::from_millis(delay_ms))
+        .header_profile(profile);
     let worker = Worker::builder()
         .bootstrap_servers(bootstrap)
         .group_id(support::unique("bench-retry"))
