@@ -14,6 +14,7 @@
 
 mod baseline;
 mod measure;
+mod pending;
 mod report;
 mod scenarios;
 mod sidecar;
@@ -81,6 +82,14 @@ async fn bench_main() {
         memory_child(&run.bootstrap).await;
         return;
     }
+    if args.first().map(String::as_str) == Some("pending-child") {
+        let profile = match args.get(1).map(String::as_str) {
+            Some("compact") => redrive::headers::HeaderProfile::Compact,
+            _ => redrive::headers::HeaderProfile::Spring,
+        };
+        pending::pending_child(&run.bootstrap, profile).await;
+        return;
+    }
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let mut lines = Vec::new();
     eprintln!(
@@ -101,6 +110,9 @@ async fn bench_main() {
     }
     if want("memory") {
         scenarios::memory(&run, &mut lines);
+    }
+    if want("pending") {
+        pending::pending(&run.bootstrap, &mut lines);
     }
     if want("transactional") {
         scenarios::transactional(&run, &mut lines).await;
