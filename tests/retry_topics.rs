@@ -1253,3 +1253,46 @@ async fn the_compact_profile_carries_the_whole_flow_in_one_header() {
         );
     }
 }
+
+/// Copies due 4 s ahead: the retry partitions stop fetching while what they fetched is due
+/// more than 2 s ahead and start again 1 s before (`Feeder::pace`). Records produced in two
+/// waves 1.5 s apart all come back once, none early, each within 500 ms of its due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_due_far_ahead_are_paced_and_none_is_late_or_lost() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("paced");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 2).await;
+    let ledger = Ledger::default();
+    fn once(_: u64, call: usize) -> Result<(), BoxError> {
+        match call {
+            1 => Err("first attempt fails".into()),
+            _ => Ok(()),
+        }
+    }
+    let policy = RetryPolicy::new().attempts(2).fixed(Duration::from_secs(4));
+    let w = worker_with(
+        &bootstrap,
+        &group,
+        Route::new(&topic, scripted(ledger.clone(), once)).retry(policy),
+    );
+    let h = w.handle();
+    let run = tokio::spawn(w.run());
+    produce_n(&bootstrap, &topic, 2, 0, 20).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    produce_n(&bootstrap, &topic, 2, 20, 20).await;
+    eventually(Duration::from_secs(60), "40 retried", || {
+        ledger.ok_count() == 40
+    })
+    .await;
+    h.shutdown();
+    run.await.unwrap().unwrap();
+    no_early_starts(&ledger);
+    for (key, calls) in ledger.all() {
+        assert_eq!(calls.len(), 2, "{key}: {calls:?}");
+        let retry = &calls[1];
+        let late = retry.at_ms - retry.due_ms.expect("a due time");
+        assert!(late < 500, "{key} started {late} ms after its due time");
+    }
+}

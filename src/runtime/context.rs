@@ -121,7 +121,8 @@ impl RuntimeContext {
                 continue;
             };
             // Runs on the poll thread (inside `poll`), whose handle the wake-ups use.
-            let (feeder, feed) = feed(queue, binding.read_headers);
+            let paced = binding.stage == crate::layer::Stage::Retry;
+            let (feeder, feed) = feed(queue, binding.read_headers, paced);
             let (acks, acks_rx) = if cfg.manual_ack {
                 let (a, b) = mpsc::unbounded_channel();
                 (Some(a), Some(b))
@@ -189,6 +190,13 @@ impl RuntimeContext {
         }
         for slot in &gone {
             slot.shared.request_stop();
+            // A pause would outlive the assignment: the partition's next owner, this worker
+            // included, must fetch it.
+            if slot.feeder.paused() {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&slot.shared.topic, slot.shared.partition);
+                let _ = consumer.resume(&tpl);
+            }
         }
         let deadline = tokio::time::Instant::now() + self.rt.config.drain_timeout;
         for slot in &mut gone {
@@ -304,10 +312,35 @@ impl RuntimeContext {
             }
             for slot in st.slots.values_mut() {
                 slot.feeder.check_reads(&slot.shared);
+                pace(consumer, slot);
             }
             return dead_task(st);
         }
         Ok(())
+    }
+}
+
+/// Pauses or resumes a retry partition's fetching as its feeder says (see `Feeder::pace`).
+/// A failed call is logged and tried again at the next check.
+fn pace(consumer: &BaseConsumer<RuntimeContext>, slot: &mut Slot) {
+    let Some(pause) = slot.feeder.pace(crate::clock::now_ms()) else {
+        return;
+    };
+    let p = &slot.shared;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&p.topic, p.partition);
+    let res = match pause {
+        true => consumer.pause(&tpl),
+        false => consumer.resume(&tpl),
+    };
+    match res {
+        Ok(()) => {
+            tracing::debug!(topic = %p.topic, partition = p.partition, pause, "retry partition fetching paced")
+        }
+        Err(e) => {
+            tracing::warn!(topic = %p.topic, partition = p.partition, pause, error = %e, "cannot pause or resume the retry partition's fetching; trying again");
+            slot.feeder.pace_failed();
+        }
     }
 }
 

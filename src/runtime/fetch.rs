@@ -87,6 +87,8 @@ struct RawHeader {
 
 /// Copies messages into a batch.
 struct BatchBuilder {
+    /// The due time of the last record pushed, when asked for ([`BatchBuilder::push`]).
+    last_due: Option<i64>,
     chunks: Vec<Bytes>,
     current: Vec<u8>,
     entries: Vec<Entry>,
@@ -98,6 +100,7 @@ struct BatchBuilder {
 impl BatchBuilder {
     fn new() -> Self {
         BatchBuilder {
+            last_due: None,
             chunks: Vec::new(),
             current: Vec::new(),
             entries: Vec::new(),
@@ -107,13 +110,17 @@ impl BatchBuilder {
         }
     }
 
-    /// Copies `msg` into the batch; its headers only with `read_headers`. Returns the
-    /// record's size as [`Record::byte_len`] counts it.
-    fn push(&mut self, msg: &impl Message, read_headers: bool) -> usize {
+    /// Copies `msg` into the batch; its headers only with `read_headers`, and with
+    /// `want_due` notes its due time. Returns the record's size as [`Record::byte_len`]
+    /// counts it.
+    fn push(&mut self, msg: &impl Message, read_headers: bool, want_due: bool) -> usize {
         let (key, value) = (msg.key(), msg.payload());
         // Once only: librdkafka parses headers on every call when a record has none, with two
         // allocations each time.
         let headers = if read_headers { msg.headers() } else { None };
+        if want_due {
+            self.last_due = headers.as_ref().and_then(|h| due_of(h.iter()));
+        }
         let (mut key_bytes, mut value_bytes) = (0, 0);
         if let Some(h) = &headers {
             for h in h.iter() {
@@ -178,6 +185,24 @@ impl BatchBuilder {
     }
 }
 
+/// The due time a record's retry headers name (the compact header's, else Spring's).
+fn due_of<'a>(
+    headers: impl Iterator<Item = rdkafka::message::Header<'a, &'a [u8]>>,
+) -> Option<i64> {
+    let (mut compact, mut spring) = (None, None);
+    for h in headers {
+        match h.key {
+            crate::headers::COMPACT => compact = h.value,
+            crate::headers::BACKOFF_TIMESTAMP => spring = h.value,
+            _ => {}
+        }
+    }
+    match compact.and_then(crate::headers::Compact::decode) {
+        Some(c) => Some(c.due_ms),
+        None => spring.and_then(crate::headers::decode_big_integer),
+    }
+}
+
 /// A batch being handed out by a partition task, record by record.
 pub(crate) struct Cursor {
     batch: Batch,
@@ -228,6 +253,35 @@ pub(crate) struct Feeder<C: ConsumerContext + 'static> {
     read_headers: bool,
     error_until: Option<Instant>,
     read_errors: ReadErrors,
+    /// A retry topic's partition: its fetching pauses while what it fetched is due far
+    /// ahead ([`Feeder::pace`]).
+    paced: Option<Pacing>,
+}
+
+/// The due time of the last record a retry partition fetched, and whether its fetching is
+/// paused.
+#[derive(Debug, Default)]
+pub(crate) struct Pacing {
+    last_due: Option<i64>,
+    paused: bool,
+}
+
+/// Fetching pauses once the last record fetched is due further ahead than this...
+const PAUSE_AHEAD_MS: i64 = 2_000;
+/// ... and resumes once it is due within this.
+const RESUME_AHEAD_MS: i64 = 1_000;
+
+impl Pacing {
+    /// What to do at `now_ms`: `Some(true)` pause, `Some(false)` resume, `None` nothing.
+    pub(crate) fn step(&mut self, now_ms: i64) -> Option<bool> {
+        let ahead = self.last_due? - now_ms;
+        match self.paused {
+            false if ahead > PAUSE_AHEAD_MS => self.paused = true,
+            true if ahead < RESUME_AHEAD_MS => self.paused = false,
+            _ => return None,
+        }
+        Some(self.paused)
+    }
 }
 
 /// Reads of one partition that returned errors instead of records.
@@ -251,6 +305,7 @@ pub(crate) struct Feed {
 pub(crate) fn feed<C: ConsumerContext + 'static>(
     mut queue: BatchQueue<C>,
     read_headers: bool,
+    paced: bool,
 ) -> (Feeder<C>, Feed) {
     let (tx, rx) = mpsc::channel(BATCHES_WAITING);
     let signal = Arc::new(AtomicBool::new(true));
@@ -270,6 +325,7 @@ pub(crate) fn feed<C: ConsumerContext + 'static>(
             read_headers,
             error_until: None,
             read_errors: ReadErrors::default(),
+            paced: paced.then(Pacing::default),
         },
         Feed { rx, signal, poller },
     )
@@ -329,6 +385,27 @@ impl ReadErrors {
 }
 
 impl<C: ConsumerContext + 'static> Feeder<C> {
+    /// For a retry partition: whether to pause (`Some(true)`) or resume (`Some(false)`) its
+    /// fetching now. Records wait in a retry topic until due; fetched long before, they would
+    /// sit in librdkafka's queue, each pinning the whole fetch response it came in, so a
+    /// partition whose last fetched record is due more than 2 s ahead stops fetching until
+    /// 1 s before it (the records due meanwhile are in hand already).
+    pub(crate) fn pace(&mut self, now_ms: i64) -> Option<bool> {
+        self.paced.as_mut()?.step(now_ms)
+    }
+
+    /// Whether the partition's fetching is paused by [`Feeder::pace`].
+    pub(crate) fn paused(&self) -> bool {
+        self.paced.as_ref().is_some_and(|p| p.paused)
+    }
+
+    /// The last pause or resume did not take: the next [`Feeder::pace`] tries it again.
+    pub(crate) fn pace_failed(&mut self) {
+        if let Some(p) = &mut self.paced {
+            p.paused = !p.paused;
+        }
+    }
+
     /// Logs an ERROR if the partition's reads have failed for long (called periodically).
     pub(crate) fn check_reads(&mut self, p: &PartitionShared) {
         self.read_errors.report(p);
@@ -376,7 +453,7 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
             for m in messages.iter() {
                 match m {
                     Ok(msg) => {
-                        let bytes = batch.push(&msg, self.read_headers);
+                        let bytes = batch.push(&msg, self.read_headers, self.paced.is_some());
                         largest = largest.max(Some(bytes));
                         read_after_error = true;
                     }
@@ -403,6 +480,9 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
         }
         if batch.entries.is_empty() {
             return false;
+        }
+        if let (Some(p), Some(due)) = (&mut self.paced, batch.last_due) {
+            p.last_due = Some(due);
         }
         // Room was checked and only this thread sends; a closed channel means the task ended
         // (the partition is being released): its records stay uncommitted.
@@ -434,6 +514,48 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_due_time_is_read_from_either_header_form() {
+        use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+        let with = |key: &str, value: Vec<u8>| {
+            let headers = OwnedHeaders::new().insert(KafkaHeader {
+                key,
+                value: Some(&value),
+            });
+            let mut m = message(0, None, Some(b"v"));
+            m = m.replace_headers(Some(headers));
+            let mut b = BatchBuilder::new();
+            b.push(&m, true, true);
+            b.last_due
+        };
+        let spring = crate::headers::encode_big_integer(1_765_000_000_123);
+        assert_eq!(
+            with(crate::headers::BACKOFF_TIMESTAMP, spring),
+            Some(1_765_000_000_123)
+        );
+        let mut compact = Vec::new();
+        crate::headers::Compact {
+            due_ms: 42,
+            ..Default::default()
+        }
+        .encode(&mut compact);
+        assert_eq!(with(crate::headers::COMPACT, compact), Some(42));
+        assert_eq!(with("user", b"x".to_vec()), None);
+    }
+
+    #[test]
+    fn a_retry_partition_pauses_while_its_records_are_due_far_ahead() {
+        let mut p = Pacing::default();
+        assert_eq!(p.step(0), None, "nothing fetched yet");
+        p.last_due = Some(1_500);
+        assert_eq!(p.step(0), None, "due within 2 s: keep fetching");
+        p.last_due = Some(10_000);
+        assert_eq!(p.step(0), Some(true), "due 10 s ahead: pause");
+        assert_eq!(p.step(5_000), None, "still 5 s ahead");
+        assert_eq!(p.step(9_100), Some(false), "900 ms ahead: resume");
+        assert_eq!(p.step(9_200), None);
+    }
     use rdkafka::message::{Header as KafkaHeader, OwnedHeaders, OwnedMessage};
 
     fn message(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> OwnedMessage {
@@ -478,6 +600,7 @@ mod tests {
             b.push(
                 &message(i, Some(i.to_string().as_bytes()), Some(&value)),
                 true,
+                false,
             );
         }
         assert!(!b.chunks.is_empty(), "the builder started a second chunk");
@@ -502,13 +625,13 @@ mod tests {
     fn a_record_larger_than_a_chunk_gets_its_own() {
         let big = vec![7u8; CHUNK_BYTES * 3];
         let mut b = BatchBuilder::new();
-        b.push(&message(0, None, Some(b"small")), true);
+        b.push(&message(0, None, Some(b"small")), true, false);
         assert_eq!(
-            b.push(&message(1, Some(b"k"), Some(&big)), true),
+            b.push(&message(1, Some(b"k"), Some(&big)), true, false),
             1 + big.len(),
             "push returns the record's size"
         );
-        b.push(&message(2, None, Some(b"after")), true);
+        b.push(&message(2, None, Some(b"after")), true, false);
         assert_eq!(b.bytes, 5 + 1 + big.len() + 5);
         let rs = records(b);
         assert_eq!(rs[0].value().map(|v| &v[..]), Some(&b"small"[..]));
@@ -542,9 +665,9 @@ mod tests {
             Some(headers),
         );
         let mut b = BatchBuilder::new();
-        b.push(&message(4, Some(b""), None), true);
-        b.push(&with_headers, true);
-        b.push(&with_headers, false);
+        b.push(&message(4, Some(b""), None), true, false);
+        b.push(&with_headers, true, false);
+        b.push(&with_headers, false, false);
         let rs = records(b);
         assert_eq!(
             rs[0].key().map(|k| &k[..]),
