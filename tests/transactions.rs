@@ -724,3 +724,73 @@ async fn a_poison_record_without_a_dlt_is_skipped_after_its_failed_transactions(
     p.handle.shutdown();
     p.run.await.unwrap().unwrap();
 }
+
+/// A record that fails every attempt in a transactional worker: its retry copies and then its
+/// dead-letter copy are produced inside transactions, and an outside reader of the topics
+/// finds each of them once (no fault is injected, so nothing is aborted: on the mock cluster
+/// and nisshi, which show aborted records too, this is what can be shown), every other input's
+/// output once, and the inputs' committed positions at the end (the broker's on a real Kafka,
+/// the worker's on the mock cluster, which does not store transactional offsets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_failing_every_attempt_is_dead_lettered_inside_a_transaction() {
+    let c = Cluster::new("txn-dlt");
+    setup(&c).await;
+    let (input, output, group) = (c.name("orders"), c.name("enriched"), c.name("group"));
+    let n = 50u64;
+    c.produce(&input, n).await;
+    let out = output.clone();
+    let handler = service_fn(move |r: Record| {
+        let out = out.clone();
+        async move {
+            let key = String::from_utf8_lossy(r.key().unwrap()).into_owned();
+            let i: u64 = key.trim_start_matches("order-").parse().unwrap();
+            if i % 10 == 3 {
+                return Err::<Vec<Outgoing>, BoxError>(format!("{key} always fails").into());
+            }
+            Ok(vec![Outgoing::to(out).key(key.clone()).value(key)])
+        }
+    });
+    let policy = RetryPolicy::new()
+        .attempts(3)
+        .fixed(Duration::from_millis(200));
+    let worker = Worker::builder()
+        .bootstrap_servers(&c.bootstrap)
+        .group_id(&group)
+        .property("session.timeout.ms", "6000")
+        .transactional(Transactional::new(format!("{}-txn", c.prefix)).batch_size(20))
+        .route(Route::new(&input, handler).retry(policy))
+        .build()
+        .unwrap();
+    let p = Pipeline {
+        handle: worker.handle(),
+        run: tokio::spawn(worker.run()),
+        group,
+        input,
+        output,
+    };
+    let dlt = c.name("orders-dlt");
+    support::eventually(Duration::from_secs(60), "5 dead letters", || {
+        c.read(&dlt, "read_uncommitted").len() >= 5
+    })
+    .await;
+    support::eventually(Duration::from_secs(30), "inputs committed", || {
+        positions(&c, &p).iter().sum::<i64>() == n as i64
+    })
+    .await;
+    p.handle.shutdown();
+    p.run.await.unwrap().unwrap();
+    let dead = counts(&c.read(&dlt, "read_uncommitted"));
+    let want: BTreeMap<String, usize> = (0..n)
+        .filter(|i| i % 10 == 3)
+        .map(|i| (format!("order-{i}"), 1))
+        .collect();
+    assert_eq!(dead, want, "each always-failing input dead-lettered once");
+    let retried = counts(&c.read(&c.name("orders-retry"), "read_uncommitted"));
+    assert!(
+        retried.len() == 5 && retried.values().all(|&k| k == 2),
+        "two retry copies each: {retried:?}"
+    );
+    let outputs = counts(&c.read(&p.output, "read_uncommitted"));
+    assert_eq!(outputs.len(), 45);
+    assert!(outputs.values().all(|&k| k == 1), "{outputs:?}");
+}
