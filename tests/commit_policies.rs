@@ -205,17 +205,7 @@ async fn commits_while_handling(policy: &str) -> usize {
     create_topic(&bootstrap, &topic, 1).await;
     produce_n(&bootstrap, &topic, 1, 0, 40).await;
     let seen: Seen = Default::default();
-    let slow = {
-        let seen = seen.clone();
-        service_fn(move |r: Record| {
-            let seen = seen.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                seen.lock().unwrap().push((r.partition(), r.offset()));
-                Ok::<_, BoxError>(())
-            }
-        })
-    };
+    let slow = slow_recording(seen.clone(), Duration::from_millis(20));
     let w = worker(&bootstrap, &group, &topic, policy.parse().unwrap(), slow);
     let handle = w.handle();
     let run = tokio::spawn(w.run());

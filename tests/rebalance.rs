@@ -135,21 +135,14 @@ async fn a_partition_handed_over_on_join_resumes_right_after_the_last_finished_r
     let group = unique("g");
     create_topic(&bootstrap, &topic, 4).await;
     produce_n(&bootstrap, &topic, 4, 0, 800).await;
-    let slow = |seen: Seen| {
-        service_fn(move |r: Record| {
-            let seen = seen.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                seen.lock().unwrap().push((r.partition(), r.offset()));
-                Ok::<_, BoxError>(())
-            }
-        })
-    };
     let worker = |seen: Seen| {
         let w = test_worker(&bootstrap, &group)
             .property("heartbeat.interval.ms", "500")
             .commit_policy(CommitPolicy::async_interval(Duration::from_secs(60)))
-            .route(Route::new(&topic, slow(seen)))
+            .route(Route::new(
+                &topic,
+                slow_recording(seen, Duration::from_millis(20)),
+            ))
             .build()
             .unwrap();
         (w.handle(), tokio::spawn(w.run()))

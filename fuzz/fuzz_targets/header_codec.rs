@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redrive::headers::{self, AttemptsHeader, Failure, Original};
+use redrive::headers::{self, AttemptsHeader, Failure, HeaderProfile, Original};
 use redrive::{headers::Headers, TimestampType};
 
 const KEYS: [&str; 15] = [
@@ -69,6 +69,28 @@ fn others(h: &Headers) -> usize {
         .count()
 }
 
+/// `h` after a failure hop of `orders/3@42` in `profile`.
+fn hop(h: &Headers, attempt: u32, err: &std::io::Error, profile: HeaderProfile) -> Headers {
+    let mut out = h.clone();
+    headers::apply_failure(
+        &mut out,
+        &Failure {
+            topic: "orders",
+            partition: 3,
+            offset: 42,
+            timestamp: Some((1_700_000_000_000, TimestampType::CreateTime)),
+            group: "g",
+            attempt,
+            due_ms: 1_700_000_001_000,
+            error: err,
+            max_text: 256,
+            declared_type: None,
+            profile,
+        },
+    );
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let h = header_list(data);
     let attempt = match headers::read_attempts(&h) {
@@ -89,23 +111,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let err = std::io::Error::other(String::from_utf8_lossy(data).into_owned());
-    let mut out = h.clone();
-    headers::apply_failure(
-        &mut out,
-        &Failure {
-            topic: "orders",
-            partition: 3,
-            offset: 42,
-            timestamp: Some((1_700_000_000_000, TimestampType::CreateTime)),
-            group: "g",
-            attempt,
-            due_ms: 1_700_000_001_000,
-            error: &err,
-            max_text: 256,
-            declared_type: None,
-            profile: Default::default(),
-        },
-    );
+    let mut out = hop(&h, attempt, &err, HeaderProfile::Spring);
     for key in [
         headers::ATTEMPTS,
         headers::BACKOFF_TIMESTAMP,
@@ -135,23 +141,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(headers::trace_id(&out).is_some() || h.last(headers::TRACEPARENT).is_some());
 
     // The compact profile: one compact header, no Spring retry-flow header, the same reads.
-    let mut compact = h.clone();
-    headers::apply_failure(
-        &mut compact,
-        &Failure {
-            topic: "orders",
-            partition: 3,
-            offset: 42,
-            timestamp: Some((1_700_000_000_000, TimestampType::CreateTime)),
-            group: "g",
-            attempt,
-            due_ms: 1_700_000_001_000,
-            error: &err,
-            max_text: 256,
-            declared_type: None,
-            profile: headers::HeaderProfile::Compact,
-        },
-    );
+    let compact = hop(&h, attempt, &err, HeaderProfile::Compact);
     assert_eq!(compact.get_all(headers::COMPACT).count(), 1);
     let spring_flow = [
         "retry_topic-",

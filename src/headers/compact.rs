@@ -137,6 +137,14 @@ impl<'a> Reader<'a> {
 }
 
 impl<'a> Compact<'a> {
+    /// The original timestamp's type.
+    pub fn timestamp_type(&self) -> crate::timestamp::TimestampType {
+        match self.log_append_time {
+            true => crate::timestamp::TimestampType::LogAppendTime,
+            false => crate::timestamp::TimestampType::CreateTime,
+        }
+    }
+
     /// Appends the encoded header value to `buf`.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         buf.push(VERSION);

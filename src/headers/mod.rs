@@ -243,12 +243,19 @@ pub fn attempt_of(headers: &Headers) -> u32 {
 
 /// Reads the due time (epoch ms): the compact header's, or `retry_topic-backoff-timestamp`.
 pub fn due_at_ms(headers: &Headers) -> Option<i64> {
-    if let Some(c) = compact(headers) {
-        return Some(c.due_ms);
+    due_from(
+        headers.last_value(COMPACT),
+        headers.last_value(BACKOFF_TIMESTAMP),
+    )
+}
+
+/// The due time given the values of a record's compact header and its
+/// `retry_topic-backoff-timestamp` (for readers of other header types).
+pub(crate) fn due_from(compact: Option<&[u8]>, backoff: Option<&[u8]>) -> Option<i64> {
+    match compact.and_then(Compact::decode) {
+        Some(c) => Some(c.due_ms),
+        None => backoff.and_then(decode_big_integer),
     }
-    headers
-        .last_value(BACKOFF_TIMESTAMP)
-        .and_then(decode_big_integer)
 }
 
 /// Reads the first delivery's record timestamp (epoch ms): the compact header's, or
@@ -302,10 +309,7 @@ impl Original {
     /// dead-letter form.
     pub fn read(headers: &Headers) -> Self {
         if let Some(c) = compact(headers) {
-            let kind = match c.log_append_time {
-                true => TimestampType::LogAppendTime,
-                false => TimestampType::CreateTime,
-            };
+            let kind = c.timestamp_type();
             return Original {
                 topic: Some(c.topic.to_owned()),
                 partition: Some(c.partition),
@@ -563,35 +567,35 @@ fn compact_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
     truncate_from(&mut text, kind_end, f.max_text);
     let text = String::from_utf8_lossy(&text);
     let (kind, message) = text.split_at(kind_end.min(text.len()));
-    let spring = Original::read(headers);
-    let prev = compact(headers);
-    let (ts, ts_kind) = f.timestamp.unwrap_or((-1, TimestampType::CreateTime));
-    let first = Compact {
+    // Only Spring's headers are read when there is no compact one.
+    let spring;
+    let originals = match compact(headers) {
+        Some(prev) => prev,
+        None => {
+            spring = Original::read(headers);
+            let (ts, kind) = f.timestamp.unwrap_or((-1, TimestampType::CreateTime));
+            let log_append = TimestampType::LogAppendTime;
+            Compact {
+                first_timestamp: original_timestamp(headers).unwrap_or(ts),
+                partition: spring.partition.unwrap_or(f.partition),
+                offset: spring.offset.unwrap_or(f.offset),
+                timestamp: spring.timestamp.unwrap_or(ts),
+                log_append_time: match spring.timestamp_type.as_deref() {
+                    Some(t) => t == log_append.as_java_str(),
+                    None => kind == log_append,
+                },
+                topic: spring.topic.as_deref().unwrap_or(f.topic),
+                ..Compact::default()
+            }
+        }
+    };
+    let c = Compact {
         attempts: f.attempt.saturating_add(1).min(ATTEMPTS_HARD_CAP as u32),
         due_ms: f.due_ms,
-        first_timestamp: original_timestamp(headers).unwrap_or(ts),
-        partition: spring.partition.unwrap_or(f.partition),
-        offset: spring.offset.unwrap_or(f.offset),
-        timestamp: spring.timestamp.unwrap_or(ts),
-        log_append_time: match &spring.timestamp_type {
-            Some(t) => t == TimestampType::LogAppendTime.as_java_str(),
-            None => ts_kind == TimestampType::LogAppendTime,
-        },
-        topic: spring.topic.as_deref().unwrap_or(f.topic),
         group: f.group,
         error_type: kind,
         message,
-    };
-    let c = match prev {
-        Some(p) => Compact {
-            attempts: first.attempts,
-            due_ms: first.due_ms,
-            group: first.group,
-            error_type: first.error_type,
-            message: first.message,
-            ..p
-        },
-        None => first,
+        ..originals
     };
     let start = v.start();
     c.encode(&mut v.buf);
@@ -629,13 +633,13 @@ fn failure_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
 
     let (ts, kind) = f.timestamp.unwrap_or((-1, TimestampType::CreateTime));
     let (topic, partition, offset, ts, kind) = match &prev {
-        Some(c) => {
-            let kind = match c.log_append_time {
-                true => TimestampType::LogAppendTime,
-                false => TimestampType::CreateTime,
-            };
-            (c.topic, c.partition, c.offset, c.timestamp, kind)
-        }
+        Some(c) => (
+            c.topic,
+            c.partition,
+            c.offset,
+            c.timestamp,
+            c.timestamp_type(),
+        ),
         None => (f.topic, f.partition, f.offset, ts, kind),
     };
     v.put(ORIGINAL_TOPIC, topic.as_bytes(), true);

@@ -197,10 +197,7 @@ fn due_of<'a>(
             _ => {}
         }
     }
-    match compact.and_then(crate::headers::Compact::decode) {
-        Some(c) => Some(c.due_ms),
-        None => spring.and_then(crate::headers::decode_big_integer),
-    }
+    crate::headers::due_from(compact, spring)
 }
 
 /// A batch being handed out by a partition task, record by record.

@@ -405,6 +405,21 @@ pub fn recording(
     })
 }
 
+/// [`recording`], taking `delay` per record before it records it.
+pub fn slow_recording(
+    seen: Seen,
+    delay: Duration,
+) -> impl tower::Service<Record, Response = (), Error = BoxError, Future = impl Send> + Clone {
+    tower::service_fn(move |r: Record| {
+        let seen = seen.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            seen.lock().unwrap().push((r.partition(), r.offset()));
+            Ok::<_, BoxError>(())
+        }
+    })
+}
+
 /// librdkafka's in-process mock cluster with `brokers` brokers.
 pub type Mock = MockCluster<'static, DefaultProducerContext>;
 
