@@ -87,8 +87,6 @@ struct RawHeader {
 
 /// Copies messages into a batch.
 struct BatchBuilder {
-    /// The due time of the last record pushed, when asked for ([`BatchBuilder::push`]).
-    last_due: Option<i64>,
     chunks: Vec<Bytes>,
     current: Vec<u8>,
     entries: Vec<Entry>,
@@ -100,7 +98,6 @@ struct BatchBuilder {
 impl BatchBuilder {
     fn new() -> Self {
         BatchBuilder {
-            last_due: None,
             chunks: Vec::new(),
             current: Vec::new(),
             entries: Vec::new(),
@@ -110,17 +107,13 @@ impl BatchBuilder {
         }
     }
 
-    /// Copies `msg` into the batch; its headers only with `read_headers`, and with
-    /// `want_due` notes its due time. Returns the record's size as [`Record::byte_len`]
-    /// counts it.
-    fn push(&mut self, msg: &impl Message, read_headers: bool, want_due: bool) -> usize {
+    /// Copies `msg` into the batch; its headers only with `read_headers`. Returns the
+    /// record's size as [`Record::byte_len`] counts it.
+    fn push(&mut self, msg: &impl Message, read_headers: bool) -> usize {
         let (key, value) = (msg.key(), msg.payload());
         // Once only: librdkafka parses headers on every call when a record has none, with two
         // allocations each time.
         let headers = if read_headers { msg.headers() } else { None };
-        if want_due {
-            self.last_due = headers.as_ref().and_then(|h| due_of(h.iter()));
-        }
         let (mut key_bytes, mut value_bytes) = (0, 0);
         if let Some(h) = &headers {
             for h in h.iter() {
@@ -169,6 +162,25 @@ impl BatchBuilder {
         bytes
     }
 
+    /// The due time the last record's copied headers name (none when headers are not read).
+    fn last_due(&self) -> Option<i64> {
+        let e = self.entries.last()?;
+        // The entry's chunk is the one being filled unless it was full and pushed.
+        let chunk: &[u8] = self.chunks.get(e.chunk).map_or(&self.current, |c| &c[..]);
+        let value = |name: &str| {
+            self.headers[e.headers.clone()]
+                .iter()
+                .rev()
+                .find(|h| &self.keys[h.key.clone()] == name)
+                .and_then(|h| h.value.clone())
+                .map(|r| &chunk[r])
+        };
+        crate::headers::due_from(
+            value(crate::headers::COMPACT),
+            value(crate::headers::BACKOFF_TIMESTAMP),
+        )
+    }
+
     fn finish(mut self) -> Batch {
         if !self.current.is_empty() {
             self.chunks.push(Bytes::from(self.current));
@@ -183,21 +195,6 @@ impl BatchBuilder {
             keys: self.keys,
         }
     }
-}
-
-/// The due time a record's retry headers name (the compact header's, else Spring's).
-fn due_of<'a>(
-    headers: impl Iterator<Item = rdkafka::message::Header<'a, &'a [u8]>>,
-) -> Option<i64> {
-    let (mut compact, mut spring) = (None, None);
-    for h in headers {
-        match h.key {
-            crate::headers::COMPACT => compact = h.value,
-            crate::headers::BACKOFF_TIMESTAMP => spring = h.value,
-            _ => {}
-        }
-    }
-    crate::headers::due_from(compact, spring)
 }
 
 /// A batch being handed out by a partition task, record by record.
@@ -450,7 +447,7 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
             for m in messages.iter() {
                 match m {
                     Ok(msg) => {
-                        let bytes = batch.push(&msg, self.read_headers, self.paced.is_some());
+                        let bytes = batch.push(&msg, self.read_headers);
                         largest = largest.max(Some(bytes));
                         read_after_error = true;
                     }
@@ -478,8 +475,11 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
         if batch.entries.is_empty() {
             return false;
         }
-        if let (Some(p), Some(due)) = (&mut self.paced, batch.last_due) {
-            p.last_due = Some(due);
+        // Once per batch: only the last record's due time matters.
+        if let Some(p) = &mut self.paced {
+            if let Some(due) = batch.last_due() {
+                p.last_due = Some(due);
+            }
         }
         // Room was checked and only this thread sends; a closed channel means the task ended
         // (the partition is being released): its records stay uncommitted.
@@ -523,8 +523,8 @@ mod tests {
             let mut m = message(0, None, Some(b"v"));
             m = m.replace_headers(Some(headers));
             let mut b = BatchBuilder::new();
-            b.push(&m, true, true);
-            b.last_due
+            b.push(&m, true);
+            b.last_due()
         };
         let spring = crate::headers::encode_big_integer(1_765_000_000_123);
         assert_eq!(
@@ -597,7 +597,6 @@ mod tests {
             b.push(
                 &message(i, Some(i.to_string().as_bytes()), Some(&value)),
                 true,
-                false,
             );
         }
         assert!(!b.chunks.is_empty(), "the builder started a second chunk");
@@ -622,13 +621,13 @@ mod tests {
     fn a_record_larger_than_a_chunk_gets_its_own() {
         let big = vec![7u8; CHUNK_BYTES * 3];
         let mut b = BatchBuilder::new();
-        b.push(&message(0, None, Some(b"small")), true, false);
+        b.push(&message(0, None, Some(b"small")), true);
         assert_eq!(
-            b.push(&message(1, Some(b"k"), Some(&big)), true, false),
+            b.push(&message(1, Some(b"k"), Some(&big)), true),
             1 + big.len(),
             "push returns the record's size"
         );
-        b.push(&message(2, None, Some(b"after")), true, false);
+        b.push(&message(2, None, Some(b"after")), true);
         assert_eq!(b.bytes, 5 + 1 + big.len() + 5);
         let rs = records(b);
         assert_eq!(rs[0].value().map(|v| &v[..]), Some(&b"small"[..]));
@@ -662,9 +661,9 @@ mod tests {
             Some(headers),
         );
         let mut b = BatchBuilder::new();
-        b.push(&message(4, Some(b""), None), true, false);
-        b.push(&with_headers, true, false);
-        b.push(&with_headers, false, false);
+        b.push(&message(4, Some(b""), None), true);
+        b.push(&with_headers, true);
+        b.push(&with_headers, false);
         let rs = records(b);
         assert_eq!(
             rs[0].key().map(|k| &k[..]),
