@@ -26,7 +26,7 @@ const GSSAPI: &[(&str, &str)] = &[
 ];
 
 const OIDC: &[(&str, &str)] = &[
-    ("security.protocol", "sasl_ssl"),
+    ("security.protocol", "sasl_plaintext"),
     ("sasl.mechanisms", "OAUTHBEARER"),
     ("sasl.oauthbearer.method", "oidc"),
     ("sasl.oauthbearer.client.id", "redrive"),
