@@ -267,6 +267,20 @@ impl std::error::Error for Unavailable {
     }
 }
 
+/// The failure written on a record that [`AfterDeadLetter::Follow`](crate::AfterDeadLetter)
+/// sent to the dead-letter topic unhandled: an earlier record of its key, which it was parked
+/// behind, was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowedDeadLetter;
+
+impl std::fmt::Display for FollowedDeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an earlier record of this key was dead-lettered; key ordering sends the records parked behind it to the dead-letter topic unhandled")
+    }
+}
+
+impl std::error::Error for FollowedDeadLetter {}
+
 impl From<crate::commit::ParseCommitPolicyError> for Error {
     fn from(e: crate::commit::ParseCommitPolicyError) -> Self {
         Error::config("commit_policy", e.to_string())

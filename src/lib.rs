@@ -61,6 +61,7 @@ mod clock;
 mod commit;
 mod error;
 mod handler;
+mod key_order;
 pub mod headers;
 pub mod layer;
 pub mod metrics;
@@ -75,12 +76,13 @@ mod worker;
 
 pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger, ParseCommitPolicyError};
 pub use error::{
-    error_chain, BoxError, DecodeError, Error, ErrorType, Fatal, Halt, Panicked, RetryAfter,
-    Unavailable,
+    error_chain, BoxError, DecodeError, Error, ErrorType, Fatal, FollowedDeadLetter, Halt, Panicked,
+    RetryAfter, Unavailable,
 };
 #[cfg(feature = "json")]
 pub use handler::Json;
 pub use handler::{FromRecord, RetryContext};
+pub use key_order::AfterDeadLetter;
 pub use record::{Coordinates, Record};
 #[cfg(feature = "macros")]
 pub use redrive_macros::{dlt_handler, retryable_topic};

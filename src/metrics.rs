@@ -57,6 +57,9 @@ pub mod names {
     /// Reads of a partition's queue that returned an error instead of a record, by `topic`
     /// and `partition` (an unsupported codec, a corrupt batch, a broker error).
     pub const FETCH_ERRORS: &str = "redrive_fetch_errors_total";
+    /// Records a route with key ordering parked behind an earlier record of their key in the
+    /// retry chain, by `topic` and `route`.
+    pub const RECORDS_PARKED: &str = "redrive_records_parked_total";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "redrive_build_info";
 }

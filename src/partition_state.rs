@@ -45,6 +45,9 @@ pub(crate) struct PartitionShared {
     halted: AtomicBool,
     /// Why the task ended on its own, when it knows (the worker's error names it).
     failure: Mutex<Option<String>>,
+    /// The blocked keys of the main-topic partition, for a route with key ordering: set on
+    /// the main partition and on each of its retry partitions.
+    pub key_gate: Option<Arc<crate::key_order::KeyGate>>,
 }
 
 /// What a manual-acknowledgement handle tells its partition's task.
@@ -160,6 +163,7 @@ impl PartitionShared {
         partition: i32,
         route: Arc<str>,
         ack_tx: Option<tokio::sync::mpsc::UnboundedSender<AckEvent>>,
+        key_gate: Option<Arc<crate::key_order::KeyGate>>,
     ) -> (Self, Completions) {
         let (deferred_tx, deferred_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = PartitionShared {
@@ -183,6 +187,7 @@ impl PartitionShared {
             lag_records: AtomicI64::new(-1),
             halted: AtomicBool::new(false),
             failure: Mutex::new(None),
+            key_gate,
         };
         (shared, Completions::new(deferred_rx))
     }

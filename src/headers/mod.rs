@@ -278,6 +278,18 @@ pub fn original_group(headers: &Headers) -> Option<&[u8]> {
     }
 }
 
+/// The main-topic offset a retry or dead-letter copy was first read at: the compact header's,
+/// else `kafka_original-offset` (or its dead-letter form).
+pub fn original_offset(headers: &Headers) -> Option<i64> {
+    match compact(headers) {
+        Some(c) => Some(c.offset),
+        None => headers
+            .last_value(ORIGINAL_OFFSET)
+            .or_else(|| headers.last_value(dlt_form::ORIGINAL_OFFSET))
+            .and_then(decode_long),
+    }
+}
+
 /// Original coordinates of a record that went through retry or dead-letter topics, read from
 /// either header form.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode as RdCommitMode, Consumer, ConsumerContext, Rebalance,
+    RebalanceProtocol,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -24,13 +25,15 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::chain::{spawn_restore, ChainJob};
 use super::committer::Committer;
 use super::fetch::{feed, Feeder};
 use super::partition::PartitionStart;
-use super::route::TopicBinding;
+use super::route::{KeyOrderRole, TopicBinding};
 use super::shared::RuntimeShared;
 use super::transactional::TxnState;
 use crate::commit::{CommitMode, CommitTrigger};
+use crate::key_order::KeyGate;
 use crate::partition_state::PartitionShared;
 
 /// One assigned partition, as the poll thread sees it.
@@ -100,8 +103,8 @@ impl RuntimeContext {
             tracing::error!("partitions assigned while the consumer is shutting down");
             return;
         };
-        let cfg = &self.rt.config;
         let mut st = self.state();
+        let mut chains: Vec<ChainJob> = Vec::new();
         for e in tpl.elements() {
             let Some(binding) = self.routes.get(e.topic()) else {
                 tracing::warn!(
@@ -110,55 +113,136 @@ impl RuntimeContext {
                 );
                 continue;
             };
-            let (topic, route) = (&binding.name, &binding.route);
             let p = e.partition();
-            if st.slots.contains_key(&(topic.clone(), p)) {
-                continue;
-            }
-            let Some(queue) = redrive_partition_queue::BatchQueue::split(&consumer, topic, p)
-            else {
-                tracing::error!(topic = %topic, partition = p, "cannot split the partition's queue; it is not consumed");
-                continue;
+            let gate = match &binding.key_order {
+                KeyOrderRole::Main {
+                    after_dead_letter, ..
+                } => Some(Arc::new(KeyGate::new(*after_dead_letter))),
+                _ => None,
             };
-            // Runs on the poll thread (inside `poll`), whose handle the wake-ups use.
-            let paced = binding.stage == crate::layer::Stage::Retry;
-            let (feeder, feed) = feed(queue, binding.read_headers, paced);
-            let (acks, acks_rx) = if cfg.manual_ack {
-                let (a, b) = mpsc::unbounded_channel();
-                (Some(a), Some(b))
-            } else {
-                (None, None)
-            };
-            let (shared, deferred) =
-                PartitionShared::new(topic.clone(), p, route.name().clone(), acks);
-            let shared = Arc::new(shared);
-            let task = route.spawn(
-                self.handle(),
-                PartitionStart {
-                    shared: shared.clone(),
-                    feed,
-                    deferred,
-                    acks: acks_rx,
-                    rt: self.rt.clone(),
-                    concurrency: route.concurrency(),
-                    stage: binding.stage,
-                    max_wait: binding.max_wait,
-                    count_outcomes: binding.count_outcomes,
-                    carry_state: binding.carry_state,
-                },
-            );
-            tracing::info!(topic = %topic, partition = p, route = %route.name(), "partition assigned");
-            st.slots.insert(
-                (topic.clone(), p),
-                Slot {
+            let opened = self.open_slot(&mut st, &consumer, binding, p, gate.clone());
+            if let (Some(shared), Some(gate), KeyOrderRole::Main { retry_topics, .. }) =
+                (opened, gate, &binding.key_order)
+            {
+                chains.push(ChainJob {
+                    main: binding.name.clone(),
+                    partition: p,
+                    retry_topics: retry_topics.clone(),
+                    gate,
                     shared,
-                    feeder,
-                    task,
-                    last_committed: None,
-                },
-            );
+                });
+            }
+        }
+        if !chains.is_empty() {
+            self.assign_chains(&mut st, &consumer, tpl, chains);
         }
         st.update_assigned_gauge(&self.rt);
+    }
+
+    /// Adds the retry partitions of newly assigned main partitions with key ordering to the
+    /// consumer's assignment (they are not subscribed), opens them, and reads their chains
+    /// back (docs/design.md, Key ordering).
+    fn assign_chains(
+        &self,
+        st: &mut DispatchState,
+        consumer: &Arc<BaseConsumer<RuntimeContext>>,
+        tpl: &TopicPartitionList,
+        chains: Vec<ChainJob>,
+    ) {
+        let extras = chain_partitions(chains.iter().map(|j| (&j.retry_topics, j.partition)));
+        let added = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(&extras),
+            _ => {
+                // An eager assignment is replaced as a whole.
+                let mut all = tpl.clone();
+                for e in extras.elements() {
+                    all.add_partition(e.topic(), e.partition());
+                }
+                consumer.assign(&all)
+            }
+        };
+        if let Err(e) = added {
+            tracing::error!(error = %e, "cannot add the retry partitions of key-ordered routes to the assignment; their keys stay blocked");
+        }
+        for job in &chains {
+            for t in &job.retry_topics {
+                if let Some(binding) = self.routes.get(&**t) {
+                    self.open_slot(st, consumer, binding, job.partition, Some(job.gate.clone()));
+                }
+            }
+        }
+        match self.rt.config.chain_reader.clone() {
+            Some(config) => spawn_restore(config, self.rt.group.clone(), chains),
+            None => tracing::error!("a route keeps key order but the worker has no chain reader"),
+        }
+    }
+
+    /// Starts the task of one newly assigned partition; None when it already runs or its
+    /// queue cannot be split.
+    fn open_slot(
+        &self,
+        st: &mut DispatchState,
+        consumer: &Arc<BaseConsumer<RuntimeContext>>,
+        binding: &TopicBinding,
+        p: i32,
+        key_gate: Option<Arc<KeyGate>>,
+    ) -> Option<Arc<PartitionShared>> {
+        let cfg = &self.rt.config;
+        let (topic, route) = (&binding.name, &binding.route);
+        if st.slots.contains_key(&(topic.clone(), p)) {
+            return None;
+        }
+        let Some(queue) = redrive_partition_queue::BatchQueue::split(consumer, topic, p) else {
+            tracing::error!(topic = %topic, partition = p, "cannot split the partition's queue; it is not consumed");
+            return None;
+        };
+        // Runs on the poll thread (inside `poll`), whose handle the wake-ups use.
+        let paced = binding.stage == crate::layer::Stage::Retry;
+        let (feeder, feed) = feed(queue, binding.read_headers, paced);
+        let (acks, acks_rx) = if cfg.manual_ack {
+            let (a, b) = mpsc::unbounded_channel();
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
+        let (shared, deferred) =
+            PartitionShared::new(topic.clone(), p, route.name().clone(), acks, key_gate);
+        let shared = Arc::new(shared);
+        let task = route.spawn(
+            self.handle(),
+            PartitionStart {
+                shared: shared.clone(),
+                feed,
+                deferred,
+                acks: acks_rx,
+                rt: self.rt.clone(),
+                concurrency: route.concurrency(),
+                stage: binding.stage,
+                max_wait: binding.max_wait,
+                count_outcomes: binding.count_outcomes,
+                carry_state: binding.carry_state,
+            },
+        );
+        tracing::info!(topic = %topic, partition = p, route = %route.name(), "partition assigned");
+        let slot = Slot {
+            shared: shared.clone(),
+            feeder,
+            task,
+            last_committed: None,
+        };
+        st.slots.insert((topic.clone(), p), slot);
+        Some(shared)
+    }
+
+    /// The retry partitions read with the given main partitions (key ordering).
+    fn chains_of(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let mains = tpl.elements().into_iter().filter_map(|e| {
+            match &self.routes.get(e.topic())?.key_order {
+                KeyOrderRole::Main { retry_topics, .. } => Some((retry_topics, e.partition())),
+                _ => None,
+            }
+        });
+        chain_partitions(mains)
     }
 
     /// Stops the given partitions' tasks (all when `tpl` is None), waits for their in-flight
@@ -172,7 +256,8 @@ impl RuntimeContext {
         let mut gone: Vec<Slot> = Vec::new();
         match tpl {
             Some(tpl) => {
-                for e in tpl.elements() {
+                let chains = self.chains_of(tpl);
+                for e in tpl.elements().into_iter().chain(chains.elements()) {
                     let key = st
                         .slots
                         .keys()
@@ -320,6 +405,19 @@ impl RuntimeContext {
     }
 }
 
+/// Partition P of each of the given retry topics.
+fn chain_partitions<'a>(
+    mains: impl Iterator<Item = (&'a Vec<Arc<str>>, i32)>,
+) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topics, p) in mains {
+        for t in topics {
+            tpl.add_partition(t, p);
+        }
+    }
+    tpl
+}
+
 /// Pauses or resumes a retry partition's fetching as its feeder says (see `Feeder::pace`).
 /// A failed call is logged and tried again at the next check.
 fn pace(consumer: &BaseConsumer<RuntimeContext>, slot: &mut Slot) {
@@ -463,6 +561,15 @@ impl ConsumerContext for RuntimeContext {
                     .increment(1);
                 if let Err(e) = self.release(consumer, Some(tpl)) {
                     tracing::error!(error = %e, "final commit of revoked partitions failed; their records since the last commit will be delivered again");
+                }
+                // Retry partitions read with revoked main partitions leave with them (an
+                // eager revoke clears the whole assignment by itself).
+                let chains = self.chains_of(tpl);
+                let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+                if chains.count() > 0 && cooperative {
+                    if let Err(e) = consumer.incremental_unassign(&chains) {
+                        tracing::error!(error = %e, "cannot remove the retry partitions of revoked key-ordered partitions from the assignment");
+                    }
                 }
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),

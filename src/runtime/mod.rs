@@ -12,11 +12,13 @@
 //! final are bounded worker-wide by `max_in_flight_records` and `max_in_flight_bytes`.
 
 mod acks;
+mod chain;
 mod committer;
 mod context;
 mod fetch;
 mod lag;
 mod meters;
+mod parking;
 mod partition;
 mod poll;
 mod route;
@@ -30,7 +32,7 @@ pub(crate) use context::RuntimeContext;
 pub(crate) use fetch::FETCH_FAILING_AFTER;
 pub(crate) use lag::spawn_lag_thread;
 pub(crate) use poll::poll_loop;
-pub(crate) use route::{DeadLetter, RouteFactory, ServiceRoute, TopicBinding};
+pub(crate) use route::{DeadLetter, KeyOrderRole, RouteFactory, ServiceRoute, TopicBinding};
 pub use shared::CommitErrorCallback;
 pub(crate) use shared::{RuntimeConfig, RuntimeShared};
 pub(crate) use transactional::{txn_loop, TxnParts, TxnPublisher, TxnState};

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::acks::{AckBook, AckStep};
 use super::fetch::Feed;
 use super::meters::{record_span, report, FinishedCount, Meters};
+use super::parking::{Admit, Parking};
 use super::shared::RuntimeShared;
 use super::source::{InFlight, Pulled, Source};
 use super::tracker::{Completion, OffsetTracker};
@@ -109,6 +110,17 @@ where
         retry: stage == Stage::Retry,
         max_wait,
     };
+    if let Some(gate) = shared.key_gate.clone() {
+        // The retry chain is read back first (docs/design.md, Key ordering).
+        tokio::select! {
+            biased;
+            _ = shared.stopped() => return,
+            _ = gate.ready() => {}
+        }
+        if stage == Stage::Main {
+            return task.run_ordered(svc, source, Parking::new(gate)).await;
+        }
+    }
     if concurrency == 1 && acks.is_none() {
         // The common case: one record at a time, final when the service returns.
         task.run_sequential(svc, source).await;
@@ -241,6 +253,107 @@ impl<'r> Task<'r> {
         }
         source.release_spare();
         self.drain_deferrals().await;
+    }
+
+    /// One record at a time, for a main partition with key ordering: a record whose key has a
+    /// record in the retry chain is parked (unfinished, so the commit stops before it) and
+    /// handled once that record left the chain. The partition takes no new record while the
+    /// records from its commit position reach `max_in_flight_records`, or its parked records
+    /// `max_in_flight_bytes`.
+    async fn run_ordered<S>(&mut self, mut svc: S, mut source: Source<'r>, mut parking: Parking)
+    where
+        S: Service<Record> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let parked = ::metrics::counter!(crate::metrics::names::RECORDS_PARKED,
+            "group" => self.rt.group.to_string(),
+            "topic" => self.shared.topic.to_string(),
+            "route" => self.shared.route.to_string());
+        loop {
+            self.settle_ready_deferrals();
+            let (record, permits) = match parking.next_runnable() {
+                // Counted and marked dispatched when it was parked.
+                Some(record) => (record, InFlight::none(self.rt)),
+                None => {
+                    self.finished.publish();
+                    let full = self.span_full()
+                        || parking.size().1 >= self.rt.config.max_in_flight_bytes
+                        || (self.outstanding > 0 && self.copies_failing());
+                    let pulled = tokio::select! {
+                        biased;
+                        Some(offset) = self.deferred.next(), if self.outstanding > 0 => {
+                            self.settle_deferred(offset);
+                            continue;
+                        }
+                        _ = parking.gate().released() => continue,
+                        pulled = source.next(), if !full => pulled,
+                    };
+                    let Some(Pulled { record, permits }) = pulled else {
+                        break;
+                    };
+                    match self.admit(&mut parking, record, &parked) {
+                        Some(record) => (record, permits),
+                        None => continue,
+                    }
+                }
+            };
+            if !self.handle_ordered(&mut svc, record, permits).await {
+                break;
+            }
+        }
+        source.release_spare();
+        self.drain_deferrals().await;
+    }
+
+    /// A record read from a partition with key ordering: handled now (returned), parked, or
+    /// final at once because its own copy is already in the retry chain. A parked record
+    /// gives its in-flight permits back: a partition's parked records must not take the
+    /// permits its retry partitions need to release them.
+    fn admit(&mut self, parking: &mut Parking, record: Record, parked: &::metrics::Counter) -> Option<Record> {
+        let offset = record.offset;
+        self.meters.consumed.increment(1);
+        self.dispatched(&record);
+        match parking.admit(record) {
+            Admit::Go(record) => Some(record),
+            Admit::Parked => {
+                parked.increment(1);
+                None
+            }
+            Admit::InChain => {
+                tracing::debug!(topic = %self.shared.topic, partition = self.shared.partition, offset, "record read again while its copy is in the retry chain; not handled again");
+                self.settle(offset);
+                None
+            }
+        }
+    }
+
+    /// Handles one record of a partition with key ordering; false when the partition stops.
+    async fn handle_ordered<S>(&mut self, svc: &mut S, record: Record, permits: InFlight<'r>) -> bool
+    where
+        S: Service<Record> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let offset = record.offset;
+        let started = Instant::now();
+        let span = record_span(self.rt, self.shared, &record);
+        let res = match svc.ready().await.map_err(Into::into) {
+            Ok(svc) => guarded_call(svc, record).instrument(span).await,
+            Err(e) => {
+                tracing::error!(topic = %self.shared.topic, partition = self.shared.partition, offset, error = %error_chain(&*e), "service failed; partition stops");
+                return false;
+            }
+        };
+        if !report(self.shared, &self.meters, offset, started.elapsed(), res) {
+            return false;
+        }
+        if self.shared.take_deferred(offset) {
+            self.defer(offset, permits);
+        } else {
+            self.settle(offset);
+        }
+        true
     }
 
     /// Up to `concurrency` records at once (finishing out of order), or with manual

@@ -33,6 +33,24 @@ pub(crate) struct TopicBinding {
     /// Where a record of this topic goes when the transactional loop gives up on it; `None`
     /// for a route without a dead-letter topic (and for the dead-letter topic itself).
     pub dead_letter: Option<DeadLetter>,
+    /// The topic's part in per-key ordering.
+    pub key_order: KeyOrderRole,
+}
+
+/// A topic's part in per-key ordering (docs/design.md, Key ordering).
+#[derive(Clone, Debug, Default)]
+pub(crate) enum KeyOrderRole {
+    /// Not a topic of a route with key ordering (or its dead-letter topic).
+    #[default]
+    None,
+    /// A main topic: the owner of its partition P also reads partition P of these retry
+    /// topics, and parks records of keys in their chain.
+    Main {
+        retry_topics: Vec<Arc<str>>,
+        after_dead_letter: crate::AfterDeadLetter,
+    },
+    /// A retry topic of such a main topic: assigned with its main partition, not subscribed.
+    Chain,
 }
 
 /// A route's dead-letter topic, as the transactional loop writes to it.

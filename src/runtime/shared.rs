@@ -30,6 +30,9 @@ pub(crate) struct RuntimeConfig {
     pub publisher: Option<std::sync::Weak<dyn crate::publish::Publish>>,
     /// The routes' circuit breakers, whose state gauges are refreshed with the others.
     pub breakers: Vec<Arc<crate::layer::breaker::Breaker>>,
+    /// The consumer configuration that reads a retry chain back after an assignment, when a
+    /// route keeps its keys in order (docs/design.md, Key ordering).
+    pub chain_reader: Option<rdkafka::config::ClientConfig>,
 }
 
 /// State shared by the poll thread, the partition tasks and worker handles.

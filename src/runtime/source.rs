@@ -26,7 +26,8 @@ pub(super) struct InFlight<'r> {
 }
 
 impl<'r> InFlight<'r> {
-    fn none(rt: &'r RuntimeShared) -> Self {
+    /// No share: for a record that gave its own back.
+    pub(super) fn none(rt: &'r RuntimeShared) -> Self {
         InFlight {
             rt,
             records: 0,

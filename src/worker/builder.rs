@@ -302,6 +302,11 @@ impl WorkerBuilder {
             ],
         )?;
         validate::routes(&self.routes)?;
+        validate::key_ordering_worker(
+            &self.routes,
+            self.manual_ack,
+            self.transactional.is_some(),
+        )?;
         if self.transactional.is_some() {
             validate::transactional_consumer(&self.props)?;
             validate::no_breakers(&self.routes)?;
@@ -336,6 +341,9 @@ impl WorkerBuilder {
                 on_commit_error: self.on_commit_error,
                 breakers: planned.breakers,
                 publisher: publisher.as_ref().map(Arc::downgrade),
+                chain_reader: planned
+                    .key_ordering
+                    .then(|| client::consumer_config(&self.props)),
             },
         ));
         let context = RuntimeContext::new(

@@ -19,7 +19,8 @@ use crate::layer::Stage;
 use crate::policy::RetryPolicy;
 use crate::publish::{IntoOutputs, KafkaPublisher, Publish};
 use crate::runtime::{
-    DeadLetter, RouteFactory, ServiceRoute, TopicBinding, TxnParts, TxnPublisher, TxnState,
+    DeadLetter, KeyOrderRole, RouteFactory, ServiceRoute, TopicBinding, TxnParts, TxnPublisher,
+    TxnState,
 };
 use crate::transaction::Transactional;
 use crate::{Error, Record};
@@ -54,6 +55,8 @@ pub(super) struct PendingRoute {
     /// The handler's error type, for dead letters whose error names none (unless it is a
     /// boxed trait object, which names nothing).
     declared_error: Option<&'static str>,
+    /// See `Route::key_ordering`.
+    pub(super) key_ordering: Option<crate::AfterDeadLetter>,
     make: MakeBindings,
 }
 
@@ -83,6 +86,7 @@ impl PendingRoute {
                 .error_type
                 .or(Some(std::any::type_name::<S::Error>()))
                 .filter(|name| !name.contains("dyn ")),
+            key_ordering: route.key_ordering,
             make: Box::new(move |layer, output| {
                 let Route {
                     name,
@@ -191,6 +195,8 @@ pub(super) struct Planned {
     pub(super) plans: Vec<TopicPlan>,
     /// The routes' circuit breakers, named after their group and route.
     pub(super) breakers: Vec<Arc<Breaker>>,
+    /// Some route keeps its keys in order.
+    pub(super) key_ordering: bool,
 }
 
 /// Binds every route's topics; a topic read by two routes is an error.
@@ -205,6 +211,7 @@ pub(super) fn topics(
         topics: Vec::new(),
         plans: Vec::new(),
         breakers: Vec::new(),
+        key_ordering: false,
     };
     let mut owner: HashMap<String, String> = HashMap::new();
     for r in routes {
@@ -219,6 +226,8 @@ pub(super) fn topics(
             .map_or(Duration::ZERO, RetryPolicy::max_hold);
         let managed = r.retry.is_some();
         let dead_letters = dead_letters(&r, group);
+        let mut roles = key_order_roles(&r, group);
+        planned.key_ordering |= !roles.is_empty();
         let (name, layered, read_headers) = (r.name.clone(), r.layered, r.read_headers);
         for (t, factory, stage) in (r.make)(layer, publisher.clone()) {
             if let Some(other) = owner.insert(t.clone(), name.clone()) {
@@ -236,12 +245,39 @@ pub(super) fn topics(
                 carry_state: managed || layered || manual_ack,
                 read_headers,
                 dead_letter: dead_letters.get(&t).cloned(),
+                key_order: roles.remove(&t).unwrap_or_default(),
             };
+            let subscribed = !matches!(binding.key_order, KeyOrderRole::Chain);
             planned.by_topic.insert(t.clone(), binding);
-            planned.topics.push(t);
+            if subscribed {
+                planned.topics.push(t);
+            }
         }
     }
     Ok(planned)
+}
+
+/// The part each main and retry topic of a route with key ordering plays in it.
+fn key_order_roles(r: &PendingRoute, group: &str) -> HashMap<String, KeyOrderRole> {
+    let (Some(after_dead_letter), Some(policy)) = (r.key_ordering, r.retry.as_ref()) else {
+        return HashMap::new();
+    };
+    let policy = policy.for_group(group);
+    let mut out = HashMap::new();
+    for main in &r.topics {
+        let topology = policy.topology(main);
+        let retry_topics: Vec<Arc<str>> =
+            topology.retry_topics().iter().map(|t| Arc::from(t.as_str())).collect();
+        for t in topology.retry_topics() {
+            out.insert(t.clone(), KeyOrderRole::Chain);
+        }
+        let role = KeyOrderRole::Main {
+            retry_topics,
+            after_dead_letter,
+        };
+        out.insert(main.clone(), role);
+    }
+    out
 }
 
 /// The dead-letter topic of each main and retry topic of a route with one.

@@ -63,6 +63,8 @@ pub struct Route<S> {
     pub(crate) handler_timeout: Option<std::time::Duration>,
     /// Set with [`Route::error_type_name`].
     pub(crate) error_type: Option<&'static str>,
+    /// Set with [`Route::key_ordering`].
+    pub(crate) key_ordering: Option<crate::AfterDeadLetter>,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -80,6 +82,7 @@ impl<S> std::fmt::Debug for Route<S> {
                 &self.breaker.as_ref().map(|b| b.config()),
             )
             .field("handler_timeout", &self.handler_timeout)
+            .field("key_ordering", &self.key_ordering)
             .finish()
     }
 }
@@ -101,6 +104,7 @@ impl<S> Route<S> {
             breaker: None,
             handler_timeout: None,
             error_type: None,
+            key_ordering: None,
         }
     }
 
@@ -139,6 +143,42 @@ impl<S> Route<S> {
         self.dlt = Some(BoxCloneService::new(
             handler.map_response(|_| ()).map_err(Into::into),
         ));
+        self
+    }
+
+    /// Keeps each key's records in order while one of them retries (docs/design.md, Key
+    /// ordering): while a record of key K from partition P is anywhere in the retry chain,
+    /// later records of K from P wait (parked, in order) and are handled once it succeeded or
+    /// was dead-lettered; other keys flow as usual, and records without a key are not
+    /// affected. The blocked keys are read back from the retry topics after every
+    /// assignment, so order holds across restarts and rebalances.
+    ///
+    /// Requires a [`RetryPolicy`] and [`concurrency`](Self::concurrency) 1, and a worker
+    /// without manual acknowledgement or transactions (the build fails otherwise). The
+    /// owner of main partition P reads partition P of the retry topics itself: they are not
+    /// part of the group's subscription. Every member of the group must run the route with
+    /// key ordering on. Records parked behind a dead letter are handled by default;
+    /// [`key_ordering_after_dead_letter`](Self::key_ordering_after_dead_letter) changes that.
+    ///
+    /// ```
+    /// use redrive::{policy::RetryPolicy, BoxError, Record, Route};
+    /// use tower::service_fn;
+    ///
+    /// let route = Route::new("accounts", service_fn(|_r: Record| async move { Ok::<_, BoxError>(()) }))
+    ///     .retry(RetryPolicy::new().attempts(4))
+    ///     .key_ordering(true);
+    /// ```
+    pub fn key_ordering(mut self, on: bool) -> Self {
+        self.key_ordering = on.then(|| self.key_ordering.unwrap_or_default());
+        self
+    }
+
+    /// Turns [`key_ordering`](Self::key_ordering) on and says what becomes of the records
+    /// parked behind a record that is dead-lettered: handled
+    /// ([`AfterDeadLetter::Continue`](crate::AfterDeadLetter), the default) or sent to the
+    /// dead-letter topic after it unhandled ([`AfterDeadLetter::Follow`](crate::AfterDeadLetter)).
+    pub fn key_ordering_after_dead_letter(mut self, after: crate::AfterDeadLetter) -> Self {
+        self.key_ordering = Some(after);
         self
     }
 
@@ -220,6 +260,7 @@ impl<S> Route<S> {
             breaker: self.breaker,
             handler_timeout: self.handler_timeout,
             error_type: self.error_type,
+            key_ordering: self.key_ordering,
         }
     }
 

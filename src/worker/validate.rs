@@ -148,7 +148,57 @@ fn route(r: &PendingRoute) -> Result<(), Error> {
             Error::config("circuit_breaker", format!("route `{name}`: {reason}"))
         })?;
     }
-    retry(r)
+    retry(r)?;
+    key_ordering(r)
+}
+
+/// A route with key ordering: it needs retry topics whose copies keep their partition, and
+/// one record at a time per partition.
+fn key_ordering(r: &PendingRoute) -> Result<(), Error> {
+    if r.key_ordering.is_none() {
+        return Ok(());
+    }
+    let name = &r.name;
+    let Some(policy) = &r.retry else {
+        return Err(Error::config(
+            "key_ordering",
+            format!("route `{name}` has no retry policy (Route::retry): without retry topics no record is handled out of order, so there is nothing to keep in order"),
+        ));
+    };
+    if r.concurrency != 1 {
+        return Err(Error::config(
+            "key_ordering",
+            format!("route `{name}`: needs concurrency 1 (got {}): records of one key from one partition are handled one after the other", r.concurrency),
+        ));
+    }
+    if let Some(n) = policy.partitions {
+        return Err(Error::config(
+            "key_ordering",
+            format!("route `{name}`: the retry policy sets partitions = {n}; key ordering needs each copy to keep its record's partition (remove `partitions`)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Key ordering parks records in a partition's task and reads each retry chain with its main
+/// partition: neither manual acknowledgement nor a transactional worker's loop does that.
+pub(super) fn key_ordering_worker(
+    routes: &[PendingRoute],
+    manual_ack: bool,
+    transactional: bool,
+) -> Result<(), Error> {
+    let Some(r) = routes.iter().find(|r| r.key_ordering.is_some()) else {
+        return Ok(());
+    };
+    let why = match (manual_ack, transactional) {
+        (true, _) => "manual acknowledgement",
+        (_, true) => "a transactional worker",
+        _ => return Ok(()),
+    };
+    Err(Error::config(
+        "key_ordering",
+        format!("route `{}`: key ordering is not available with {why}", r.name),
+    ))
 }
 
 /// A transactional worker cannot pause a route: its open transaction would outlive the

@@ -9,6 +9,7 @@ use tower::Service;
 
 use super::context::{Bound, FailureCtx};
 use super::delivery::{failure_copy, random_unit, Failed};
+use super::ordering;
 use crate::clock::now_ms;
 use crate::error::{error_chain, BoxError};
 use crate::headers;
@@ -98,6 +99,9 @@ fn destination<'a>(
     now: i64,
 ) -> Destination<'a> {
     let policy = &bound.shared.policy;
+    if err.is::<crate::FollowedDeadLetter>() {
+        return Destination::Dlt { reason: "key-order" };
+    }
     let hop = match class {
         Classification::Fatal(FatalReason::Decode) => return Destination::Dlt { reason: "decode" },
         Classification::Fatal(FatalReason::Fatal) => return Destination::Dlt { reason: "fatal" },
@@ -149,6 +153,8 @@ fn route_failure(
     let now = now_ms();
     let topology = &entry.topology;
     let dest = destination(&bound, &record, attempt, &*err, class, now);
+    let to_retry = matches!(dest, Destination::Retry { .. });
+    ordering::routed(&bound, record.key(), record.offset, record.headers(), to_retry);
     let (topic, due_ms, target) = match dest {
         Destination::Retry { topic, due_ms } => (topic, due_ms, "retry"),
         Destination::Dlt { reason } => match topology.dlt() {

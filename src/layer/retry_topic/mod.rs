@@ -16,6 +16,7 @@ mod delivery;
 mod failure;
 mod future;
 mod layer;
+mod ordering;
 mod service;
 mod shared;
 

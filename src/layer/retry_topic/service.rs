@@ -105,6 +105,11 @@ where
             attempt,
             inner,
         };
+        if super::ordering::follows(&ctx.bound, ctx.kept.offset) {
+            // Straight to the dead-letter topic: not handled, not retried in memory.
+            let ctx = FailureCtx { inner: None, ..ctx };
+            return ResponseFuture::failed(ctx, Box::new(crate::FollowedDeadLetter));
+        }
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(record))) {
             Ok(fut) => ResponseFuture::new(fut, ctx),
             Err(p) => ResponseFuture::failed(ctx, Box::new(Panicked::from_payload(&*p))),
