@@ -9,7 +9,8 @@
 //! Records are keyed `k<n>` with the value `<seq>`, the record's place in its key's sequence.
 //! About one record in ten fails on its first one to three attempts (which ones follows from
 //! key and sequence), so failures spread over the whole retry chain; every record succeeds
-//! in the end. Each successful handling appends `<key> <seq>` to OK_LOG.
+//! in the end. Each successful handling appends `<key> <seq>` to OK_LOG. `KEY_ORDER_HANDLER_MS`
+//! sets the work per record (2 ms).
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +44,13 @@ async fn main() -> Result<(), BoxError> {
     let [bootstrap, topic, group, ok_log] = args.as_slice() else {
         return Err("usage: key_order_worker BOOTSTRAP TOPIC GROUP OK_LOG".into());
     };
+    // Work per record, so a kill lands while records are in flight.
+    let work = Duration::from_millis(
+        std::env::var("KEY_ORDER_HANDLER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
+    );
     let log = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
             .create(true)
@@ -55,13 +63,16 @@ async fn main() -> Result<(), BoxError> {
             let key = std::str::from_utf8(r.key().map_or(&b""[..], |k| &k[..]))?.to_owned();
             let seq: u64 = std::str::from_utf8(r.value().map_or(&b""[..], |v| &v[..]))?.parse()?;
             let attempt = redrive::headers::attempt_of(r.headers());
-            // Work per record, so a kill lands while records are in flight.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(work).await;
             if attempt <= failures(&key, seq) {
-                return Err::<(), BoxError>(format!("{key} {seq} fails on attempt {attempt}").into());
+                return Err::<(), BoxError>(
+                    format!("{key} {seq} fails on attempt {attempt}").into(),
+                );
             }
             // One write per line: a SIGKILL cannot leave half a line in the page cache.
-            log.lock().unwrap().write_all(format!("{key} {seq}\n").as_bytes())?;
+            log.lock()
+                .unwrap()
+                .write_all(format!("{key} {seq}\n").as_bytes())?;
             Ok(())
         }
     });

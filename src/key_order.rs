@@ -198,6 +198,9 @@ mod tests {
     fn after_dead_letter_parses() {
         assert_eq!("follow".parse(), Ok(AfterDeadLetter::Follow));
         assert_eq!("continue".parse(), Ok(AfterDeadLetter::Continue));
-        assert!("dlt".parse::<AfterDeadLetter>().unwrap_err().contains("`continue` or `follow`"));
+        assert!("dlt"
+            .parse::<AfterDeadLetter>()
+            .unwrap_err()
+            .contains("`continue` or `follow`"));
     }
 }

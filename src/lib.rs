@@ -61,8 +61,8 @@ mod clock;
 mod commit;
 mod error;
 mod handler;
-mod key_order;
 pub mod headers;
+mod key_order;
 pub mod layer;
 pub mod metrics;
 mod partition_state;
@@ -76,8 +76,8 @@ mod worker;
 
 pub use commit::{Acknowledgment, CommitMode, CommitPolicy, CommitTrigger, ParseCommitPolicyError};
 pub use error::{
-    error_chain, BoxError, DecodeError, Error, ErrorType, Fatal, FollowedDeadLetter, Halt, Panicked,
-    RetryAfter, Unavailable,
+    error_chain, BoxError, DecodeError, Error, ErrorType, Fatal, FollowedDeadLetter, Halt,
+    Panicked, RetryAfter, Unavailable,
 };
 #[cfg(feature = "json")]
 pub use handler::Json;

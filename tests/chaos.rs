@@ -1,6 +1,7 @@
 //! Reliability under breakage (docs/design.md, Test tiers: tier 4): a worker process killed with SIGKILL at
 //! random moments, and a broker restarted mid-run; afterwards every input record is
-//! accounted for (handled ok at least once, or in the DLT), zero lost.
+//! accounted for (handled ok at least once, or in the DLT), zero lost. With key ordering,
+//! two members killed in turn keep every key's records in order.
 //!
 //! Default sizes keep the suite quick; `REDRIVE_CHAOS_LONG=1` runs the long variant
 //! (100,000 records, 20 kills). Figures go to stdout (`--nocapture`) and RELIABILITY.md.
@@ -21,20 +22,20 @@ fn long() -> bool {
     std::env::var("REDRIVE_CHAOS_LONG").is_ok_and(|v| v == "1")
 }
 
-/// Builds the chaos worker example once and returns its path.
-fn chaos_worker() -> PathBuf {
+/// Builds an example worker and returns its path.
+fn example(name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", "chaos_worker"])
+        .args(["build", "--quiet", "--example", name])
         .current_dir(&root)
         .status()
-        .expect("run cargo build --example chaos_worker");
-    assert!(status.success(), "building the chaos worker failed");
+        .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+    assert!(status.success(), "building the {name} example failed");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    target.join("debug/examples/chaos_worker")
+    target.join("debug/examples").join(name)
 }
 
 /// The retry topics of `topic` the chaos worker's policy created.
@@ -102,7 +103,7 @@ async fn sigkill_loop_loses_nothing() {
     } else {
         (6_000, 5)
     };
-    let bin = chaos_worker();
+    let bin = example("chaos_worker");
     let bootstrap = bootstrap();
     let topic = unique("chaos");
     let group = unique("g");
@@ -315,4 +316,168 @@ async fn broker_restart_mid_run_loses_nothing() {
         c.iter().all(|(p, o)| *o == Some(ends[p])),
         "committed to the end after the restart: {c:?} vs {ends:?}"
     );
+}
+
+/// `key_order_worker`'s successes: (key, seq) in the order written.
+fn keyed_lines(log: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, s) = l.split_once(' ')?;
+            Some((k.to_owned(), s.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Records whose first success came before an earlier record of their key had succeeded:
+/// (key, seq, the seq it overtook).
+fn order_violations(lines: &[(String, u64)]) -> Vec<(String, u64, u64)> {
+    let mut done: HashMap<&str, BTreeSet<u64>> = HashMap::new();
+    let mut out = Vec::new();
+    for (k, s) in lines {
+        let seen = done.entry(k).or_default();
+        if seen.contains(s) {
+            continue;
+        }
+        if let Some(missing) = (0..*s).find(|p| !seen.contains(p)) {
+            out.push((k.clone(), *s, missing));
+        }
+        seen.insert(*s);
+    }
+    out
+}
+
+/// Produces `seqs` records for each of `keys` keys, `k<n>` to partition n % partitions, in
+/// sequence order.
+async fn produce_keyed(bootstrap: &str, topic: &str, partitions: u64, keys: u64, seqs: u64) {
+    use rdkafka::producer::FutureRecord;
+    let p = producer(bootstrap);
+    let items: Vec<(String, String, i32)> = (0..seqs)
+        .flat_map(|s| {
+            (0..keys).map(move |k| (format!("k{k}"), s.to_string(), (k % partitions) as i32))
+        })
+        .collect();
+    // The idempotent producer keeps each partition's records in the order sent.
+    let sends = items.iter().map(|(k, v, part)| {
+        p.send(
+            FutureRecord::to(topic).key(k).payload(v).partition(*part),
+            Duration::from_secs(30),
+        )
+    });
+    for r in futures_util::future::join_all(sends).await {
+        r.map_err(|(e, _)| e).expect("produce");
+    }
+}
+
+fn spawn_keyed(bin: &Path, bootstrap: &str, topic: &str, group: &str, log: &Path) -> Child {
+    Command::new(bin)
+        .env("KEY_ORDER_HANDLER_MS", "3")
+        .args([bootstrap, topic, group, log.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the key order worker")
+}
+
+/// Waits until the log grew by `more` lines (or panics after 60 s).
+async fn progress(log: &Path, more: usize, what: &str) {
+    let target = keyed_lines(log).len() + more;
+    let waiting = Instant::now();
+    while keyed_lines(log).len() < target {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "{what}: no progress in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_order_holds_through_kills_and_a_rebalance() {
+    init_tracing();
+    let (keys, seqs, partitions) = (50u64, 100u64, 3u64);
+    let bin = example("key_order_worker");
+    let bootstrap = bootstrap();
+    let topic = unique("chaos-keyed");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, partitions as i32).await;
+    produce_keyed(&bootstrap, &topic, partitions, keys, seqs).await;
+    let dir = std::env::temp_dir().join(unique("chaos-keyed-log"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("ok.log");
+    let total = (keys * seqs) as usize;
+    let started = Instant::now();
+
+    let mut rng = Rng(std::process::id() as u64 * 2_654_435_761 + 7);
+    let mut a = spawn_keyed(&bin, &bootstrap, &topic, &group, &log);
+    progress(&log, 200, "first member").await;
+    // A second member joins: the partitions (and their retry chains) are split.
+    let mut b = spawn_keyed(&bin, &bootstrap, &topic, &group, &log);
+    progress(&log, 300, "after the second member joined").await;
+    let mut kills = 0;
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.next(800))).await;
+        let victim = if round % 2 == 0 { &mut a } else { &mut b };
+        victim.kill().expect("SIGKILL");
+        victim.wait().unwrap();
+        kills += 1;
+        let done: BTreeSet<(String, u64)> = keyed_lines(&log).into_iter().collect();
+        assert!(
+            done.len() < total,
+            "kill {kills} landed after the last record: it tested nothing"
+        );
+        println!(
+            "key order kill {kills}: {} distinct records handled",
+            done.len()
+        );
+        *victim = spawn_keyed(&bin, &bootstrap, &topic, &group, &log);
+        progress(&log, 150, "after a restart").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done: BTreeSet<(String, u64)> = keyed_lines(&log).into_iter().collect();
+        if done.len() == total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} records handled",
+            done.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for child in [&mut a, &mut b] {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "SIGTERM exit: {status:?}");
+    }
+    let lines = keyed_lines(&log);
+    let violations = order_violations(&lines);
+    // Every hop of the chain was used, and nothing was dead-lettered.
+    let retried: Vec<usize> = retry_topics(&bootstrap, &topic)
+        .iter()
+        .map(|t| read_topic(&bootstrap, t).len())
+        .collect();
+    let dead = read_topic(&bootstrap, &format!("{topic}-dlt")).len();
+    println!(
+        "key order chaos: keys={keys} records={total} kills={kills} handled={} retry copies per topic={retried:?} dead={dead} violations={} elapsed={:?}",
+        lines.len(),
+        violations.len(),
+        started.elapsed()
+    );
+    assert!(
+        violations.is_empty(),
+        "records handled before an earlier record of their key: {:?}",
+        &violations[..violations.len().min(10)]
+    );
+    assert_eq!(retried.len(), 3, "retry topics: {retried:?}");
+    assert!(
+        retried.iter().all(|n| *n > 0),
+        "a hop of the chain was never used: {retried:?}"
+    );
+    assert_eq!(dead, 0, "every record succeeds in the end");
 }

@@ -33,7 +33,9 @@ fn logging(
             let (k, v) = (text(r.key()), text(r.value()));
             let attempt = headers::attempt_of(r.headers());
             let failed = fails(&k, &v, attempt);
-            log.lock().unwrap().push((k.clone(), v.clone(), attempt, !failed));
+            log.lock()
+                .unwrap()
+                .push((k.clone(), v.clone(), attempt, !failed));
             match failed {
                 true => Err::<(), BoxError>(format!("{k} {v} fails on attempt {attempt}").into()),
                 false => Ok(()),
@@ -77,8 +79,13 @@ fn seq(key: &'static str, n: usize) -> Vec<(&'static str, String)> {
 }
 
 /// Runs a worker on `topic` until `done` holds, then stops it.
-async fn run_until<S>(bootstrap: &str, group: &str, route: Route<S>, what: &str, done: impl FnMut() -> bool)
-where
+async fn run_until<S>(
+    bootstrap: &str,
+    group: &str,
+    route: Route<S>,
+    what: &str,
+    done: impl FnMut() -> bool,
+) where
     S: tower::Service<Record, Response = (), Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
@@ -98,11 +105,17 @@ where
 async fn a_retrying_record_holds_back_later_records_of_its_key_only() {
     init_tracing();
     let bootstrap = bootstrap();
-    let policy = RetryPolicy::new().attempts(4).fixed(Duration::from_millis(400));
+    let policy = RetryPolicy::new()
+        .attempts(4)
+        .fixed(Duration::from_millis(400));
     // a/0 fails twice; the other records of `a` come after it, `b` flows meanwhile.
     let fails = |k: &str, v: &str, attempt: u32| k == "a" && v == "0" && attempt <= 2;
-    let records: Vec<(&str, String)> = [seq("a", 1), seq("b", 3), vec![("a", "1".into()), ("a", "2".into())]]
-        .concat();
+    let records: Vec<(&str, String)> = [
+        seq("a", 1),
+        seq("b", 3),
+        vec![("a", "1".into()), ("a", "2".into())],
+    ]
+    .concat();
     for ordered in [true, false] {
         let topic = unique("keyed");
         create_topic(&bootstrap, &topic, 1).await;
@@ -112,16 +125,29 @@ async fn a_retrying_record_holds_back_later_records_of_its_key_only() {
             .retry(policy.clone())
             .key_ordering(ordered);
         let l = log.clone();
-        run_until(&bootstrap, &unique("g"), route, "every record handled", move || {
-            ok_values(&l, "a").len() == 3 && ok_values(&l, "b").len() == 3
-        })
+        run_until(
+            &bootstrap,
+            &unique("g"),
+            route,
+            "every record handled",
+            move || ok_values(&l, "a").len() == 3 && ok_values(&l, "b").len() == 3,
+        )
         .await;
         let a = ok_values(&log, "a");
         let b_done = first_ok(&log, "b", "2").unwrap();
         let a0 = first_ok(&log, "a", "0").unwrap();
         if ordered {
-            assert_eq!(a, ["0", "1", "2"], "key a out of order: {:?}", log.lock().unwrap());
-            assert!(b_done < a0, "key b waited for key a: {:?}", log.lock().unwrap());
+            assert_eq!(
+                a,
+                ["0", "1", "2"],
+                "key a out of order: {:?}",
+                log.lock().unwrap()
+            );
+            assert!(
+                b_done < a0,
+                "key b waited for key a: {:?}",
+                log.lock().unwrap()
+            );
         } else {
             // Without it the retry overtakes: the oracle above can fail.
             assert_eq!(a, ["1", "2", "0"], "{:?}", log.lock().unwrap());
@@ -133,7 +159,9 @@ async fn a_retrying_record_holds_back_later_records_of_its_key_only() {
 async fn records_parked_behind_a_dead_letter_follow_it_or_continue() {
     init_tracing();
     let bootstrap = bootstrap();
-    let policy = RetryPolicy::new().attempts(2).fixed(Duration::from_millis(300));
+    let policy = RetryPolicy::new()
+        .attempts(2)
+        .fixed(Duration::from_millis(300));
     let fails = |k: &str, v: &str, _: u32| k == "a" && v == "0";
     let records = [seq("a", 3), seq("b", 2)].concat();
     for after in [AfterDeadLetter::Follow, AfterDeadLetter::Continue] {
@@ -146,11 +174,22 @@ async fn records_parked_behind_a_dead_letter_follow_it_or_continue() {
             .key_ordering_after_dead_letter(after);
         let dlt = format!("{topic}-dlt");
         let (l, b) = (log.clone(), bootstrap.clone());
-        let expected_dead = if after == AfterDeadLetter::Follow { 3 } else { 1 };
-        run_until(&bootstrap, &unique("g"), route, "dead letters written", move || {
-            ok_values(&l, "b").len() == 2 && read_topic(&b, &dlt).len() >= expected_dead
-                && (after == AfterDeadLetter::Follow || ok_values(&l, "a").len() == 2)
-        })
+        let expected_dead = if after == AfterDeadLetter::Follow {
+            3
+        } else {
+            1
+        };
+        run_until(
+            &bootstrap,
+            &unique("g"),
+            route,
+            "dead letters written",
+            move || {
+                ok_values(&l, "b").len() == 2
+                    && read_topic(&b, &dlt).len() >= expected_dead
+                    && (after == AfterDeadLetter::Follow || ok_values(&l, "a").len() == 2)
+            },
+        )
         .await;
         let dead = read_topic(&bootstrap, &format!("{topic}-dlt"));
         let dead_values: Vec<String> = dead
@@ -160,18 +199,37 @@ async fn records_parked_behind_a_dead_letter_follow_it_or_continue() {
         match after {
             AfterDeadLetter::Follow => {
                 assert_eq!(dead_values, ["0", "1", "2"]);
-                let handled: Vec<_> = log.lock().unwrap().iter().filter(|c| c.0 == "a").map(|c| c.1.clone()).collect();
-                assert!(handled.iter().all(|v| v == "0"), "a/1 and a/2 were handled: {handled:?}");
+                let handled: Vec<_> = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c.0 == "a")
+                    .map(|c| c.1.clone())
+                    .collect();
+                assert!(
+                    handled.iter().all(|v| v == "0"),
+                    "a/1 and a/2 were handled: {handled:?}"
+                );
                 for m in &dead[1..] {
-                    let fqcn = header(m, headers::EXCEPTION_FQCN).map(|v| String::from_utf8_lossy(v).into_owned());
-                    assert!(fqcn.as_deref().is_some_and(|t| t.contains("FollowedDeadLetter")), "{fqcn:?}");
+                    let fqcn = header(m, headers::EXCEPTION_FQCN)
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
+                    assert!(
+                        fqcn.as_deref()
+                            .is_some_and(|t| t.contains("FollowedDeadLetter")),
+                        "{fqcn:?}"
+                    );
                 }
             }
             AfterDeadLetter::Continue => {
                 assert_eq!(dead_values, ["0"]);
                 assert_eq!(ok_values(&log, "a"), ["1", "2"]);
                 // Handled only after a/0 was dead-lettered: after its last attempt.
-                let last_a0 = log.lock().unwrap().iter().rposition(|c| c.0 == "a" && c.1 == "0").unwrap();
+                let last_a0 = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .rposition(|c| c.0 == "a" && c.1 == "0")
+                    .unwrap();
                 assert!(first_ok(&log, "a", "1").unwrap() > last_a0);
             }
         }
@@ -196,19 +254,38 @@ async fn blocked_keys_are_read_back_after_a_restart() {
             .key_ordering(true)
     };
     let l = log.clone();
-    run_until(&bootstrap, &group, route(), "a/0 failed and b/0 handled", move || {
-        ok_values(&l, "b").len() == 1 && l.lock().unwrap().iter().any(|c| c.0 == "a" && !c.3)
-    })
+    run_until(
+        &bootstrap,
+        &group,
+        route(),
+        "a/0 failed and b/0 handled",
+        move || {
+            ok_values(&l, "b").len() == 1 && l.lock().unwrap().iter().any(|c| c.0 == "a" && !c.3)
+        },
+    )
     .await;
-    assert!(ok_values(&log, "a").is_empty(), "a/1 ran before a/0: {:?}", log.lock().unwrap());
+    assert!(
+        ok_values(&log, "a").is_empty(),
+        "a/1 ran before a/0: {:?}",
+        log.lock().unwrap()
+    );
     // A new worker: a/1 is read again from the main topic, a/0 from its retry topic; a/1
     // must wait for a/0 although this worker never saw a/0 fail.
     let l = log.clone();
-    run_until(&bootstrap, &group, route(), "a/0 and a/1 handled", move || {
-        ok_values(&l, "a").len() == 2
-    })
+    run_until(
+        &bootstrap,
+        &group,
+        route(),
+        "a/0 and a/1 handled",
+        move || ok_values(&l, "a").len() == 2,
+    )
     .await;
-    assert_eq!(ok_values(&log, "a"), ["0", "1"], "{:?}", log.lock().unwrap());
+    assert_eq!(
+        ok_values(&log, "a"),
+        ["0", "1"],
+        "{:?}",
+        log.lock().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,8 +320,14 @@ async fn parked_records_are_bounded_and_none_is_dropped() {
     // While a/0 waited, the partition read at most 20 records past a/1 (the commit
     // position): the others waited in the broker, not in memory.
     let before_a0 = first_ok(&log, "a", "0").unwrap();
-    let b_before = log.lock().unwrap()[..before_a0].iter().filter(|c| c.0 == "b").count();
-    assert!(b_before <= 20, "{b_before} records of b handled while a/1 was parked");
+    let b_before = log.lock().unwrap()[..before_a0]
+        .iter()
+        .filter(|c| c.0 == "b")
+        .count();
+    assert!(
+        b_before <= 20,
+        "{b_before} records of b handled while a/1 was parked"
+    );
     assert!(b_before > 0, "b waited for a");
     let b: Vec<String> = ok_values(&log, "b");
     assert_eq!(b, (0..300).map(|i| i.to_string()).collect::<Vec<_>>());
@@ -263,14 +346,22 @@ async fn key_ordering_refuses_what_it_cannot_do() {
             .err()
             .map(|e| e.to_string())
     };
-    let base = Route::new("t", handler).retry(RetryPolicy::new()).key_ordering(true);
+    let base = Route::new("t", handler)
+        .retry(RetryPolicy::new())
+        .key_ordering(true);
     let no_retry = Route::new("t", handler).key_ordering(true);
     assert!(build(no_retry, false).unwrap().contains("no retry policy"));
-    assert!(build(base.clone().concurrency(4), false).unwrap().contains("concurrency 1"));
-    assert!(build(base.clone(), true).unwrap().contains("manual acknowledgement"));
+    assert!(build(base.clone().concurrency(4), false)
+        .unwrap()
+        .contains("concurrency 1"));
+    assert!(build(base.clone(), true)
+        .unwrap()
+        .contains("manual acknowledgement"));
     let partitions = Route::new("t", handler)
         .retry(RetryPolicy::new().partitions(3))
         .key_ordering(true);
-    assert!(build(partitions, false).unwrap().contains("keep its record's partition"));
+    assert!(build(partitions, false)
+        .unwrap()
+        .contains("keep its record's partition"));
     assert_eq!(build(base, false), None);
 }

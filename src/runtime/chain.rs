@@ -161,7 +161,7 @@ fn blocking(record: &Record, group: &str, jobs: &[ChainJob]) -> Option<(usize, i
         .iter()
         .position(|j| j.partition == p && j.retry_topics.iter().any(|t| &**t == topic))?;
     let original = Original::read(record.headers());
-    let from_main = original.topic.as_deref() == Some(&*jobs[job].main)
-        && original.partition == Some(p);
+    let from_main =
+        original.topic.as_deref() == Some(&*jobs[job].main) && original.partition == Some(p);
     Some((job, original.offset?, key)).filter(|_| from_main)
 }

@@ -565,7 +565,10 @@ impl ConsumerContext for RuntimeContext {
                 // Retry partitions read with revoked main partitions leave with them (an
                 // eager revoke clears the whole assignment by itself).
                 let chains = self.chains_of(tpl);
-                let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+                let cooperative = matches!(
+                    consumer.rebalance_protocol(),
+                    RebalanceProtocol::Cooperative
+                );
                 if chains.count() > 0 && cooperative {
                     if let Err(e) = consumer.incremental_unassign(&chains) {
                         tracing::error!(error = %e, "cannot remove the retry partitions of revoked key-ordered partitions from the assignment");

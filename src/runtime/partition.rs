@@ -310,7 +310,12 @@ impl<'r> Task<'r> {
     /// final at once because its own copy is already in the retry chain. A parked record
     /// gives its in-flight permits back: a partition's parked records must not take the
     /// permits its retry partitions need to release them.
-    fn admit(&mut self, parking: &mut Parking, record: Record, parked: &::metrics::Counter) -> Option<Record> {
+    fn admit(
+        &mut self,
+        parking: &mut Parking,
+        record: Record,
+        parked: &::metrics::Counter,
+    ) -> Option<Record> {
         let offset = record.offset;
         self.meters.consumed.increment(1);
         self.dispatched(&record);
@@ -329,7 +334,12 @@ impl<'r> Task<'r> {
     }
 
     /// Handles one record of a partition with key ordering; false when the partition stops.
-    async fn handle_ordered<S>(&mut self, svc: &mut S, record: Record, permits: InFlight<'r>) -> bool
+    async fn handle_ordered<S>(
+        &mut self,
+        svc: &mut S,
+        record: Record,
+        permits: InFlight<'r>,
+    ) -> bool
     where
         S: Service<Record> + Clone + Send + 'static,
         S::Error: Into<BoxError>,

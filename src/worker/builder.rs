@@ -302,11 +302,7 @@ impl WorkerBuilder {
             ],
         )?;
         validate::routes(&self.routes)?;
-        validate::key_ordering_worker(
-            &self.routes,
-            self.manual_ack,
-            self.transactional.is_some(),
-        )?;
+        validate::key_ordering_worker(&self.routes, self.manual_ack, self.transactional.is_some())?;
         if self.transactional.is_some() {
             validate::transactional_consumer(&self.props)?;
             validate::no_breakers(&self.routes)?;

@@ -266,8 +266,11 @@ fn key_order_roles(r: &PendingRoute, group: &str) -> HashMap<String, KeyOrderRol
     let mut out = HashMap::new();
     for main in &r.topics {
         let topology = policy.topology(main);
-        let retry_topics: Vec<Arc<str>> =
-            topology.retry_topics().iter().map(|t| Arc::from(t.as_str())).collect();
+        let retry_topics: Vec<Arc<str>> = topology
+            .retry_topics()
+            .iter()
+            .map(|t| Arc::from(t.as_str()))
+            .collect();
         for t in topology.retry_topics() {
             out.insert(t.clone(), KeyOrderRole::Chain);
         }

@@ -197,7 +197,10 @@ pub(super) fn key_ordering_worker(
     };
     Err(Error::config(
         "key_ordering",
-        format!("route `{}`: key ordering is not available with {why}", r.name),
+        format!(
+            "route `{}`: key ordering is not available with {why}",
+            r.name
+        ),
     ))
 }
 

@@ -100,7 +100,9 @@ fn destination<'a>(
 ) -> Destination<'a> {
     let policy = &bound.shared.policy;
     if err.is::<crate::FollowedDeadLetter>() {
-        return Destination::Dlt { reason: "key-order" };
+        return Destination::Dlt {
+            reason: "key-order",
+        };
     }
     let hop = match class {
         Classification::Fatal(FatalReason::Decode) => return Destination::Dlt { reason: "decode" },
@@ -154,7 +156,13 @@ fn route_failure(
     let topology = &entry.topology;
     let dest = destination(&bound, &record, attempt, &*err, class, now);
     let to_retry = matches!(dest, Destination::Retry { .. });
-    ordering::routed(&bound, record.key(), record.offset, record.headers(), to_retry);
+    ordering::routed(
+        &bound,
+        record.key(),
+        record.offset,
+        record.headers(),
+        to_retry,
+    );
     let (topic, due_ms, target) = match dest {
         Destination::Retry { topic, due_ms } => (topic, due_ms, "retry"),
         Destination::Dlt { reason } => match topology.dlt() {
