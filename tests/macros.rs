@@ -80,6 +80,34 @@ async fn compact(_record: Record) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+#[redrive::retryable_topic(topic = "macro-keyed", key_ordering = true)]
+async fn keyed(_record: Record) -> Result<(), std::io::Error> {
+    Ok(())
+}
+
+#[redrive::retryable_topic(
+    topic = "macro-keyed-follow",
+    key_ordering = true,
+    after_dead_letter = "follow"
+)]
+async fn keyed_follow(_record: Record) -> Result<(), std::io::Error> {
+    Ok(())
+}
+
+#[test]
+fn the_macro_key_ordering_is_the_hand_built_one() {
+    use redrive::{AfterDeadLetter, IntoRoute};
+    assert_eq!(
+        keyed.into_route().key_order(),
+        Some(AfterDeadLetter::Continue)
+    );
+    assert_eq!(
+        keyed_follow.into_route().key_order(),
+        Some(AfterDeadLetter::Follow)
+    );
+    assert_eq!(compact.into_route().key_order(), None);
+}
+
 #[test]
 fn the_macro_header_profile_is_the_hand_built_one() {
     let want = RetryPolicy::new().header_profile(redrive::headers::HeaderProfile::Compact);

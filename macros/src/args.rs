@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use syn::{bracketed, parenthesized, Ident, LitBool, LitFloat, LitInt, LitStr, Path, Token};
 
 /// Every key `#[retryable_topic]` accepts.
-pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, headers, dlt_handler, circuit_breaker, handler_timeout";
+pub(crate) const KEYS: &str = "topic, group, attempts, backoff, include, exclude, dlt_strategy, suffix, timeout, concurrency, auto_create_topics, group_scoped, partitions, headers, dlt_handler, circuit_breaker, handler_timeout, key_ordering, after_dead_letter";
 /// Every key of `backoff(...)`.
 pub(crate) const BACKOFF_KEYS: &str = "delay, multiplier, max, jitter";
 
@@ -75,6 +75,8 @@ pub(crate) struct Args {
     pub dlt_handler: Option<Path>,
     pub circuit_breaker: Option<Breaker>,
     pub handler_timeout: Option<DurationLit>,
+    pub key_ordering: Option<(Span, bool)>,
+    pub after_dead_letter: Option<(Span, &'static str)>,
 }
 
 /// `circuit_breaker(...)`; `None` = the default of `redrive::policy::CircuitBreaker`.
@@ -336,6 +338,17 @@ impl Parse for Args {
                         a.auto_create_topics = Some(input.parse::<LitBool>()?.value)
                     }
                     "group_scoped" => a.group_scoped = Some(input.parse::<LitBool>()?.value),
+                    "key_ordering" => {
+                        let b = input.parse::<LitBool>()?;
+                        a.key_ordering = Some((b.span(), b.value));
+                    }
+                    "after_dead_letter" => {
+                        a.after_dead_letter = Some(one_of(
+                            &input.parse()?,
+                            &["continue", "follow"],
+                            "after_dead_letter",
+                        )?)
+                    }
                     "partitions" => {
                         let l: LitInt = input.parse()?;
                         let n: u64 = l.base10_parse()?;
@@ -367,6 +380,32 @@ impl Parse for Args {
             }
             input.parse::<Token![,]>()?;
         }
+        key_ordering(&a)?;
         Ok(a)
     }
+}
+
+/// Keys that `key_ordering` rules out or that need it.
+fn key_ordering(a: &Args) -> syn::Result<()> {
+    let on = a.key_ordering.filter(|(_, on)| *on).map(|(span, _)| span);
+    if let (Some((span, _)), None) = (a.after_dead_letter, on) {
+        return Err(syn::Error::new(
+            span,
+            "after_dead_letter applies only with key_ordering = true",
+        ));
+    }
+    let Some(span) = on else { return Ok(()) };
+    if a.concurrency.is_some_and(|n| n > 1) {
+        return Err(syn::Error::new(
+            span,
+            "key_ordering needs concurrency = 1: records of one key are handled one after the other",
+        ));
+    }
+    if a.partitions.is_some() {
+        return Err(syn::Error::new(
+            span,
+            "key_ordering needs each copy to keep its record's partition: remove `partitions`",
+        ));
+    }
+    Ok(())
 }

@@ -209,6 +209,14 @@ pub(crate) fn retryable_topic(args: Args, f: &ItemFn) -> syn::Result<TokenStream
     if let Some(g) = &args.group {
         route = quote!(#route.group(#g));
     }
+    match (args.key_ordering, args.after_dead_letter) {
+        (Some((_, true)), Some((_, "follow"))) => {
+            route =
+                quote!(#route.key_ordering_after_dead_letter(::redrive::AfterDeadLetter::Follow));
+        }
+        (Some((_, true)), _) => route = quote!(#route.key_ordering(true)),
+        _ => {}
+    }
     if let Some(d) = &args.dlt_handler {
         route = quote_spanned! {d.span()=>
             #route.dlt_handler(::redrive::__private::DltHandlerFn::into_service(#d))

@@ -46,6 +46,8 @@ use syn::ItemFn;
 ///     headers = "spring",                // spring (default) | compact: one redrive-compact header
 ///     dlt_handler = billing_dlt,         // a #[dlt_handler] fn consuming orders-dlt
 ///     handler_timeout = "30s",           // a call longer than this fails (and is retried)
+///     key_ordering = false,              // true: a key's later records wait while one retries;
+///                                        // then after_dead_letter = "continue" (default) | "follow"
 ///     circuit_breaker(consecutive_failures = 5, open_for = "1s", max_open_for = "60s"),
 ///                                        // pause on redrive::Unavailable failures (bare: defaults)
 /// )]

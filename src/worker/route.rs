@@ -182,6 +182,11 @@ impl<S> Route<S> {
         self
     }
 
+    /// Whether the route keeps key order, and what follows a dead letter if so.
+    pub fn key_order(&self) -> Option<crate::AfterDeadLetter> {
+        self.key_ordering
+    }
+
     /// The retry policy, if any.
     pub fn retry_policy(&self) -> Option<&RetryPolicy> {
         self.retry.as_ref()
