@@ -9,8 +9,12 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// What becomes of records parked behind a record that is dead-lettered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// What becomes of records parked behind a record that is dead-lettered. In config files:
+/// `"continue"` or `"follow"`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum AfterDeadLetter {
     /// They are handled, in order, as if the dead-lettered record had succeeded (the
     /// default): nothing reaches the DLT that did not fail.
@@ -20,6 +24,15 @@ pub enum AfterDeadLetter {
     /// `redrive::FollowedDeadLetter`), for handlers whose later records make no sense
     /// without the earlier one. Records of the key read after that are handled again.
     Follow,
+}
+
+impl std::fmt::Display for AfterDeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AfterDeadLetter::Continue => "continue",
+            AfterDeadLetter::Follow => "follow",
+        })
+    }
 }
 
 impl std::str::FromStr for AfterDeadLetter {

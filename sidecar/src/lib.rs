@@ -74,6 +74,10 @@ pub fn build_workers(config: &Config) -> Result<Vec<(String, Worker)>, BoxError>
                 .name(r.name.clone())
                 .concurrency(r.partition_concurrency)
                 .retry(r.retry.clone());
+            let route = match (r.key_ordering, r.after_dead_letter) {
+                (true, Some(after)) => route.key_ordering_after_dead_letter(after),
+                (on, _) => route.key_ordering(on),
+            };
             builder = match breaker(r).map_err(|e| format!("{}: routes[{i}]: {e}", config.file))? {
                 Some(b) => builder.route(route.circuit_breaker(b)),
                 None => builder.route(route),

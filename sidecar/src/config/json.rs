@@ -57,6 +57,7 @@ impl Config {
             "timeout": duration(r.timeout),
             "concurrency": r.concurrency,
             "partition_concurrency": r.partition_concurrency,
+            "key_ordering": r.key_ordering.then(|| r.after_dead_letter.unwrap_or_default().to_string()),
             "commit_policy": r.commit_policy(&self.worker).to_string(),
             "content_type": r.content_type,
             "format": format!("{:?}", r.format).to_lowercase(),

@@ -214,6 +214,10 @@ impl Config {
                     r.content_type,
                 );
                 let _ = writeln!(s, "    policy: {}", r.retry);
+                if r.key_ordering {
+                    let after = r.after_dead_letter.unwrap_or_default();
+                    let _ = writeln!(s, "    key ordering: on (after a dead letter: {after})");
+                }
                 if let Some(ca) = &r.ca_path {
                     let _ = writeln!(s, "    tls: the system's roots and {ca}");
                 }
@@ -416,6 +420,36 @@ backoff = { delay = "1s", multiplier = 2.0, max = "10s" }
             "{e}"
         );
         assert!(!e.to_string().contains(":pw@"), "{e}");
+    }
+
+    #[test]
+    fn key_ordering_mistakes_are_reported() {
+        let text = format!(
+            "{GOOD}\n[[routes]]\nname = \"keyed\"\ntopic = \"accounts\"\ngroup = \"g2\"\nurl = \"http://127.0.0.1:1/x\"\nkey_ordering = true\npartition_concurrency = 2\n[routes.retry]\npartitions = 4\n[[routes]]\nname = \"loose\"\ntopic = \"audit\"\ngroup = \"g2\"\nurl = \"http://127.0.0.1:1/x\"\nafter_dead_letter = \"follow\"\n"
+        );
+        let e = parse(&text, &[]).unwrap_err();
+        let found: Vec<(&str, &str)> =
+            e.0.iter()
+                .map(|e| (e.key.as_str(), e.reason.as_str()))
+                .collect();
+        assert_eq!(found.len(), 3, "{e}");
+        assert!(
+            found[0].0 == "routes[1].key_ordering"
+                && found[0].1.contains("partition_concurrency = 1"),
+            "{e}"
+        );
+        assert!(
+            found[1].0 == "routes[1].key_ordering" && found[1].1.contains("retry.partitions"),
+            "{e}"
+        );
+        assert_eq!(found[2].0, "routes[2].after_dead_letter", "{e}");
+        let ok = format!(
+            "{GOOD}\n[[routes]]\nname = \"keyed\"\ntopic = \"accounts\"\ngroup = \"g2\"\nurl = \"http://127.0.0.1:1/x\"\nkey_ordering = true\nafter_dead_letter = \"follow\"\n"
+        );
+        let config = parse(&ok, &[]).unwrap();
+        assert!(config
+            .describe()
+            .contains("key ordering: on (after a dead letter: follow)"));
     }
 
     #[test]

@@ -215,6 +215,14 @@ pub struct RouteConfig {
     /// Exactly-once consume-transform-produce. Not available in the sidecar yet.
     #[serde(default)]
     pub transactional: bool,
+    /// Keeps each key's records in order while one of them retries (the library's
+    /// `Route::key_ordering`): needs `partition_concurrency = 1` and no `retry.partitions`.
+    #[serde(default)]
+    pub key_ordering: bool,
+    /// With `key_ordering`: what becomes of the records parked behind a dead letter,
+    /// `"continue"` (the default: they are forwarded) or `"follow"` (dead-lettered unsent).
+    #[serde(default)]
+    pub after_dead_letter: Option<redrive::AfterDeadLetter>,
     /// The `Content-Type` of forwarded requests.
     #[serde(default = "default_content_type")]
     pub content_type: String,
@@ -258,6 +266,8 @@ impl fmt::Debug for RouteConfig {
             .field("partition_concurrency", &self.partition_concurrency)
             .field("commit_policy", &self.commit_policy)
             .field("transactional", &self.transactional)
+            .field("key_ordering", &self.key_ordering)
+            .field("after_dead_letter", &self.after_dead_letter)
             .field("content_type", &self.content_type)
             .field("retry", &self.retry)
             .field("circuit_breaker", &self.circuit_breaker)

@@ -156,6 +156,7 @@ fn route(i: usize, r: &RouteConfig, found: &mut Found<'_>) {
             "the sidecar does not offer transactional routes yet (an HTTP call is a side effect outside Kafka, which a Kafka transaction cannot undo); use at-least-once with an idempotent endpoint".into(),
         );
     }
+    key_ordering(r, &at, found);
     if let Err(e) = r.retry.validate() {
         let (key, reason) = match e {
             redrive::Error::Config { setting, reason } if setting.starts_with("retry.") => {
@@ -187,6 +188,33 @@ fn route(i: usize, r: &RouteConfig, found: &mut Found<'_>) {
                 "must be an HTTP status code, 100 to 599".into(),
             );
         }
+    }
+}
+
+/// What `key_ordering` needs, and `after_dead_letter` without it.
+fn key_ordering(r: &RouteConfig, at: &dyn Fn(&str) -> String, found: &mut Found<'_>) {
+    if !r.key_ordering {
+        if r.after_dead_letter.is_some() {
+            found.push(
+                at("after_dead_letter"),
+                "applies only with key_ordering = true".into(),
+            );
+        }
+        return;
+    }
+    if r.partition_concurrency != 1 {
+        found.push(
+            at("key_ordering"),
+            format!("needs partition_concurrency = 1 (got {}): records of one key are forwarded one after the other", r.partition_concurrency),
+        );
+    }
+    if let Some(n) = r.retry.partitions {
+        found.push(
+            at("key_ordering"),
+            format!(
+                "needs each copy to keep its record's partition: remove retry.partitions (= {n})"
+            ),
+        );
     }
 }
 
