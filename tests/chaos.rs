@@ -3,8 +3,8 @@
 //! accounted for (handled ok at least once, or in the DLT), zero lost. With key ordering,
 //! two members killed in turn keep every key's records in order.
 //!
-//! Default sizes keep the suite quick; `REDRIVE_CHAOS_LONG=1` runs the long variant
-//! (100,000 records, 20 kills). Figures go to stdout (`--nocapture`) and RELIABILITY.md.
+//! Default sizes keep the suite quick; `REDRIVE_CHAOS_LONG=1` runs the long variants
+//! (100,000 records, 20 kills; key ordering: 50,000 records, 10 kills). Figures go to stdout (`--nocapture`) and RELIABILITY.md.
 
 mod support;
 
@@ -396,7 +396,8 @@ async fn progress(log: &Path, more: usize, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_order_holds_through_kills_and_a_rebalance() {
     init_tracing();
-    let (keys, seqs, partitions) = (50u64, 100u64, 3u64);
+    let (keys, partitions) = (50u64, 3u64);
+    let (seqs, rounds) = if long() { (1_000u64, 10) } else { (100, 4) };
     let bin = example("key_order_worker");
     let bootstrap = bootstrap();
     let topic = unique("chaos-keyed");
@@ -416,7 +417,7 @@ async fn key_order_holds_through_kills_and_a_rebalance() {
     let mut b = spawn_keyed(&bin, &bootstrap, &topic, &group, &log);
     progress(&log, 300, "after the second member joined").await;
     let mut kills = 0;
-    for round in 0..4 {
+    for round in 0..rounds {
         tokio::time::sleep(Duration::from_millis(rng.next(800))).await;
         let victim = if round % 2 == 0 { &mut a } else { &mut b };
         victim.kill().expect("SIGKILL");
@@ -464,8 +465,9 @@ async fn key_order_holds_through_kills_and_a_rebalance() {
         .collect();
     let dead = read_topic(&bootstrap, &format!("{topic}-dlt")).len();
     println!(
-        "key order chaos: keys={keys} records={total} kills={kills} handled={} retry copies per topic={retried:?} dead={dead} violations={} elapsed={:?}",
+        "key order chaos: keys={keys} records={total} kills={kills} handled={} duplicates={} retry copies per topic={retried:?} dead={dead} violations={} elapsed={:?}",
         lines.len(),
+        lines.len() - total,
         violations.len(),
         started.elapsed()
     );

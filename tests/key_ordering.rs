@@ -365,3 +365,78 @@ async fn key_ordering_refuses_what_it_cannot_do() {
         .contains("keep its record's partition"));
     assert_eq!(build(base, false), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_under_cooperative_rebalancing_keeps_order() {
+    init_tracing();
+    let bootstrap = bootstrap();
+    let topic = unique("keyed-coop");
+    let group = unique("g");
+    create_topic(&bootstrap, &topic, 2).await;
+    // a on partition 0, b on partition 1; a/0 and b/0 retry while the second member joins.
+    let p = producer(&bootstrap);
+    for (k, part) in [("a", 0), ("b", 1)] {
+        for v in 0..4 {
+            p.send(
+                FutureRecord::to(&topic)
+                    .key(k)
+                    .payload(&v.to_string())
+                    .partition(part),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+    }
+    let policy = RetryPolicy::new()
+        .attempts(4)
+        .fixed(Duration::from_millis(1500));
+    let fails = |_: &str, v: &str, attempt: u32| v == "0" && attempt <= 2;
+    let log: Log = Arc::default();
+    let worker = |log: &Log| {
+        test_worker(&bootstrap, &group)
+            .property("partition.assignment.strategy", "cooperative-sticky")
+            .route(
+                Route::new(&topic, logging(log.clone(), fails))
+                    .retry(policy.clone())
+                    .key_ordering(true),
+            )
+            .build()
+            .unwrap()
+    };
+    let first = worker(&log);
+    let (h1, r1) = (first.handle(), tokio::spawn(first.run()));
+    let l = log.clone();
+    eventually(
+        Duration::from_secs(30),
+        "a/0 and b/0 failed once",
+        move || l.lock().unwrap().iter().filter(|c| !c.3).count() >= 2,
+    )
+    .await;
+    let second = worker(&log);
+    let (h2, r2) = (second.handle(), tokio::spawn(second.run()));
+    let l = log.clone();
+    eventually(Duration::from_secs(60), "every record handled", move || {
+        ok_values(&l, "a").len() >= 4 && ok_values(&l, "b").len() >= 4
+    })
+    .await;
+    h1.shutdown();
+    h2.shutdown();
+    r1.await.unwrap().unwrap();
+    r2.await.unwrap().unwrap();
+    for key in ["a", "b"] {
+        let mut firsts: Vec<String> = Vec::new();
+        for v in ok_values(&log, key) {
+            if !firsts.contains(&v) {
+                firsts.push(v);
+            }
+        }
+        assert_eq!(
+            firsts,
+            ["0", "1", "2", "3"],
+            "key {key}: {:?}",
+            log.lock().unwrap()
+        );
+    }
+}

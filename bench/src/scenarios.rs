@@ -219,7 +219,7 @@ fn happy_cpu_line(run: &Run, s: &mut HappySamples, bcpu: f64, rcpu: f64) -> Line
 /// main-topic throughput against its happy path, and against a raw loop doing the same.
 pub(crate) async fn retry(run: &Run, happy: &Happy, lines: &mut Vec<Line>) {
     let m = env_number("BENCH_RETRY_RECORDS", run.n);
-    let (mut rr, mut raw, mut compact) = (vec![], vec![], vec![]);
+    let (mut rr, mut raw, mut compact, mut keyed) = (vec![], vec![], vec![], vec![]);
     let mut completed = 0;
     for round in 0..run.rounds {
         // A fresh topic per round: its retry topics start empty.
@@ -231,7 +231,8 @@ pub(crate) async fn retry(run: &Run, happy: &Happy, lines: &mut Vec<Line>) {
             raw.push(retry_round(round, "raw retry loop", measured).0);
         }
         if run.side != "baseline" {
-            let measured = redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Spring).await;
+            let measured =
+                redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Spring, false).await;
             let (r, done) = retry_round(round, "retry path", measured);
             rr.push(r);
             completed = done;
@@ -240,8 +241,16 @@ pub(crate) async fn retry(run: &Run, happy: &Happy, lines: &mut Vec<Line>) {
             let topic = support::unique("bench-retry-compact");
             support::create_topic(&run.bootstrap, &topic, PARTITIONS).await;
             produce(&run.bootstrap, &topic, m).await;
-            let measured = redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Compact).await;
+            let measured =
+                redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Compact, false).await;
             compact.push(retry_round(round, "retry path, compact headers", measured).0);
+            // Key ordering on the same workload (100,000 keys), on a topic of its own.
+            let topic = support::unique("bench-retry-keyed");
+            support::create_topic(&run.bootstrap, &topic, PARTITIONS).await;
+            produce(&run.bootstrap, &topic, m).await;
+            let measured =
+                redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Spring, true).await;
+            keyed.push(retry_round(round, "retry path, key ordering", measured).0);
         }
     }
     // With BENCH_SIDE=baseline redrive's side is not run: 1.0, as for the happy lines.
@@ -262,6 +271,17 @@ pub(crate) async fn retry(run: &Run, happy: &Happy, lines: &mut Vec<Line>) {
             median(&mut compact),
             Bound::AtLeast(0.70),
             format!("unit=records/s baseline=redrive-happy-path records={m} headers=compact"),
+        ));
+    }
+    if !keyed.is_empty() {
+        // What keeping each key in order costs: a record of a key whose earlier record waits
+        // in the retry topic (about one in ten keys at a time) waits for it too.
+        lines.push(Line::ratio(
+            "retry_path_key_ordering",
+            r,
+            median(&mut keyed),
+            Bound::AtLeast(0.80),
+            format!("unit=records/s baseline=retry-path records={m} keys=100000"),
         ));
     }
     if !raw.is_empty() {

@@ -117,6 +117,7 @@ pub(crate) async fn redrive_retry(
     topic: &str,
     n: u64,
     profile: redrive::headers::HeaderProfile,
+    key_ordering: bool,
 ) -> (f64, f64, Option<f64>, u64) {
     let main_done = Arc::new(PerPartition::default());
     let partitions_done = Arc::new(AtomicU64::new(0));
@@ -171,7 +172,11 @@ pub(crate) async fn redrive_retry(
         .group_id(support::unique("bench-retry"))
         .property("session.timeout.ms", "6000")
         .commit_policy(CommitPolicy::async_every(1000))
-        .route(Route::new(topic, handler).retry(policy));
+        .route(
+            Route::new(topic, handler)
+                .retry(policy)
+                .key_ordering(key_ordering),
+        );
     let worker = with_bench_props(worker).build().unwrap();
     let h = worker.handle();
     let run = tokio::spawn(worker.run());

@@ -76,9 +76,7 @@ pub(crate) struct FailureCtx<S> {
 }
 
 impl<S> FailureCtx<S> {
-    /// The handler succeeded: counted, and a retry-topic record leaves the retry chain.
     pub(crate) fn count_ok(&self) {
         self.bound.entry.count_ok(self.attempt);
-        super::ordering::succeeded(&self.bound, self.kept.key.as_ref(), &self.kept.headers);
     }
 }

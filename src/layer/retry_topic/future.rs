@@ -8,6 +8,7 @@ use tower::Service;
 
 use super::context::FailureCtx;
 use super::failure::{on_failure, Failing};
+use super::ordering;
 use crate::error::BoxError;
 use crate::error::{Halt, Panicked};
 use crate::Record;
@@ -93,6 +94,12 @@ where
                         Ok(Poll::Ready(Ok(_))) => {
                             let ctx = this.ctx.take().expect("polled after completion");
                             ctx.count_ok();
+                            // A retry-topic record leaves the chain (key ordering).
+                            ordering::succeeded(
+                                &ctx.bound,
+                                ctx.kept.key.as_ref(),
+                                &ctx.kept.headers,
+                            );
                             return Poll::Ready(Ok(()));
                         }
                         Ok(Poll::Ready(Err(e))) => e.into(),
