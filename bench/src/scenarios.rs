@@ -219,7 +219,8 @@ fn happy_cpu_line(run: &Run, s: &mut HappySamples, bcpu: f64, rcpu: f64) -> Line
 /// main-topic throughput against its happy path, and against a raw loop doing the same.
 pub(crate) async fn retry(run: &Run, happy: &Happy, lines: &mut Vec<Line>) {
     let m = env_number("BENCH_RETRY_RECORDS", run.n);
-    let (mut rr, mut raw, mut compact, mut keyed) = (vec![], vec![], vec![], vec![]);
+    let (mut rr, mut raw, mut compact) = (vec![], vec![], vec![]);
+    let (mut keyed, mut unique_keys) = (vec![], vec![]);
     let mut completed = 0;
     for round in 0..run.rounds {
         // A fresh topic per round: its retry topics start empty.
@@ -244,13 +245,8 @@ pub(crate) async fn retry(run: &Run, happy: &Happy, lines: &mut Vec<Line>) {
             let measured =
                 redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Compact, false).await;
             compact.push(retry_round(round, "retry path, compact headers", measured).0);
-            // Key ordering on the same workload (100,000 keys), on a topic of its own.
-            let topic = support::unique("bench-retry-keyed");
-            support::create_topic(&run.bootstrap, &topic, PARTITIONS).await;
-            produce(&run.bootstrap, &topic, m).await;
-            let measured =
-                redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Spring, true).await;
-            keyed.push(retry_round(round, "retry path, key ordering", measured).0);
+            keyed.push(keyed_round(run, round, m, KEYS).await);
+            unique_keys.push(keyed_round(run, round, m, m).await);
         }
     }
     // With BENCH_SIDE=baseline redrive's side is not run: 1.0, as for the happy lines.
@@ -274,14 +270,23 @@ pub(crate) async fn retry(run: &Run, happy: &Happy, lines: &mut Vec<Line>) {
         ));
     }
     if !keyed.is_empty() {
-        // What keeping each key in order costs: a record of a key whose earlier record waits
-        // in the retry topic (about one in ten keys at a time) waits for it too.
-        lines.push(Line::ratio(
+        // What keeping each key in order costs on this workload: a key recurs every 100,000
+        // records, well within a retry's 1 s, so most records wait behind a retry of their
+        // key, and each partition stops reading at `max_in_flight_records` (10,000) past its
+        // oldest waiting record. No target: the cost is the semantics'.
+        lines.push(Line::report(
             "retry_path_key_ordering",
             r,
             median(&mut keyed),
-            Bound::AtLeast(0.80),
-            format!("unit=records/s baseline=retry-path records={m} keys=100000"),
+            format!("unit=records/s baseline=retry-path records={m} keys={KEYS}"),
+        ));
+        // Every key distinct: nothing waits, so this is the bookkeeping's own cost.
+        lines.push(Line::ratio(
+            "retry_path_key_ordering_unique_keys",
+            r,
+            median(&mut unique_keys),
+            Bound::AtLeast(0.90),
+            format!("unit=records/s baseline=retry-path records={m} keys={m}"),
         ));
     }
     if !raw.is_empty() {
@@ -299,6 +304,16 @@ pub(crate) async fn retry(run: &Run, happy: &Happy, lines: &mut Vec<Line>) {
             ),
         ));
     }
+}
+
+/// One round of the retry scenario with key ordering on, over `keys` distinct keys, on a
+/// topic of its own; its main-topic records/s.
+async fn keyed_round(run: &Run, round: usize, m: u64, keys: u64) -> f64 {
+    let topic = support::unique("bench-retry-keyed");
+    support::create_topic(&run.bootstrap, &topic, PARTITIONS).await;
+    produce_keyed(&run.bootstrap, &topic, m, keys).await;
+    let measured = redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Spring, true).await;
+    retry_round(round, &format!("retry path, key ordering over {keys} keys"), measured).0
 }
 
 /// The delay scenario: how late 10,000 retries start after their due time.

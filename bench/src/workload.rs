@@ -14,7 +14,15 @@ pub(crate) const VALUE_BYTES: usize = 100;
 /// 2.1M records/s, and the raw retry loop ran at 180k (BENCHMARKS.md, Tuning).
 pub(crate) const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 
+/// Keys of the records [`produce`] writes: record i has key `i % KEYS`.
+pub(crate) const KEYS: u64 = 100_000;
+
 pub(crate) async fn produce(bootstrap: &str, topic: &str, n: u64) {
+    produce_keyed(bootstrap, topic, n, KEYS).await
+}
+
+/// [`produce`] with `keys` distinct keys (record i has key `i % keys`).
+pub(crate) async fn produce_keyed(bootstrap: &str, topic: &str, n: u64, keys: u64) {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
@@ -25,7 +33,7 @@ pub(crate) async fn produce(bootstrap: &str, topic: &str, n: u64) {
     let value = [b'x'; VALUE_BYTES];
     let mut pending = Vec::with_capacity(10_000);
     for i in 0..n {
-        let key = (i % 100_000).to_string();
+        let key = (i % keys).to_string();
         let f = p.send_result(
             FutureRecord::to(topic)
                 .key(&key)
