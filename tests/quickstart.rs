@@ -1,5 +1,5 @@
-//! The README's first command, `cargo run --example quickstart`, on librdkafka's mock
-//! cluster: it exits 0 and its summary line matches what the example's rules make of its 300
+//! The examples that run on librdkafka's mock cluster. The README's first command, `cargo run
+//! --example quickstart`: it exits 0 and its summary line matches what the example's rules make of its 300
 //! orders (every 10th, `order % 10 == 3`, fails once; every 25th, `order % 25 == 7`, always
 //! fails), computed here, not read from the example: 30 retried, 12 dead-lettered, 288 ok,
 //! none lost.
@@ -8,24 +8,24 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn quickstart() -> PathBuf {
+fn example(name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", "quickstart"])
+        .args(["build", "--quiet", "--example", name])
         .current_dir(&root)
         .status()
-        .expect("run cargo build --example quickstart");
-    assert!(status.success(), "building the quickstart failed");
+        .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+    assert!(status.success(), "building the {name} example failed");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    target.join("debug/examples/quickstart")
+    target.join("debug/examples").join(name)
 }
 
 #[test]
 fn the_quickstart_handles_every_order_and_its_summary_adds_up() {
-    let out = Command::new(quickstart())
+    let out = Command::new(example("quickstart"))
         .env_remove("KAFKA_BOOTSTRAP_SERVERS")
         .output()
         .expect("run the quickstart");
@@ -61,4 +61,36 @@ fn the_quickstart_handles_every_order_and_its_summary_adds_up() {
     ]);
     assert_eq!(counts, expected, "summary: {line}");
     assert_eq!(counts["ok"] + counts["dead_lettered"], counts["consumed"]);
+}
+
+/// `cargo run --example key_ordering` on the mock cluster: with key ordering off some updates
+/// overtake earlier ones of their account (so the count can tell), with it on none does.
+#[test]
+fn the_key_ordering_example_keeps_every_account_in_order() {
+    let out = Command::new(example("key_ordering"))
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .output()
+        .expect("run the key_ordering example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the example failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let early = |state: &str| -> u32 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("key ordering {state}:")))
+            .unwrap_or_else(|| panic!("no line for key ordering {state} in: {stdout}"));
+        line.split_once(": ")
+            .unwrap()
+            .1
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(early("off") > 0, "{stdout}");
+    assert_eq!(early("on "), 0, "{stdout}");
 }

@@ -313,7 +313,12 @@ async fn keyed_round(run: &Run, round: usize, m: u64, keys: u64) -> f64 {
     support::create_topic(&run.bootstrap, &topic, PARTITIONS).await;
     produce_keyed(&run.bootstrap, &topic, m, keys).await;
     let measured = redrive_retry(&run.bootstrap, &topic, m, HeaderProfile::Spring, true).await;
-    retry_round(round, &format!("retry path, key ordering over {keys} keys"), measured).0
+    retry_round(
+        round,
+        &format!("retry path, key ordering over {keys} keys"),
+        measured,
+    )
+    .0
 }
 
 /// The delay scenario: how late 10,000 retries start after their due time.
