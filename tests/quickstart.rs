@@ -1,8 +1,8 @@
 //! The examples that run on librdkafka's mock cluster. The README's first command, `cargo run
-//! --example quickstart`: it exits 0 and its summary line matches what the example's rules make of its 300
-//! orders (every 10th, `order % 10 == 3`, fails once; every 25th, `order % 25 == 7`, always
-//! fails), computed here, not read from the example: 30 retried, 12 dead-lettered, 288 ok,
-//! none lost.
+//! --example quickstart`: it exits 0 and its summary line matches what the example's rules
+//! make of its 300 orders (every 10th, `order % 10 == 3`, fails once; every 25th,
+//! `order % 25 == 7`, always fails), computed here, not read from the example: 30 retried,
+//! 12 dead-lettered, 288 ok, none lost.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
