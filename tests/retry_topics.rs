@@ -1254,11 +1254,13 @@ async fn the_compact_profile_carries_the_whole_flow_in_one_header() {
     }
 }
 
-/// Copies due 4 s ahead: the retry partitions stop fetching while what they fetched is due
-/// more than 2 s ahead and start again 1 s before (`Feeder::pace`). Records produced in two
-/// waves 1.5 s apart all come back once, none early, each within 500 ms of its due time.
+/// Copies due 4 s ahead, handed over 3 at a time: a retry partition whose hand-over is full
+/// and due more than a second ahead stops fetching, drops what librdkafka fetched ahead (a
+/// seek back to its next record) and fetches again when its task takes a batch
+/// (`Feeder::take_hold`). Records produced in two waves 1.5 s apart all come back once, none
+/// early, each within 500 ms of its due time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_due_far_ahead_are_paced_and_none_is_late_or_lost() {
+async fn retries_due_far_ahead_stop_fetching_and_none_is_late_or_lost() {
     init_tracing();
     let bootstrap = bootstrap();
     let topic = unique("paced");
@@ -1272,11 +1274,12 @@ async fn retries_due_far_ahead_are_paced_and_none_is_late_or_lost() {
         }
     }
     let policy = RetryPolicy::new().attempts(2).fixed(Duration::from_secs(4));
-    let w = worker_with(
-        &bootstrap,
-        &group,
-        Route::new(&topic, scripted(ledger.clone(), once)).retry(policy),
-    );
+    let w = test_worker(&bootstrap, &group)
+        .commit_policy(CommitPolicy::async_interval(Duration::from_millis(200)))
+        .max_poll_records(3)
+        .route(Route::new(&topic, scripted(ledger.clone(), once)).retry(policy))
+        .build()
+        .unwrap();
     let h = w.handle();
     let run = tokio::spawn(w.run());
     produce_n(&bootstrap, &topic, 2, 0, 20).await;

@@ -340,13 +340,20 @@ impl RuntimeContext {
 
     /// Hands waiting records to the partition tasks with room for a batch. True when some
     /// partition may have more right away.
-    pub(crate) fn fetch(&self, st: &mut DispatchState) -> bool {
+    pub(crate) fn fetch(
+        &self,
+        st: &mut DispatchState,
+        consumer: &BaseConsumer<RuntimeContext>,
+    ) -> Result<bool, crate::Error> {
         let max = self.rt.config.max_poll_records;
         let mut more = false;
         for slot in st.slots.values_mut() {
             more |= slot.feeder.fetch(max, &slot.shared, &self.rt.group);
+            if let Some(pause) = slot.feeder.take_hold() {
+                hold(consumer, slot, pause)?;
+            }
         }
-        more
+        Ok(more)
     }
 
     /// Commits when the policy says so and refreshes gauges.
@@ -397,7 +404,6 @@ impl RuntimeContext {
             }
             for slot in st.slots.values_mut() {
                 slot.feeder.check_reads(&slot.shared);
-                pace(consumer, slot);
             }
             return dead_task(st);
         }
@@ -418,12 +424,14 @@ fn chain_partitions<'a>(
     tpl
 }
 
-/// Pauses or resumes a retry partition's fetching as its feeder says (see `Feeder::pace`).
-/// A failed call is logged and tried again at the next check.
-fn pace(consumer: &BaseConsumer<RuntimeContext>, slot: &mut Slot) {
-    let Some(pause) = slot.feeder.pace(crate::clock::now_ms()) else {
-        return;
-    };
+/// Pauses or resumes a retry partition's fetching as its feeder says (see
+/// `Feeder::take_hold`); a pause also drops what librdkafka fetched ahead. A failed pause or
+/// resume is logged and asked again at the next occasion.
+fn hold(
+    consumer: &BaseConsumer<RuntimeContext>,
+    slot: &mut Slot,
+    pause: bool,
+) -> Result<(), crate::Error> {
     let p = &slot.shared;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&p.topic, p.partition);
@@ -433,13 +441,56 @@ fn pace(consumer: &BaseConsumer<RuntimeContext>, slot: &mut Slot) {
     };
     match res {
         Ok(()) => {
-            tracing::debug!(topic = %p.topic, partition = p.partition, pause, "retry partition fetching paced")
+            tracing::debug!(topic = %p.topic, partition = p.partition, pause, next = ?slot.feeder.next_offset(), "retry partition fetching held or released");
+            if pause {
+                drop_prefetched(consumer, slot)?;
+            }
+            Ok(())
         }
         Err(e) => {
             tracing::warn!(topic = %p.topic, partition = p.partition, pause, error = %e, "cannot pause or resume the retry partition's fetching; trying again");
-            slot.feeder.pace_failed();
+            slot.feeder.hold_failed();
+            Ok(())
         }
     }
+}
+
+/// Empties a paused retry partition's librdkafka queue: a seek to the offset after the last
+/// record read from it, then a read that frees what the seek outdated. Those records were
+/// fetched long before they are due (decompressed, several times their fetched size) and
+/// are fetched again once fetching resumes. The poll thread reads nothing of the partition
+/// between that offset and the seek. A failed seek leaves them queued, in order.
+fn drop_prefetched(
+    consumer: &BaseConsumer<RuntimeContext>,
+    slot: &mut Slot,
+) -> Result<(), crate::Error> {
+    let Some(next) = slot.feeder.next_offset() else {
+        return Ok(());
+    };
+    let (topic, partition) = (slot.shared.topic.clone(), slot.shared.partition);
+    let seek = || {
+        consumer.seek(
+            &topic,
+            partition,
+            Offset::Offset(next),
+            Duration::from_secs(10),
+        )
+    };
+    if let Err(e) = seek() {
+        tracing::debug!(%topic, partition, error = %e, "cannot drop the paused retry partition's prefetched records; they stay queued");
+        return Ok(());
+    }
+    // A paused partition fetches nothing of the new position, so the read finds none; if it
+    // did, that record was not handed over and must be fetched again.
+    if slot.feeder.drop_queued() > 0 {
+        seek().map_err(|e| {
+            tracing::error!(%topic, partition, offset = next, error = %e, "cannot move the retry partition back to a record it read but did not hand over; the worker stops so that it is not skipped");
+            crate::Error::Fatal(format!(
+                "cannot fetch {topic}/{partition}@{next} again ({e}); stopping rather than committing past it"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// A partition task that ended on its own (a panic outside the handler, a service whose

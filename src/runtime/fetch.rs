@@ -48,6 +48,10 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// thread; at most `BATCHES_WAITING x MAX_BATCH_BYTES` (1 MiB) of copies per partition.
 const BATCHES_WAITING: usize = 4;
 
+/// Batches waiting for a retry partition's task: its records wait for their due time, so
+/// little in hand keeps it fed, and what a waiting partition holds is memory.
+const RETRY_BATCHES_WAITING: usize = 2;
+
 /// Messages taken from librdkafka per call: its per-call costs (clock reads, locks) are paid
 /// once for this many records.
 const MESSAGES_PER_READ: usize = 128;
@@ -247,34 +251,46 @@ pub(crate) struct Feeder<C: ConsumerContext + 'static> {
     read_headers: bool,
     error_until: Option<Instant>,
     read_errors: ReadErrors,
-    /// A retry topic's partition: its fetching pauses while what it fetched is due far
-    /// ahead ([`Feeder::pace`]).
-    paced: Option<Pacing>,
+    /// A retry topic's partition: its fetching stops while it has records in hand for more
+    /// than a second ([`Feeder::take_hold`]).
+    held: Option<Hold>,
 }
 
-/// The due time of the last record a retry partition fetched, and whether its fetching is
-/// paused.
+/// Whether a retry partition's fetching is stopped, and where it starts again.
 #[derive(Debug, Default)]
-pub(crate) struct Pacing {
+struct Hold {
+    /// The due time of the last record read from librdkafka's queue.
     last_due: Option<i64>,
+    /// The offset after it.
+    next_offset: Option<i64>,
     paused: bool,
+    /// A pause (true) or resume (false) for the poll thread to make.
+    request: Option<bool>,
 }
 
-/// Fetching pauses once the last record fetched is due further ahead than this...
-const PAUSE_AHEAD_MS: i64 = 2_000;
-/// ... and resumes once it is due within this.
-const RESUME_AHEAD_MS: i64 = 1_000;
+/// A retry partition stops fetching while its hand-over is full and the last record handed
+/// over is due further ahead than this.
+const HOLD_AHEAD_MS: i64 = 1_000;
 
-impl Pacing {
-    /// What to do at `now_ms`: `Some(true)` pause, `Some(false)` resume, `None` nothing.
-    pub(crate) fn step(&mut self, now_ms: i64) -> Option<bool> {
-        let ahead = self.last_due? - now_ms;
-        match self.paused {
-            false if ahead > PAUSE_AHEAD_MS => self.paused = true,
-            true if ahead < RESUME_AHEAD_MS => self.paused = false,
-            _ => return None,
+impl Hold {
+    /// The hand-over is full: pause if what it holds lasts beyond [`HOLD_AHEAD_MS`].
+    fn full(&mut self, now_ms: i64) {
+        if !self.paused
+            && self
+                .last_due
+                .is_some_and(|due| due - now_ms > HOLD_AHEAD_MS)
+        {
+            self.paused = true;
+            self.request = Some(true);
         }
-        Some(self.paused)
+    }
+
+    /// The task took a batch: fetch again.
+    fn room(&mut self) {
+        if self.paused {
+            self.paused = false;
+            self.request = Some(false);
+        }
     }
 }
 
@@ -301,7 +317,11 @@ pub(crate) fn feed<C: ConsumerContext + 'static>(
     read_headers: bool,
     paced: bool,
 ) -> (Feeder<C>, Feed) {
-    let (tx, rx) = mpsc::channel(BATCHES_WAITING);
+    let (tx, rx) = mpsc::channel(if paced {
+        RETRY_BATCHES_WAITING
+    } else {
+        BATCHES_WAITING
+    });
     let signal = Arc::new(AtomicBool::new(true));
     let poller = std::thread::current();
     let (s, p) = (signal.clone(), poller.clone());
@@ -319,7 +339,7 @@ pub(crate) fn feed<C: ConsumerContext + 'static>(
             read_headers,
             error_until: None,
             read_errors: ReadErrors::default(),
-            paced: paced.then(Pacing::default),
+            held: paced.then(Hold::default),
         },
         Feed { rx, signal, poller },
     )
@@ -381,22 +401,37 @@ impl ReadErrors {
 impl<C: ConsumerContext + 'static> Feeder<C> {
     /// For a retry partition: whether to pause (`Some(true)`) or resume (`Some(false)`) its
     /// fetching now. Records wait in a retry topic until due; fetched long before, they would
-    /// sit in librdkafka's queue, each pinning the whole fetch response it came in, so a
-    /// partition whose last fetched record is due more than 2 s ahead stops fetching until
-    /// 1 s before it (the records due meanwhile are in hand already).
-    pub(crate) fn pace(&mut self, now_ms: i64) -> Option<bool> {
-        self.paced.as_mut()?.step(now_ms)
+    /// sit in librdkafka's queue, each pinning the whole fetch response it came in. So once
+    /// the task's hand-over is full and its last record is due more than a second ahead, the
+    /// partition stops fetching (and a seek to [`Feeder::next_offset`] drops what was
+    /// queued) until the task takes a batch; the records due next are in hand.
+    pub(crate) fn take_hold(&mut self) -> Option<bool> {
+        self.held.as_mut()?.request.take()
     }
 
-    /// Whether the partition's fetching is paused by [`Feeder::pace`].
+    /// The offset after the last record read from the partition's queue.
+    pub(crate) fn next_offset(&self) -> Option<i64> {
+        self.held.as_ref()?.next_offset
+    }
+
+    /// After a seek of a paused partition: reads its queue once, so that librdkafka frees the
+    /// records fetched before the seek (it drops them only as the queue is read). Returns how
+    /// many records of the new position it took (none while the partition stays paused); the
+    /// caller seeks back again if any, since they are not handed over.
+    pub(crate) fn drop_queued(&mut self) -> usize {
+        self.queue.consume(1).iter().filter(Result::is_ok).count()
+    }
+
+    /// Whether the partition's fetching is paused (see [`Feeder::take_hold`]).
     pub(crate) fn paused(&self) -> bool {
-        self.paced.as_ref().is_some_and(|p| p.paused)
+        self.held.as_ref().is_some_and(|h| h.paused)
     }
 
-    /// The last pause or resume did not take: the next [`Feeder::pace`] tries it again.
-    pub(crate) fn pace_failed(&mut self) {
-        if let Some(p) = &mut self.paced {
-            p.paused = !p.paused;
+    /// The last pause or resume did not take: the partition stays as it was, and the next
+    /// full hand-over or batch taken asks again.
+    pub(crate) fn hold_failed(&mut self) {
+        if let Some(h) = &mut self.held {
+            h.paused = !h.paused;
         }
     }
 
@@ -422,7 +457,13 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
         if self.tx.capacity() == 0 {
             // The task's `take` signals when it makes room.
             self.more = true;
+            if let Some(h) = &mut self.held {
+                h.full(crate::clock::now_ms());
+            }
             return false;
+        }
+        if let Some(h) = &mut self.held {
+            h.room();
         }
         let max_records = max_records.max(1);
         let mut batch = BatchBuilder::new();
@@ -475,11 +516,10 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
         if batch.entries.is_empty() {
             return false;
         }
-        // Once per batch: only the last record's due time matters.
-        if let Some(p) = &mut self.paced {
-            if let Some(due) = batch.last_due() {
-                p.last_due = Some(due);
-            }
+        // Once per batch: only the last record matters.
+        if let Some(h) = &mut self.held {
+            h.last_due = batch.last_due();
+            h.next_offset = batch.entries.last().map(|e| e.offset + 1);
         }
         // Room was checked and only this thread sends; a closed channel means the task ended
         // (the partition is being released): its records stay uncommitted.
@@ -542,17 +582,28 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_partition_pauses_while_its_records_are_due_far_ahead() {
-        let mut p = Pacing::default();
-        assert_eq!(p.step(0), None, "nothing fetched yet");
-        p.last_due = Some(1_500);
-        assert_eq!(p.step(0), None, "due within 2 s: keep fetching");
-        p.last_due = Some(10_000);
-        assert_eq!(p.step(0), Some(true), "due 10 s ahead: pause");
-        assert_eq!(p.step(5_000), None, "still 5 s ahead");
-        assert_eq!(p.step(9_100), Some(false), "900 ms ahead: resume");
-        assert_eq!(p.step(9_200), None);
+    fn a_retry_partition_stops_fetching_while_it_has_enough_in_hand() {
+        let mut h = Hold::default();
+        h.full(0);
+        assert_eq!(h.request.take(), None, "nothing handed over: keep fetching");
+        h.last_due = Some(900);
+        h.full(0);
+        assert_eq!(
+            h.request.take(),
+            None,
+            "in hand until within a second: keep fetching"
+        );
+        h.last_due = Some(10_000);
+        h.full(0);
+        assert_eq!(h.request.take(), Some(true), "in hand for 10 s: pause");
+        h.full(100);
+        assert_eq!(h.request.take(), None, "paused already");
+        h.room();
+        assert_eq!(h.request.take(), Some(false), "a batch taken: resume");
+        h.room();
+        assert_eq!(h.request.take(), None);
     }
+
     use rdkafka::message::{Header as KafkaHeader, OwnedHeaders, OwnedMessage};
 
     fn message(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> OwnedMessage {

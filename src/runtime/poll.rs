@@ -88,7 +88,13 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>) -> Result<(
             break;
         }
         let mut st = ctx.state();
-        busy = ctx.fetch(&mut st) || served || events;
+        busy = match ctx.fetch(&mut st, &consumer) {
+            Ok(more) => more || served || events,
+            Err(e) => {
+                fatal = Some(e);
+                break;
+            }
+        };
         if let Err(e) = ctx.housekeeping(&mut st, &consumer) {
             fatal = Some(e);
             break;
