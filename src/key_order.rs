@@ -64,6 +64,8 @@ pub(crate) struct KeyGate {
     inner: Mutex<Inner>,
     /// Wakes the main partition's task when a key left the chain.
     released: tokio::sync::Notify,
+    /// Set while `Inner::released` is not empty: the task's per-record look takes no lock.
+    any_released: std::sync::atomic::AtomicBool,
     /// True once the chain was read back after assignment; no task of the partition or its
     /// retry partitions handles a record before.
     ready: tokio::sync::watch::Sender<bool>,
@@ -86,6 +88,7 @@ impl KeyGate {
         KeyGate {
             inner: Mutex::new(Inner::default()),
             released: tokio::sync::Notify::new(),
+            any_released: std::sync::atomic::AtomicBool::new(false),
             ready: tokio::sync::watch::Sender::new(false),
             after_dead_letter,
         }
@@ -114,6 +117,8 @@ impl KeyGate {
         if held.is_empty() {
             let (key, _) = inner.chain.remove_entry(key).expect("present");
             inner.released.push((key, dead));
+            self.any_released
+                .store(true, std::sync::atomic::Ordering::Release);
             drop(inner);
             self.released.notify_one();
         }
@@ -135,7 +140,13 @@ impl KeyGate {
 
     /// The keys that left the chain since the last call, and whether by dead letter.
     pub(crate) fn take_released(&self) -> Vec<(Bytes, bool)> {
-        std::mem::take(&mut self.lock().released)
+        use std::sync::atomic::Ordering;
+        if !self.any_released.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut inner = self.lock();
+        self.any_released.store(false, Ordering::Release);
+        std::mem::take(&mut inner.released)
     }
 
     /// Completes when a key may have left the chain since the last call.

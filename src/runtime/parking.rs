@@ -52,22 +52,22 @@ impl Parking {
     /// Decides about a record read from the partition: a record of a key with records parked
     /// or in the chain waits behind them.
     pub(super) fn admit(&mut self, record: Record) -> Admit {
-        let Some(key) = record.key().cloned() else {
+        let Some(key) = record.key() else {
             return Admit::Go(record);
         };
-        if let Some(queue) = self.parked.get_mut(&key) {
-            self.records += 1;
-            self.bytes += record.byte_len() as u64;
-            queue.push_back(record);
-            return Admit::Parked;
-        }
-        match self.gate.state(&key, record.offset()) {
+        let behind = self.records > 0 && self.parked.contains_key(&key[..]);
+        let state = match behind {
+            true => KeyState::Blocked,
+            false => self.gate.state(key, record.offset()),
+        };
+        match state {
             KeyState::Free => Admit::Go(record),
             KeyState::InChain => Admit::InChain,
             KeyState::Blocked => {
+                let key = key.clone();
                 self.records += 1;
                 self.bytes += record.byte_len() as u64;
-                self.parked.insert(key, VecDeque::from([record]));
+                self.parked.entry(key).or_default().push_back(record);
                 Admit::Parked
             }
         }

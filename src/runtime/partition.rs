@@ -272,34 +272,43 @@ impl<'r> Task<'r> {
             "route" => self.shared.route.to_string());
         loop {
             self.settle_ready_deferrals();
-            let (record, permits) = match parking.next_runnable() {
+            let full = self.span_full()
+                || parking.size().1 >= self.rt.config.max_in_flight_bytes
+                || (self.outstanding > 0 && self.copies_failing());
+            let (record, permits) = if let Some(record) = parking.next_runnable() {
                 // Counted and marked dispatched when it was parked.
-                Some(record) => (record, InFlight::none(self.rt)),
-                None => {
-                    self.finished.publish();
-                    let full = self.span_full()
-                        || parking.size().1 >= self.rt.config.max_in_flight_bytes
-                        || (self.outstanding > 0 && self.copies_failing());
-                    let pulled = tokio::select! {
-                        biased;
-                        Some(offset) = self.deferred.next(), if self.outstanding > 0 => {
-                            self.settle_deferred(offset);
-                            continue;
-                        }
-                        _ = parking.gate().released() => continue,
-                        pulled = source.next(), if !full => pulled,
-                    };
-                    let Some(Pulled { record, permits }) = pulled else {
-                        break;
-                    };
-                    match self.admit(&mut parking, record, &parked) {
-                        Some(record) => (record, permits),
-                        None => continue,
+                (record, InFlight::none(self.rt))
+            } else if let Some(Pulled { record, permits }) =
+                (!full).then(|| source.try_next()).flatten()
+            {
+                // Nothing awaited: yield now and then (see `run_sequential`).
+                tokio::task::coop::consume_budget().await;
+                match self.admit(&mut parking, record, &parked) {
+                    Some(record) => (record, permits),
+                    None => continue,
+                }
+            } else {
+                self.finished.publish();
+                let pulled = tokio::select! {
+                    biased;
+                    Some(offset) = self.deferred.next(), if self.outstanding > 0 => {
+                        self.settle_deferred(offset);
+                        continue;
                     }
+                    _ = parking.gate().released() => continue,
+                    pulled = source.next(), if !full => pulled,
+                };
+                let Some(Pulled { record, permits }) = pulled else {
+                    break;
+                };
+                match self.admit(&mut parking, record, &parked) {
+                    Some(record) => (record, permits),
+                    None => continue,
                 }
             };
-            if !self.handle_ordered(&mut svc, record, permits).await {
-                break;
+            match self.handle_ordered(&mut svc, record, permits).await {
+                Some(permits) => source.recycle(permits),
+                None => break,
             }
         }
         source.release_spare();
@@ -333,13 +342,14 @@ impl<'r> Task<'r> {
         }
     }
 
-    /// Handles one record of a partition with key ordering; false when the partition stops.
+    /// Handles one record of a partition with key ordering: its permits back when it is final
+    /// (for the next record), None when the partition stops.
     async fn handle_ordered<S>(
         &mut self,
         svc: &mut S,
         record: Record,
         permits: InFlight<'r>,
-    ) -> bool
+    ) -> Option<InFlight<'r>>
     where
         S: Service<Record> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
@@ -352,18 +362,18 @@ impl<'r> Task<'r> {
             Ok(svc) => guarded_call(svc, record).instrument(span).await,
             Err(e) => {
                 tracing::error!(topic = %self.shared.topic, partition = self.shared.partition, offset, error = %error_chain(&*e), "service failed; partition stops");
-                return false;
+                return None;
             }
         };
         if !report(self.shared, &self.meters, offset, started.elapsed(), res) {
-            return false;
+            return None;
         }
         if self.shared.take_deferred(offset) {
             self.defer(offset, permits);
-        } else {
-            self.settle(offset);
+            return Some(InFlight::none(self.rt));
         }
-        true
+        self.settle(offset);
+        Some(permits)
     }
 
     /// Up to `concurrency` records at once (finishing out of order), or with manual
