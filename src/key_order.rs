@@ -1,10 +1,10 @@
-//! Per-key ordering (docs/design.md, Key ordering): which keys of one main-topic partition
-//! have a record in the retry chain, shared by the partition's task (which parks later records
-//! of those keys), the tasks of its retry partitions and the retry layer (which say when a
-//! record enters or leaves the chain). A leaf like `partition_state`: the layers and the
-//! runtime hold it without depending on each other.
+//! Per-key ordering (docs/design.md, Key ordering): what one main-topic partition's task
+//! (which parks later records of keys in the retry chain), the tasks of its retry partitions
+//! and the retry layer (which say when a record enters or leaves the chain) share. A leaf like
+//! `partition_state`: the layers and the runtime hold it without depending on each other.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -48,110 +48,58 @@ impl std::str::FromStr for AfterDeadLetter {
     }
 }
 
-/// Where a key stands for a record of its partition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KeyState {
-    /// No record of the key is in the retry chain.
-    Free,
-    /// Another record of the key is: this one waits.
-    Blocked,
-    /// This very record is (a delivery again after a restart): it is already handled.
-    InChain,
+/// A record entering or leaving the retry chain, as the main partition's task learns it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ChainEvent {
+    /// The main-topic record at this offset, of this key, went to a retry topic.
+    Enter(Bytes, i64),
+    /// It left the chain: succeeded (false) or was dead-lettered (true).
+    Leave(Bytes, i64, bool),
 }
 
-/// The blocked keys of one main-topic partition.
+/// Key -> the main-topic offsets of its records in the retry chain (more than one only for
+/// copies written twice around a crash).
+pub(crate) type Chain = HashMap<Bytes, Vec<i64>>;
+
+/// What the main-topic partition's task, the tasks of its retry partitions and the retry
+/// layer share for key ordering. The task alone keeps the blocked keys (no lock per record):
+/// the layer and the retry partitions tell it through a channel. A record enters before its
+/// copy is sent, so it is told of the entry before anyone can tell it of the leave.
 pub(crate) struct KeyGate {
-    inner: Mutex<Inner>,
-    /// Wakes the main partition's task when a key left the chain.
-    released: tokio::sync::Notify,
-    /// Set while `Inner::released` is not empty: the task's per-record look takes no lock.
-    any_released: std::sync::atomic::AtomicBool,
+    tx: tokio::sync::mpsc::UnboundedSender<ChainEvent>,
+    /// The receiving end and the chain read back after assignment, taken by the task.
+    start: Mutex<Option<(tokio::sync::mpsc::UnboundedReceiver<ChainEvent>, Chain)>>,
     /// True once the chain was read back after assignment; no task of the partition or its
     /// retry partitions handles a record before.
     ready: tokio::sync::watch::Sender<bool>,
     after_dead_letter: AfterDeadLetter,
-}
-
-#[derive(Default)]
-struct Inner {
-    /// Key -> the main-topic offsets of its records in the retry chain (more than one only
-    /// for copies written twice around a crash).
-    chain: HashMap<Bytes, Vec<i64>>,
-    /// Keys that left the chain since the task last looked, and whether by dead letter.
-    released: Vec<(Bytes, bool)>,
-    /// Parked records that follow a dead letter of their key (main-topic offsets).
-    follow: HashSet<i64>,
+    /// Parked records that follow a dead letter of their key (main-topic offsets), asked by
+    /// the layer for every record: `any_follow` spares the lock while there are none.
+    follow: Mutex<HashSet<i64>>,
+    any_follow: AtomicBool,
 }
 
 impl KeyGate {
     pub(crate) fn new(after_dead_letter: AfterDeadLetter) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         KeyGate {
-            inner: Mutex::new(Inner::default()),
-            released: tokio::sync::Notify::new(),
-            any_released: std::sync::atomic::AtomicBool::new(false),
+            tx,
+            start: Mutex::new(Some((rx, Chain::new()))),
             ready: tokio::sync::watch::Sender::new(false),
             after_dead_letter,
+            follow: Mutex::new(HashSet::new()),
+            any_follow: AtomicBool::new(false),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The record at `offset` of `key` went to the retry chain.
     pub(crate) fn enter(&self, key: &Bytes, offset: i64) {
-        let mut inner = self.lock();
-        let held = inner.chain.entry(key.clone()).or_default();
-        if !held.contains(&offset) {
-            held.push(offset);
-        }
+        let _ = self.tx.send(ChainEvent::Enter(key.clone(), offset));
     }
 
     /// The record at `offset` of `key` left the chain: it succeeded, or was dead-lettered.
-    pub(crate) fn leave(&self, key: &[u8], offset: i64, dead: bool) {
-        let mut inner = self.lock();
-        let Some(held) = inner.chain.get_mut(key) else {
-            return;
-        };
-        held.retain(|o| *o != offset);
-        if held.is_empty() {
-            let (key, _) = inner.chain.remove_entry(key).expect("present");
-            inner.released.push((key, dead));
-            self.any_released
-                .store(true, std::sync::atomic::Ordering::Release);
-            drop(inner);
-            self.released.notify_one();
-        }
-    }
-
-    /// Where `key` stands for its record at `offset`.
-    pub(crate) fn state(&self, key: &[u8], offset: i64) -> KeyState {
-        match self.lock().chain.get(key) {
-            None => KeyState::Free,
-            Some(held) if held.contains(&offset) => KeyState::InChain,
-            Some(_) => KeyState::Blocked,
-        }
-    }
-
-    /// Whether a record of `key` is in the chain.
-    pub(crate) fn blocked(&self, key: &[u8]) -> bool {
-        self.lock().chain.contains_key(key)
-    }
-
-    /// The keys that left the chain since the last call, and whether by dead letter.
-    pub(crate) fn take_released(&self) -> Vec<(Bytes, bool)> {
-        use std::sync::atomic::Ordering;
-        if !self.any_released.load(Ordering::Acquire) {
-            return Vec::new();
-        }
-        let mut inner = self.lock();
-        self.any_released.store(false, Ordering::Release);
-        std::mem::take(&mut inner.released)
-    }
-
-    /// Completes when a key may have left the chain since the last call.
-    pub(crate) async fn released(&self) {
-        self.released.notified().await
+    pub(crate) fn leave(&self, key: &Bytes, offset: i64, dead: bool) {
+        let _ = self.tx.send(ChainEvent::Leave(key.clone(), offset, dead));
     }
 
     /// What becomes of records parked behind a dead letter.
@@ -161,18 +109,32 @@ impl KeyGate {
 
     /// The parked record at `offset` follows its key's dead letter.
     pub(crate) fn mark_follow(&self, offset: i64) {
-        self.lock().follow.insert(offset);
+        let mut follow = self.follow.lock().unwrap_or_else(|e| e.into_inner());
+        follow.insert(offset);
+        self.any_follow.store(true, Ordering::Release);
     }
 
     /// Whether the record at `offset` follows a dead letter (asked once, as it is handled).
     pub(crate) fn take_follow(&self, offset: i64) -> bool {
-        let mut inner = self.lock();
-        !inner.follow.is_empty() && inner.follow.remove(&offset)
+        if !self.any_follow.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut follow = self.follow.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = follow.remove(&offset);
+        self.any_follow.store(!follow.is_empty(), Ordering::Release);
+        taken
     }
 
     /// Sets the chain read back after assignment and lets the partitions' tasks start.
-    pub(crate) fn restore(&self, chain: HashMap<Bytes, Vec<i64>>) {
-        self.lock().chain = chain;
+    pub(crate) fn restore(&self, chain: Chain) {
+        if let Some((_, c)) = self
+            .start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            *c = chain;
+        }
         self.ready.send_replace(true);
     }
 
@@ -182,36 +144,38 @@ impl KeyGate {
         // The sender lives in `self`: the wait ends only by the value.
         let _ = rx.wait_for(|ready| *ready).await;
     }
+
+    /// The main partition's task takes the events and the restored chain, once.
+    pub(crate) fn take_start(
+        &self,
+    ) -> Option<(tokio::sync::mpsc::UnboundedReceiver<ChainEvent>, Chain)> {
+        self.start.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_key_is_blocked_until_its_last_record_leaves() {
+    #[tokio::test]
+    async fn events_arrive_in_order_with_the_restored_chain() {
         let gate = KeyGate::new(AfterDeadLetter::Continue);
         let k = Bytes::from_static(b"k");
-        assert_eq!(gate.state(b"k", 5), KeyState::Free);
+        gate.restore(Chain::from([(k.clone(), vec![1])]));
+        gate.ready().await;
         gate.enter(&k, 5);
-        gate.enter(&k, 5);
-        assert_eq!(gate.state(b"k", 5), KeyState::InChain);
-        assert_eq!(gate.state(b"k", 9), KeyState::Blocked);
-        gate.enter(&k, 7);
-        gate.leave(b"k", 5, false);
-        assert!(gate.blocked(b"k"));
-        assert!(gate.take_released().is_empty());
-        gate.leave(b"k", 7, true);
-        assert!(!gate.blocked(b"k"));
-        assert_eq!(gate.take_released(), vec![(k, true)]);
-        // A second copy of a record that already left changes nothing.
-        gate.leave(b"k", 7, false);
-        assert!(gate.take_released().is_empty());
+        gate.leave(&k, 5, true);
+        let (mut rx, chain) = gate.take_start().unwrap();
+        assert_eq!(chain[&k], [1]);
+        assert_eq!(rx.try_recv().unwrap(), ChainEvent::Enter(k.clone(), 5));
+        assert_eq!(rx.try_recv().unwrap(), ChainEvent::Leave(k, 5, true));
+        assert!(gate.take_start().is_none());
     }
 
     #[test]
     fn follow_marks_are_taken_once() {
         let gate = KeyGate::new(AfterDeadLetter::Follow);
+        assert!(!gate.take_follow(3));
         gate.mark_follow(3);
         assert!(!gate.take_follow(4));
         assert!(gate.take_follow(3));

@@ -118,7 +118,11 @@ where
             _ = gate.ready() => {}
         }
         if stage == Stage::Main {
-            return task.run_ordered(svc, source, Parking::new(gate)).await;
+            let Some(parking) = Parking::new(gate) else {
+                tracing::error!(topic = %shared.topic, partition = shared.partition, "the partition's key ordering is taken by another task");
+                return;
+            };
+            return task.run_ordered(svc, source, parking).await;
         }
     }
     if concurrency == 1 && acks.is_none() {
@@ -270,10 +274,19 @@ impl<'r> Task<'r> {
             "group" => self.rt.group.to_string(),
             "topic" => self.shared.topic.to_string(),
             "route" => self.shared.route.to_string());
+        let mut until_check = 0u32;
         loop {
-            self.settle_ready_deferrals();
+            if self.outstanding > 0 {
+                // Every few records, as in `run_sequential` (and whenever the task waits).
+                if until_check == 0 {
+                    until_check = DEFERRED_CHECK_EVERY;
+                    self.settle_ready_deferrals();
+                } else {
+                    until_check -= 1;
+                }
+            }
             let full = self.span_full()
-                || parking.size().1 >= self.rt.config.max_in_flight_bytes
+                || parking.bytes() >= self.rt.config.max_in_flight_bytes
                 || (self.outstanding > 0 && self.copies_failing());
             let (record, permits) = if let Some(record) = parking.next_runnable() {
                 // Counted and marked dispatched when it was parked.
@@ -295,7 +308,7 @@ impl<'r> Task<'r> {
                         self.settle_deferred(offset);
                         continue;
                     }
-                    _ = parking.gate().released() => continue,
+                    _ = parking.event() => continue,
                     pulled = source.next(), if !full => pulled,
                 };
                 let Some(Pulled { record, permits }) = pulled else {
