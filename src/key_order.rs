@@ -57,9 +57,52 @@ pub(crate) enum ChainEvent {
     Leave(Bytes, i64, bool),
 }
 
-/// Key -> the main-topic offsets of its records in the retry chain (more than one only for
-/// copies written twice around a crash).
-pub(crate) type Chain = HashMap<Bytes, Vec<i64>>;
+/// Key -> the main-topic offsets of its records in the retry chain.
+pub(crate) type Chain = HashMap<Bytes, Held>;
+
+/// The main-topic offsets of one key's records in the chain: one, except for copies written
+/// twice around a crash, so the first takes no allocation of its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Held {
+    first: Option<i64>,
+    more: Vec<i64>,
+}
+
+impl Held {
+    /// Offsets `offsets`, each once.
+    #[cfg(test)]
+    pub(crate) fn of(offsets: &[i64]) -> Self {
+        let mut held = Held::default();
+        offsets.iter().for_each(|o| held.insert(*o));
+        held
+    }
+
+    pub(crate) fn insert(&mut self, offset: i64) {
+        if self.contains(offset) {
+            return;
+        }
+        match self.first {
+            None => self.first = Some(offset),
+            Some(_) => self.more.push(offset),
+        }
+    }
+
+    pub(crate) fn remove(&mut self, offset: i64) {
+        if self.first == Some(offset) {
+            self.first = self.more.pop();
+        } else {
+            self.more.retain(|o| *o != offset);
+        }
+    }
+
+    pub(crate) fn contains(&self, offset: i64) -> bool {
+        self.first == Some(offset) || self.more.contains(&offset)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
 
 /// What the main-topic partition's task, the tasks of its retry partitions and the retry
 /// layer share for key ordering. The task alone keeps the blocked keys (no lock per record):
@@ -161,15 +204,25 @@ mod tests {
     async fn events_arrive_in_order_with_the_restored_chain() {
         let gate = KeyGate::new(AfterDeadLetter::Continue);
         let k = Bytes::from_static(b"k");
-        gate.restore(Chain::from([(k.clone(), vec![1])]));
+        gate.restore(Chain::from([(k.clone(), Held::of(&[1]))]));
         gate.ready().await;
         gate.enter(&k, 5);
         gate.leave(&k, 5, true);
         let (mut rx, chain) = gate.take_start().unwrap();
-        assert_eq!(chain[&k], [1]);
+        assert_eq!(chain[&k], Held::of(&[1]));
         assert_eq!(rx.try_recv().unwrap(), ChainEvent::Enter(k.clone(), 5));
         assert_eq!(rx.try_recv().unwrap(), ChainEvent::Leave(k, 5, true));
         assert!(gate.take_start().is_none());
+    }
+
+    #[test]
+    fn held_offsets_are_kept_once_each() {
+        let mut h = Held::of(&[3, 3, 5]);
+        assert!(h.contains(3) && h.contains(5) && !h.contains(4));
+        h.remove(3);
+        assert!(!h.contains(3) && !h.is_empty());
+        h.remove(5);
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::headers::{self, Original};
-use crate::key_order::KeyGate;
+use crate::key_order::{Chain, KeyGate};
 use crate::partition_state::PartitionShared;
 use crate::Record;
 
@@ -28,9 +28,6 @@ pub(super) struct ChainJob {
     /// The main partition's state: a job whose partition was revoked meanwhile is dropped.
     pub shared: Arc<PartitionShared>,
 }
-
-/// Blocked keys: key -> main-topic offsets of its records in the chain.
-type Chain = HashMap<Bytes, Vec<i64>>;
 
 /// How long the reader waits for a record before it takes the partition's end as reached
 /// (records it cannot read: an open transaction of another producer, control records).
@@ -140,10 +137,12 @@ fn read_until(
         let record = Record::from_message(&msg);
         drop(msg);
         if let Some((job, main_offset, k)) = blocking(&record, group, jobs) {
-            let held = chains.entry(job).or_default().entry(k).or_default();
-            if !held.contains(&main_offset) {
-                held.push(main_offset);
-            }
+            chains
+                .entry(job)
+                .or_default()
+                .entry(k)
+                .or_default()
+                .insert(main_offset);
         }
     }
     Ok(())

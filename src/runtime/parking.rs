@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+#[cfg(test)]
+use crate::key_order::Held;
 use crate::key_order::{AfterDeadLetter, Chain, ChainEvent, KeyGate};
 use crate::Record;
 
@@ -66,7 +68,7 @@ impl Parking {
         if !behind {
             match self.chain.get(&key[..]) {
                 None => return Admit::Go(record),
-                Some(held) if held.contains(&record.offset()) => return Admit::InChain,
+                Some(held) if held.contains(record.offset()) => return Admit::InChain,
                 Some(_) => {}
             }
         }
@@ -119,10 +121,7 @@ impl Parking {
     fn apply(&mut self, ev: ChainEvent) {
         match ev {
             ChainEvent::Enter(key, offset) => {
-                let held = self.chain.entry(key).or_default();
-                if !held.contains(&offset) {
-                    held.push(offset);
-                }
+                self.chain.entry(key).or_default().insert(offset);
             }
             ChainEvent::Leave(key, offset, dead) => self.leave(key, offset, dead),
         }
@@ -134,7 +133,7 @@ impl Parking {
             // A second copy of a record that left already.
             return;
         };
-        held.retain(|o| *o != offset);
+        held.remove(offset);
         if !held.is_empty() {
             return;
         }
@@ -195,7 +194,7 @@ mod tests {
         let k = Bytes::from_static(b"k");
         let (gate, mut p) = parking(
             AfterDeadLetter::Continue,
-            Chain::from([(k.clone(), vec![4])]),
+            Chain::from([(k.clone(), Held::of(&[4]))]),
         );
         assert!(matches!(p.admit(record(b"k", 4)), Admit::InChain));
         assert!(matches!(p.admit(record(b"k", 5)), Admit::Parked));
@@ -208,7 +207,10 @@ mod tests {
     #[test]
     fn parked_records_follow_a_dead_letter_when_asked() {
         let k = Bytes::from_static(b"k");
-        let (gate, mut p) = parking(AfterDeadLetter::Follow, Chain::from([(k.clone(), vec![0])]));
+        let (gate, mut p) = parking(
+            AfterDeadLetter::Follow,
+            Chain::from([(k.clone(), Held::of(&[0]))]),
+        );
         assert!(matches!(p.admit(record(b"k", 1)), Admit::Parked));
         gate.leave(&k, 0, true);
         assert_eq!(offset(p.next_runnable()), Some(1));
