@@ -1256,7 +1256,7 @@ async fn the_compact_profile_carries_the_whole_flow_in_one_header() {
 
 /// Copies due 4 s ahead, handed over 3 at a time: a retry partition whose hand-over is full
 /// and due more than a second ahead stops fetching, drops what librdkafka fetched ahead (a
-/// seek back to its next record) and fetches again when its task takes a batch
+/// seek back to its next record) and fetches again once its task took every batch
 /// (`Feeder::take_hold`). Records produced in two waves 1.5 s apart all come back once, none
 /// early, each within 500 ms of its due time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

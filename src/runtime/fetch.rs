@@ -48,10 +48,6 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// thread; at most `BATCHES_WAITING x MAX_BATCH_BYTES` (1 MiB) of copies per partition.
 const BATCHES_WAITING: usize = 4;
 
-/// Batches waiting for a retry partition's task: its records wait for their due time, so
-/// little in hand keeps it fed, and what a waiting partition holds is memory.
-const RETRY_BATCHES_WAITING: usize = 2;
-
 /// Messages taken from librdkafka per call: its per-call costs (clock reads, locks) are paid
 /// once for this many records.
 const MESSAGES_PER_READ: usize = 128;
@@ -285,7 +281,7 @@ impl Hold {
         }
     }
 
-    /// The task took a batch: fetch again.
+    /// The task took every batch handed over: fetch again.
     fn room(&mut self) {
         if self.paused {
             self.paused = false;
@@ -317,11 +313,7 @@ pub(crate) fn feed<C: ConsumerContext + 'static>(
     read_headers: bool,
     paced: bool,
 ) -> (Feeder<C>, Feed) {
-    let (tx, rx) = mpsc::channel(if paced {
-        RETRY_BATCHES_WAITING
-    } else {
-        BATCHES_WAITING
-    });
+    let (tx, rx) = mpsc::channel(BATCHES_WAITING);
     let signal = Arc::new(AtomicBool::new(true));
     let poller = std::thread::current();
     let (s, p) = (signal.clone(), poller.clone());
@@ -404,7 +396,9 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
     /// sit in librdkafka's queue, each pinning the whole fetch response it came in. So once
     /// the task's hand-over is full and its last record is due more than a second ahead, the
     /// partition stops fetching (and a seek to [`Feeder::next_offset`] drops what was
-    /// queued) until the task takes a batch; the records due next are in hand.
+    /// queued) until the task took every batch handed over; the records due next are in
+    /// hand. Each fetch brings more than a batch, so the fewer fetches the less is fetched
+    /// twice.
     pub(crate) fn take_hold(&mut self) -> Option<bool> {
         self.held.as_mut()?.request.take()
     }
@@ -462,8 +456,11 @@ impl<C: ConsumerContext + 'static> Feeder<C> {
             }
             return false;
         }
-        if let Some(h) = &mut self.held {
-            h.room();
+        if self.tx.capacity() == self.tx.max_capacity() {
+            // The task took every batch handed over: fetch again.
+            if let Some(h) = &mut self.held {
+                h.room();
+            }
         }
         let max_records = max_records.max(1);
         let mut batch = BatchBuilder::new();
@@ -599,7 +596,7 @@ mod tests {
         h.full(100);
         assert_eq!(h.request.take(), None, "paused already");
         h.room();
-        assert_eq!(h.request.take(), Some(false), "a batch taken: resume");
+        assert_eq!(h.request.take(), Some(false), "every batch taken: resume");
         h.room();
         assert_eq!(h.request.take(), None);
     }
