@@ -22,22 +22,6 @@ fn long() -> bool {
     std::env::var("REDRIVE_CHAOS_LONG").is_ok_and(|v| v == "1")
 }
 
-/// Builds an example worker and returns its path.
-fn example(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", name])
-        .current_dir(&root)
-        .status()
-        .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
-    assert!(status.success(), "building the {name} example failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("debug/examples").join(name)
-}
-
 /// The retry topics of `topic` the chaos worker's policy created.
 fn retry_topics(bootstrap: &str, topic: &str) -> Vec<String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -81,6 +65,16 @@ fn ok_lines(log: &Path) -> Vec<u64> {
         .lines()
         .filter_map(|l| l.parse().ok())
         .collect()
+}
+
+/// SIGTERM: a graceful stop drains, commits and exits 0.
+fn stop_gracefully(child: &mut Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
 }
 
 /// How many times each key appears in the dead-letter topic.
@@ -166,13 +160,7 @@ async fn sigkill_loop_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // A graceful stop drains and exits 0.
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM exit: {status:?}");
+    stop_gracefully(&mut child);
 
     let lines = ok_lines(&log);
     let ok: BTreeSet<u64> = lines.iter().copied().collect();
@@ -351,23 +339,12 @@ fn order_violations(lines: &[(String, u64)]) -> Vec<(String, u64, u64)> {
 /// Produces `seqs` records for each of `keys` keys, `k<n>` to partition n % partitions, in
 /// sequence order.
 async fn produce_keyed(bootstrap: &str, topic: &str, partitions: u64, keys: u64, seqs: u64) {
-    use rdkafka::producer::FutureRecord;
-    let p = producer(bootstrap);
     let items: Vec<(String, String, i32)> = (0..seqs)
         .flat_map(|s| {
             (0..keys).map(move |k| (format!("k{k}"), s.to_string(), (k % partitions) as i32))
         })
         .collect();
-    // The idempotent producer keeps each partition's records in the order sent.
-    let sends = items.iter().map(|(k, v, part)| {
-        p.send(
-            FutureRecord::to(topic).key(k).payload(v).partition(*part),
-            Duration::from_secs(30),
-        )
-    });
-    for r in futures_util::future::join_all(sends).await {
-        r.map_err(|(e, _)| e).expect("produce");
-    }
+    produce_items(bootstrap, topic, &items).await;
 }
 
 fn spawn_keyed(bin: &Path, bootstrap: &str, topic: &str, group: &str, log: &Path) -> Child {
@@ -449,12 +426,7 @@ async fn key_order_holds_through_kills_and_a_rebalance() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for child in [&mut a, &mut b] {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = child.wait().unwrap();
-        assert!(status.success(), "SIGTERM exit: {status:?}");
+        stop_gracefully(child);
     }
     let lines = keyed_lines(&log);
     let violations = order_violations(&lines);

@@ -8,7 +8,6 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use redrive::policy::RetryPolicy;
 use redrive::{headers, AfterDeadLetter, BoxError, CommitPolicy, Record, Route};
@@ -46,16 +45,8 @@ fn logging(
 
 /// Produces (key, value) pairs in order to partition 0.
 async fn produce(bootstrap: &str, topic: &str, records: &[(&str, String)]) {
-    let p = producer(bootstrap);
-    for (k, v) in records {
-        p.send(
-            FutureRecord::to(topic).key(*k).payload(v).partition(0),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce");
-    }
+    let items: Vec<(&str, &str, i32)> = records.iter().map(|(k, v)| (*k, v.as_str(), 0)).collect();
+    produce_items(bootstrap, topic, &items).await;
 }
 
 /// The values of `key` handled successfully, in the order handled.
@@ -374,21 +365,11 @@ async fn a_member_joining_under_cooperative_rebalancing_keeps_order() {
     let group = unique("g");
     create_topic(&bootstrap, &topic, 2).await;
     // a on partition 0, b on partition 1; a/0 and b/0 retry while the second member joins.
-    let p = producer(&bootstrap);
-    for (k, part) in [("a", 0), ("b", 1)] {
-        for v in 0..4 {
-            p.send(
-                FutureRecord::to(&topic)
-                    .key(k)
-                    .payload(&v.to_string())
-                    .partition(part),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        }
-    }
+    let items: Vec<(&str, String, i32)> = [("a", 0), ("b", 1)]
+        .into_iter()
+        .flat_map(|(k, part)| (0..4).map(move |v| (k, v.to_string(), part)))
+        .collect();
+    produce_items(&bootstrap, &topic, &items).await;
     let policy = RetryPolicy::new()
         .attempts(4)
         .fixed(Duration::from_millis(1500));

@@ -4,24 +4,12 @@
 //! `order % 25 == 7`, always fails), computed here, not read from the example: 30 retried,
 //! 12 dead-lettered, 288 ok, none lost.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
-fn example(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", name])
-        .current_dir(&root)
-        .status()
-        .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
-    assert!(status.success(), "building the {name} example failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("debug/examples").join(name)
-}
+use support::example;
 
 #[test]
 fn the_quickstart_handles_every_order_and_its_summary_adds_up() {

@@ -345,7 +345,7 @@ impl Original {
         Original {
             topic: text(ORIGINAL_TOPIC, dlt_form::ORIGINAL_TOPIC),
             partition: bin(ORIGINAL_PARTITION, dlt_form::ORIGINAL_PARTITION).and_then(decode_int),
-            offset: bin(ORIGINAL_OFFSET, dlt_form::ORIGINAL_OFFSET).and_then(decode_long),
+            offset: original_offset(headers),
             timestamp: bin(ORIGINAL_TIMESTAMP, dlt_form::ORIGINAL_TIMESTAMP).and_then(decode_long),
             timestamp_type: text(ORIGINAL_TIMESTAMP_TYPE, dlt_form::ORIGINAL_TIMESTAMP_TYPE),
             consumer_group: text(ORIGINAL_CONSUMER_GROUP, ORIGINAL_CONSUMER_GROUP),

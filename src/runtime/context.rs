@@ -114,15 +114,16 @@ impl RuntimeContext {
                 continue;
             };
             let p = e.partition();
-            let gate = match &binding.key_order {
-                KeyOrderRole::Main {
-                    after_dead_letter, ..
-                } => Some(Arc::new(KeyGate::new(*after_dead_letter))),
-                _ => None,
+            let KeyOrderRole::Main {
+                retry_topics,
+                after_dead_letter,
+            } = &binding.key_order
+            else {
+                self.open_slot(&mut st, &consumer, binding, p, None);
+                continue;
             };
-            let opened = self.open_slot(&mut st, &consumer, binding, p, gate.clone());
-            if let (Some(shared), Some(gate), KeyOrderRole::Main { retry_topics, .. }) =
-                (opened, gate, &binding.key_order)
+            let gate = Arc::new(KeyGate::new(*after_dead_letter));
+            if let Some(shared) = self.open_slot(&mut st, &consumer, binding, p, Some(gate.clone()))
             {
                 chains.push(ChainJob {
                     main: binding.name.clone(),
@@ -256,8 +257,7 @@ impl RuntimeContext {
         let mut gone: Vec<Slot> = Vec::new();
         match tpl {
             Some(tpl) => {
-                let chains = self.chains_of(tpl);
-                for e in tpl.elements().into_iter().chain(chains.elements()) {
+                for e in tpl.elements() {
                     let key = st
                         .slots
                         .keys()
@@ -309,6 +309,29 @@ impl RuntimeContext {
         }
         st.update_assigned_gauge(&self.rt);
         res
+    }
+
+    /// Releases revoked partitions, with the retry partitions read with those of them that
+    /// keep key order: those leave the assignment with them (an eager revoke clears the
+    /// whole assignment by itself).
+    fn revoke(&self, consumer: &BaseConsumer<RuntimeContext>, tpl: &TopicPartitionList) {
+        let chains = self.chains_of(tpl);
+        let mut all = tpl.clone();
+        for e in chains.elements() {
+            all.add_partition(e.topic(), e.partition());
+        }
+        if let Err(e) = self.release(consumer, Some(&all)) {
+            tracing::error!(error = %e, "final commit of revoked partitions failed; their records since the last commit will be delivered again");
+        }
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        if chains.count() > 0 && cooperative {
+            if let Err(e) = consumer.incremental_unassign(&chains) {
+                tracing::error!(error = %e, "cannot remove the retry partitions of revoked key-ordered partitions from the assignment");
+            }
+        }
     }
 
     /// A record polled from the consumer's main queue: only possible for a partition whose
@@ -610,21 +633,7 @@ impl ConsumerContext for RuntimeContext {
             Rebalance::Revoke(tpl) => {
                 ::metrics::counter!(crate::metrics::names::REBALANCES, "group" => self.rt.group.to_string())
                     .increment(1);
-                if let Err(e) = self.release(consumer, Some(tpl)) {
-                    tracing::error!(error = %e, "final commit of revoked partitions failed; their records since the last commit will be delivered again");
-                }
-                // Retry partitions read with revoked main partitions leave with them (an
-                // eager revoke clears the whole assignment by itself).
-                let chains = self.chains_of(tpl);
-                let cooperative = matches!(
-                    consumer.rebalance_protocol(),
-                    RebalanceProtocol::Cooperative
-                );
-                if chains.count() > 0 && cooperative {
-                    if let Err(e) = consumer.incremental_unassign(&chains) {
-                        tracing::error!(error = %e, "cannot remove the retry partitions of revoked key-ordered partitions from the assignment");
-                    }
-                }
+                self.revoke(consumer, tpl);
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
             Rebalance::Assign(_) => {}

@@ -182,16 +182,7 @@ impl<'r> Task<'r> {
                     None => break,
                 }
             }
-            if self.outstanding > 0 {
-                // Looking costs a poll of the deferred set: done every few records (and
-                // whenever the task would wait), not per record.
-                if until_check == 0 {
-                    until_check = DEFERRED_CHECK_EVERY;
-                    self.settle_ready_deferrals();
-                } else {
-                    until_check -= 1;
-                }
-            }
+            self.check_deferrals(&mut until_check);
             let pulled = match source.try_next() {
                 Some(p) => {
                     // Nothing above awaited: yield now and then, so a partition with a
@@ -276,15 +267,7 @@ impl<'r> Task<'r> {
             "route" => self.shared.route.to_string());
         let mut until_check = 0u32;
         loop {
-            if self.outstanding > 0 {
-                // Every few records, as in `run_sequential` (and whenever the task waits).
-                if until_check == 0 {
-                    until_check = DEFERRED_CHECK_EVERY;
-                    self.settle_ready_deferrals();
-                } else {
-                    until_check -= 1;
-                }
-            }
+            self.check_deferrals(&mut until_check);
             let full = self.span_full()
                 || parking.bytes() >= self.rt.config.max_in_flight_bytes
                 || (self.outstanding > 0 && self.copies_failing());
@@ -621,6 +604,21 @@ impl<'r> Task<'r> {
             };
             // Final only now: commit triggers count it now.
             self.settle_deferred(offset);
+        }
+    }
+
+    /// Settles the ready deferrals every few records: looking costs a poll of the deferred
+    /// set, so it is done every [`DEFERRED_CHECK_EVERY`] records (and whenever the task
+    /// would wait), not per record.
+    fn check_deferrals(&mut self, until_check: &mut u32) {
+        if self.outstanding == 0 {
+            return;
+        }
+        if *until_check == 0 {
+            *until_check = DEFERRED_CHECK_EVERY;
+            self.settle_ready_deferrals();
+        } else {
+            *until_check -= 1;
         }
     }
 

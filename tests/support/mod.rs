@@ -211,7 +211,6 @@ pub fn producer(bootstrap: &str) -> FutureProducer {
 
 /// Produces `n` records `key-i` / `value-i` to explicit partitions (i % partitions).
 pub async fn produce_n(bootstrap: &str, topic: &str, partitions: i32, from: u64, n: u64) {
-    let p = producer(bootstrap);
     let items: Vec<(String, String, i32)> = (from..from + n)
         .map(|i| {
             (
@@ -221,15 +220,45 @@ pub async fn produce_n(bootstrap: &str, topic: &str, partitions: i32, from: u64,
             )
         })
         .collect();
+    produce_items(bootstrap, topic, &items).await;
+}
+
+/// Produces (key, value, partition) records; the idempotent producer keeps each partition's
+/// records in the order given.
+pub async fn produce_items<K: AsRef<str>, V: AsRef<str>>(
+    bootstrap: &str,
+    topic: &str,
+    items: &[(K, V, i32)],
+) {
+    let p = producer(bootstrap);
     let sends = items.iter().map(|(k, v, part)| {
         p.send(
-            FutureRecord::to(topic).key(k).payload(v).partition(*part),
+            FutureRecord::to(topic)
+                .key(k.as_ref())
+                .payload(v.as_ref())
+                .partition(*part),
             Duration::from_secs(30),
         )
     });
     for r in futures_util::future::join_all(sends).await {
         r.map_err(|(e, _)| e).expect("produce");
     }
+}
+
+/// Builds an example with cargo and returns the path of its binary.
+pub fn example(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(&root)
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+    assert!(status.success(), "building the {name} example failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug/examples").join(name)
 }
 
 /// The group's committed offsets for every partition of `topic` (None = nothing committed).
