@@ -654,11 +654,14 @@ fn failure_values(headers: &Headers, f: &Failure<'_>) -> HopValues {
         ),
         None => (f.topic, f.partition, f.offset, ts, kind),
     };
-    v.put(ORIGINAL_TOPIC, topic.as_bytes(), true);
-    v.put(ORIGINAL_PARTITION, &encode_int(partition), true);
-    v.put(ORIGINAL_OFFSET, &encode_long(offset), true);
-    v.put(ORIGINAL_TIMESTAMP, &encode_long(ts), true);
-    v.put(ORIGINAL_TIMESTAMP_TYPE, kind.as_java_str().as_bytes(), true);
+    // The first hop's coordinates are kept; after a compact flow, the compact header's win
+    // over any Spring ones the record also carries (as every reader ranks them).
+    let keep = prev.is_none();
+    v.put(ORIGINAL_TOPIC, topic.as_bytes(), keep);
+    v.put(ORIGINAL_PARTITION, &encode_int(partition), keep);
+    v.put(ORIGINAL_OFFSET, &encode_long(offset), keep);
+    v.put(ORIGINAL_TIMESTAMP, &encode_long(ts), keep);
+    v.put(ORIGINAL_TIMESTAMP_TYPE, kind.as_java_str().as_bytes(), keep);
     v.put(ORIGINAL_CONSUMER_GROUP, f.group.as_bytes(), true);
 
     let (reported, _) = reported(f.error);
