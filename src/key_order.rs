@@ -58,7 +58,7 @@ pub(crate) enum ChainEvent {
 }
 
 /// Key -> the main-topic offsets of its records in the retry chain.
-pub(crate) type Chain = HashMap<Bytes, Held>;
+pub(crate) type Chain = HashMap<Bytes, Held, foldhash::fast::RandomState>;
 
 /// The main-topic offsets of one key's records in the chain: one, except for copies written
 /// twice around a crash, so the first takes no allocation of its own.
@@ -127,7 +127,7 @@ impl KeyGate {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         KeyGate {
             tx,
-            start: Mutex::new(Some((rx, Chain::new()))),
+            start: Mutex::new(Some((rx, Chain::default()))),
             ready: tokio::sync::watch::Sender::new(false),
             after_dead_letter,
             follow: Mutex::new(HashSet::new()),
@@ -137,7 +137,11 @@ impl KeyGate {
 
     /// The record at `offset` of `key` went to the retry chain.
     pub(crate) fn enter(&self, key: &Bytes, offset: i64) {
-        let _ = self.tx.send(ChainEvent::Enter(key.clone(), offset));
+        // A copy: a key sliced from a fetched batch would keep the batch's whole buffer alive
+        // for as long as the record stays in the chain.
+        let _ = self
+            .tx
+            .send(ChainEvent::Enter(Bytes::copy_from_slice(key), offset));
     }
 
     /// The record at `offset` of `key` left the chain: it succeeded, or was dead-lettered.
@@ -204,7 +208,7 @@ mod tests {
     async fn events_arrive_in_order_with_the_restored_chain() {
         let gate = KeyGate::new(AfterDeadLetter::Continue);
         let k = Bytes::from_static(b"k");
-        gate.restore(Chain::from([(k.clone(), Held::of(&[1]))]));
+        gate.restore([(k.clone(), Held::of(&[1]))].into_iter().collect());
         gate.ready().await;
         gate.enter(&k, 5);
         gate.leave(&k, 5, true);

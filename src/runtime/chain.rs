@@ -151,7 +151,8 @@ fn read_until(
 /// The job, main-topic offset and key a chain record blocks: a copy of this group's flow of
 /// a record from its job's main partition, with a key.
 fn blocking(record: &Record, group: &str, jobs: &[ChainJob]) -> Option<(usize, i64, Bytes)> {
-    let key = record.key()?.clone();
+    // A copy: the record's key shares its buffer with the value.
+    let key = Bytes::copy_from_slice(record.key()?);
     if headers::original_group(record.headers()).is_some_and(|g| g != group.as_bytes()) {
         return None;
     }

@@ -3,6 +3,7 @@
 //! partition's task owns the blocked keys; the retry layer and the retry partitions' tasks
 //! tell it of entries and leaves through the gate's channel.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ pub(super) struct Parking {
     gate: Arc<KeyGate>,
     events: UnboundedReceiver<ChainEvent>,
     chain: Chain,
-    parked: HashMap<Bytes, VecDeque<Record>>,
+    parked: HashMap<Bytes, VecDeque<Record>, foldhash::fast::RandomState>,
     /// Keys whose next parked record may run, oldest release first.
     runnable: VecDeque<Bytes>,
     records: usize,
@@ -45,7 +46,7 @@ impl Parking {
             gate,
             events,
             chain,
-            parked: HashMap::new(),
+            parked: HashMap::default(),
             runnable: VecDeque::new(),
             records: 0,
             bytes: 0,
@@ -129,15 +130,19 @@ impl Parking {
 
     /// A record left the chain; its key's parked records may run once none of it is left.
     fn leave(&mut self, key: Bytes, offset: i64, dead: bool) {
-        let Some(held) = self.chain.get_mut(&key) else {
+        // One hash per leave: this runs for every record that failed.
+        let Entry::Occupied(mut held) = self.chain.entry(key) else {
             // A second copy of a record that left already.
             return;
         };
-        held.remove(offset);
-        if !held.is_empty() {
+        held.get_mut().remove(offset);
+        if !held.get().is_empty() {
             return;
         }
-        self.chain.remove(&key);
+        let (key, _) = held.remove_entry();
+        if self.records == 0 {
+            return;
+        }
         let Some(queue) = self.parked.get(&key) else {
             return;
         };
@@ -170,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_key_waits_until_its_record_leaves_and_then_runs_in_order() {
-        let (gate, mut p) = parking(AfterDeadLetter::Continue, Chain::new());
+        let (gate, mut p) = parking(AfterDeadLetter::Continue, Chain::default());
         let k = Bytes::from_static(b"k");
         assert!(matches!(p.admit(record(b"k", 0)), Admit::Go(_)));
         gate.enter(&k, 0);
@@ -194,7 +199,7 @@ mod tests {
         let k = Bytes::from_static(b"k");
         let (gate, mut p) = parking(
             AfterDeadLetter::Continue,
-            Chain::from([(k.clone(), Held::of(&[4]))]),
+            [(k.clone(), Held::of(&[4]))].into_iter().collect(),
         );
         assert!(matches!(p.admit(record(b"k", 4)), Admit::InChain));
         assert!(matches!(p.admit(record(b"k", 5)), Admit::Parked));
@@ -209,7 +214,7 @@ mod tests {
         let k = Bytes::from_static(b"k");
         let (gate, mut p) = parking(
             AfterDeadLetter::Follow,
-            Chain::from([(k.clone(), Held::of(&[0]))]),
+            [(k.clone(), Held::of(&[0]))].into_iter().collect(),
         );
         assert!(matches!(p.admit(record(b"k", 1)), Admit::Parked));
         gate.leave(&k, 0, true);

@@ -266,6 +266,8 @@ impl<'r> Task<'r> {
             "topic" => self.shared.topic.to_string(),
             "route" => self.shared.route.to_string());
         let mut until_check = 0u32;
+        // As in `run_sequential`: one clock read per record taken without waiting.
+        let mut ended: Option<Instant> = None;
         loop {
             self.check_deferrals(&mut until_check);
             let full = self.span_full()
@@ -284,6 +286,7 @@ impl<'r> Task<'r> {
                     None => continue,
                 }
             } else {
+                ended = None;
                 self.finished.publish();
                 let pulled = tokio::select! {
                     biased;
@@ -302,7 +305,10 @@ impl<'r> Task<'r> {
                     None => continue,
                 }
             };
-            match self.handle_ordered(&mut svc, record, permits).await {
+            match self
+                .handle_ordered(&mut svc, record, permits, &mut ended)
+                .await
+            {
                 Some(permits) => source.recycle(permits),
                 None => break,
             }
@@ -339,12 +345,14 @@ impl<'r> Task<'r> {
     }
 
     /// Handles one record of a partition with key ordering: its permits back when it is final
-    /// (for the next record), None when the partition stops.
+    /// (for the next record), None when the partition stops. `ended`: when the previous call
+    /// ended, if nothing was awaited since (set to when this one ends).
     async fn handle_ordered<S>(
         &mut self,
         svc: &mut S,
         record: Record,
         permits: InFlight<'r>,
+        ended: &mut Option<Instant>,
     ) -> Option<InFlight<'r>>
     where
         S: Service<Record> + Clone + Send + 'static,
@@ -352,7 +360,7 @@ impl<'r> Task<'r> {
         S::Future: Send + 'static,
     {
         let offset = record.offset;
-        let started = Instant::now();
+        let started = ended.take().unwrap_or_else(Instant::now);
         let span = record_span(self.rt, self.shared, &record);
         let res = match svc.ready().await.map_err(Into::into) {
             Ok(svc) => guarded_call(svc, record).instrument(span).await,
@@ -361,7 +369,9 @@ impl<'r> Task<'r> {
                 return None;
             }
         };
-        if !report(self.shared, &self.meters, offset, started.elapsed(), res) {
+        let now = Instant::now();
+        *ended = Some(now);
+        if !report(self.shared, &self.meters, offset, now - started, res) {
             return None;
         }
         if self.shared.take_deferred(offset) {

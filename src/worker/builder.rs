@@ -128,7 +128,9 @@ impl WorkerBuilder {
     /// (same as `property("producer.<key>", value)`). Connection and security settings
     /// (`bootstrap.servers`, `security.protocol`, `sasl.*`, `ssl.*`, ...) are shared already;
     /// `acks=all` and `enable.idempotence=true` are fixed; `compression.type` defaults to
-    /// [`DEFAULT_PRODUCER_COMPRESSION`](crate::client::DEFAULT_PRODUCER_COMPRESSION).
+    /// [`DEFAULT_PRODUCER_COMPRESSION`](crate::client::DEFAULT_PRODUCER_COMPRESSION), or to
+    /// [`COMPACT_PRODUCER_COMPRESSION`](crate::client::COMPACT_PRODUCER_COMPRESSION) when
+    /// every route's copies carry the compact header and no route writes output records.
     pub fn producer_property(self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.property(format!("producer.{}", key.into()), value)
     }
@@ -307,7 +309,8 @@ impl WorkerBuilder {
             validate::transactional_consumer(&self.props)?;
             validate::no_breakers(&self.routes)?;
         }
-        let mut producer_config = client::producer_config(&self.props);
+        let compression = plan::copy_compression(&self.routes);
+        let mut producer_config = client::producer_config_compressing(&self.props, compression);
         let admin_config = client::admin_config(&self.props);
         let txn = match self.transactional.take() {
             Some(t) => Some(plan::transactional(

@@ -12,6 +12,7 @@ use super::route::{DltService, Route};
 use super::topics::TopicPlan;
 use crate::client;
 use crate::error::BoxError;
+use crate::headers::HeaderProfile;
 use crate::layer::breaker::Breaker;
 use crate::layer::output::Output;
 use crate::layer::retry_topic::RetryTopicLayer;
@@ -283,6 +284,32 @@ fn key_order_roles(r: &PendingRoute, group: &str) -> HashMap<String, KeyOrderRol
     out
 }
 
+/// The producer's `compression.type` unless a property sets it: lz4 while any route writes
+/// Spring's headers (their names and values repeat from copy to copy) or output records; none
+/// when every copy carries the compact header (`client::COMPACT_PRODUCER_COMPRESSION`).
+pub(super) fn copy_compression(routes: &[PendingRoute]) -> &'static str {
+    compression_for(
+        routes
+            .iter()
+            .map(|r| (r.retry.as_ref().map(|p| p.headers), r.produces)),
+    )
+}
+
+/// [`copy_compression`] of routes given as (the header profile of their copies, whether they
+/// write output records).
+fn compression_for(routes: impl Iterator<Item = (Option<HeaderProfile>, bool)>) -> &'static str {
+    let (mut compact, mut other) = (false, false);
+    for (profile, produces) in routes {
+        compact |= profile == Some(HeaderProfile::Compact);
+        other |= produces || profile == Some(HeaderProfile::Spring);
+    }
+    if compact && !other {
+        client::COMPACT_PRODUCER_COMPRESSION
+    } else {
+        client::DEFAULT_PRODUCER_COMPRESSION
+    }
+}
+
 /// The dead-letter topic of each main and retry topic of a route with one.
 fn dead_letters(r: &PendingRoute, group: &str) -> HashMap<String, DeadLetter> {
     let Some(policy) = r.retry.as_ref().map(|p| p.for_group(group)) else {
@@ -382,4 +409,21 @@ where
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_copies_alone_go_uncompressed() {
+        let (spring, compact) = (Some(HeaderProfile::Spring), Some(HeaderProfile::Compact));
+        let of = |routes: &[(Option<HeaderProfile>, bool)]| compression_for(routes.iter().copied());
+        assert_eq!(of(&[(compact, false), (None, false)]), "none");
+        assert_eq!(of(&[(compact, false), (spring, false)]), "lz4");
+        // Output records are the application's data: compressed as before.
+        assert_eq!(of(&[(compact, false), (None, true)]), "lz4");
+        assert_eq!(of(&[(None, false)]), "lz4");
+        assert_eq!(of(&[]), "lz4");
+    }
 }
