@@ -46,10 +46,10 @@ pub const DEFAULT_PRODUCER_COMPRESSION: &str = "lz4";
 
 /// The `compression.type` of a worker's producer whose every copy carries the compact header
 /// and which writes no output records, unless a `producer.` property sets it. One small header
-/// leaves lz4 little to gain (the same throughput and broker CPU measured), while a consumer
-/// holding pending retries keeps each fetched batch decompressed: with 100,000 retries
-/// pending the compact profile peaked at 47 MiB uncompressed against 72 MiB with lz4
-/// (BENCHMARKS.md, Tuning).
+/// leaves lz4 less to gain (~8 % of the compact retry path's throughput), while a consumer
+/// holding pending retries keeps each fetched message set decompressed: with 100,000 retries
+/// pending the compact profile peaked at 47-68 MiB uncompressed against 71-72 MiB with lz4
+/// (BENCHMARKS.md, Tuning). Bounded memory is the default; lz4 is one property away.
 pub const COMPACT_PRODUCER_COMPRESSION: &str = "none";
 
 /// `queued.min.messages` of [`consumer_config`]: records librdkafka prefetches per partition

@@ -1,6 +1,6 @@
 //! The `redrive` sidecar binary against the real broker and a real HTTP server in this test
-//! (both on 127.0.0.1): the response classification table row by row, SIGTERM mid-run,
-//! `check` on bad configs, and DLT list/show/replay.
+//! (both on 127.0.0.1): the response classification table row by row, SIGTERM mid-run, key
+//! ordering, `check` on bad configs, and DLT list/show/replay.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -1454,6 +1454,85 @@ async fn dispositions_and_the_status_table_decide_a_records_fate() {
         deploying_seen.load(std::sync::atomic::Ordering::SeqCst),
         2,
         "the 404 was retried once"
+    );
+}
+
+/// `key_ordering = true`: a record the service fails holds back only the later records of its
+/// key, which reach the service after its retry succeeded, in order; the other key's records
+/// are forwarded meanwhile. (Without key ordering `a1` and `a2` succeed before `a0`'s retry.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_ordering_holds_back_only_the_failing_key() {
+    use rdkafka::producer::FutureRecord;
+    let bootstrap = bootstrap();
+    let topic = unique("sc-key-order");
+    create_topic(&bootstrap, &topic, 1).await;
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failed.clone();
+    let endpoint = Endpoint::start(Arc::new(move |key: &str, _| {
+        let first_of_a = key == "a" && !f.swap(true, std::sync::atomic::Ordering::SeqCst);
+        (if first_of_a { 500 } else { 200 }, None, Duration::ZERO)
+    }))
+    .await;
+    let config = write_config(
+        "key-order",
+        &format!(
+            "{}\n[ops]\nenabled = false\n\n[[routes]]\ntopic = \"{topic}\"\ngroup = \"{}\"\nurl = \"{}\"\nkey_ordering = true\n[routes.retry]\nattempts = 3\nbackoff = {{ delay = \"1s\" }}\n",
+            kafka_section(&bootstrap),
+            unique("sc-key-order-group"),
+            endpoint.url
+        ),
+    );
+    let p = producer(&bootstrap);
+    for (k, v) in [
+        ("a", "a0"),
+        ("b", "b0"),
+        ("a", "a1"),
+        ("b", "b1"),
+        ("a", "a2"),
+        ("b", "b2"),
+    ] {
+        let record = FutureRecord::to(&topic).key(k).payload(v).partition(0);
+        p.send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let mut sidecar = Sidecar::start(&config);
+    let succeeded = |key: &str| -> Vec<Seen> {
+        let calls = endpoint.calls(key).into_iter();
+        calls.filter(|s| s.status == 200).collect()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "all six records forwarded with success",
+        || succeeded("a").len() + succeeded("b").len() == 6,
+    )
+    .await;
+    assert!(
+        sidecar.terminate(Duration::from_secs(20)).success(),
+        "{}",
+        sidecar.log()
+    );
+    let bodies = |calls: &[Seen]| -> Vec<String> {
+        calls
+            .iter()
+            .map(|s| String::from_utf8_lossy(&s.body).into_owned())
+            .collect()
+    };
+    let (a, b) = (succeeded("a"), succeeded("b"));
+    let first_a = &endpoint.calls("a")[0];
+    assert_eq!((first_a.status, &first_a.body[..]), (500, &b"a0"[..]));
+    assert_eq!(
+        bodies(&a),
+        ["a0", "a1", "a2"],
+        "key a forwarded out of order"
+    );
+    assert_eq!(bodies(&b), ["b0", "b1", "b2"]);
+    assert!(
+        b[2].at_ms < a[0].at_ms,
+        "key b waited for key a's retry: b2 at {} ms, a0 at {} ms",
+        b[2].at_ms,
+        a[0].at_ms
     );
 }
 
