@@ -62,6 +62,16 @@ pub(crate) async fn pending_child(bootstrap: &str, profile: HeaderProfile) {
     let worker = crate::worker::with_bench_props(builder).build().unwrap();
     let h = worker.handle();
     let run = tokio::spawn(worker.run());
+    // Produced once the worker holds the partitions: records read in a burst after a slow
+    // group join would fall due in a burst too, and the lateness would measure its queueing.
+    let joined_by = Instant::now() + Duration::from_secs(60);
+    while h.assignment().iter().filter(|(t, _)| *t == topic).count() < PENDING_PARTITIONS as usize {
+        assert!(
+            Instant::now() < joined_by,
+            "the worker got no partitions in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     produce_paced(bootstrap, &topic).await;
     let deadline = Instant::now() + DELAY * 4;
     while retried.load(Ordering::Relaxed) < PENDING {
