@@ -57,8 +57,12 @@ pub(crate) enum ChainEvent {
     Leave(Bytes, i64, bool),
 }
 
+/// A map by record key. Every record of a key-ordered partition looks its key up: foldhash,
+/// seeded per map like std's hasher, costs a fraction of SipHash.
+pub(crate) type KeyMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
+
 /// Key -> the main-topic offsets of its records in the retry chain.
-pub(crate) type Chain = HashMap<Bytes, Held, foldhash::fast::RandomState>;
+pub(crate) type Chain = KeyMap<Held>;
 
 /// The main-topic offsets of one key's records in the chain: one, except for copies written
 /// twice around a crash, so the first takes no allocation of its own.

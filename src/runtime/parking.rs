@@ -4,7 +4,7 @@
 //! tell it of entries and leaves through the gate's channel.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 #[cfg(test)]
 use crate::key_order::Held;
-use crate::key_order::{AfterDeadLetter, Chain, ChainEvent, KeyGate};
+use crate::key_order::{AfterDeadLetter, Chain, ChainEvent, KeyGate, KeyMap};
 use crate::Record;
 
 /// What to do with a record read from the partition.
@@ -30,7 +30,7 @@ pub(super) struct Parking {
     gate: Arc<KeyGate>,
     events: UnboundedReceiver<ChainEvent>,
     chain: Chain,
-    parked: HashMap<Bytes, VecDeque<Record>, foldhash::fast::RandomState>,
+    parked: KeyMap<VecDeque<Record>>,
     /// Keys whose next parked record may run, oldest release first.
     runnable: VecDeque<Bytes>,
     records: usize,
@@ -46,7 +46,7 @@ impl Parking {
             gate,
             events,
             chain,
-            parked: HashMap::default(),
+            parked: KeyMap::default(),
             runnable: VecDeque::new(),
             records: 0,
             bytes: 0,
